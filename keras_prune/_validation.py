@@ -1,0 +1,74 @@
+"""Argument checks shared by the public API.
+
+Every public function of keras_prune validates its input through these
+helpers so that errors name the argument and the allowed range the same way
+everywhere.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+
+def whole_number(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """Returns `value` as a Python int, or raises naming `name`.
+
+    Accepts Python and NumPy integers and integral floats (the tfmot examples
+    pass `0.2 * end_step`). Rejects booleans, non-integral floats (tfmot then
+    silently never prunes) and anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a whole number (int, or a float with no "
+            f"fractional part); got {value!r} of type {type(value).__name__}."
+        )
+    if isinstance(value, numbers.Integral):
+        result = int(value)
+    else:
+        as_float = float(value)
+        if not as_float.is_integer():
+            raise ValueError(
+                f"`{name}` must be a whole number of steps; got {value!r}. "
+                f"Round it, e.g. `int(round({value!r}))`."
+            )
+        result = int(as_float)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {result}.")
+    return result
+
+
+def sparsity(value: Any, name: str) -> float:
+    """Returns `value` as a float in [0, 1), or raises naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a float in [0, 1); got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    result = float(value)
+    if not 0.0 <= result < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1); got {value!r}.")
+    return result
+
+
+def positive_number(value: Any, name: str) -> float:
+    """Returns `value` as a float > 0, or raises naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a number > 0; got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    result = float(value)
+    if not result > 0:
+        raise ValueError(f"`{name}` must be > 0; got {value!r}.")
+    return result
+
+
+def int_pair(value: Any, name: str) -> tuple[int, int]:
+    """Returns `value` as a pair of ints >= 1, or raises naming `name`."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(
+            f"`{name}` must be a pair of positive integers like (1, 1); "
+            f"got {value!r}."
+        )
+    return tuple(whole_number(v, name, minimum=1) for v in value)

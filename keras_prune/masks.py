@@ -1,0 +1,198 @@
+"""Mask computation: which weights magnitude pruning keeps.
+
+All functions are written with `keras.ops` and run inside a compiled train
+step on every backend. A mask keeps exactly `k = max(round(n·(1 − s)), 1)`
+entries (n weights, sparsity s), chosen by magnitude; among equal magnitudes
+the entry with the lower flat index is kept, so the result is deterministic
+and identical to a stable full sort (tfmot keeps every tie instead, so it can
+keep more than k).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from keras import ops
+
+from keras_prune import _validation
+
+POOLING_TYPES = ("AVG", "MAX")
+
+
+def keep_count(size: int, sparsity: Any) -> Any:
+    """Number of weights kept: max(round(size·(1 − sparsity)), 1), as int32.
+
+    Computed in float32 with round-half-to-even, as tfmot does. `sparsity`
+    may be a tensor; it is clipped to [0, 1] and NaN counts as 0, so a faulty
+    custom schedule cannot produce an undefined count.
+    """
+    sparsity = ops.convert_to_tensor(sparsity, "float32")
+    sparsity = ops.where(ops.isnan(sparsity), 0.0, ops.clip(sparsity, 0.0, 1.0))
+    kept = ops.round(ops.multiply(float(size), 1.0 - sparsity))
+    return ops.cast(ops.clip(kept, 1.0, float(size)), "int32")
+
+
+def kth_largest(values: Any, k: Any) -> Any:
+    """The k-th largest entry of the 1-D tensor `values` (k is 1-based)."""
+    size = values.shape[0]
+    return ops.take(ops.sort(values), size - k)
+
+
+def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
+    """Boolean mask of the k largest `scores` (any shape), and the threshold.
+
+    Ties at the threshold are broken by flat index, lower index first.
+    """
+    flat = ops.reshape(scores, (-1,))
+    threshold = kth_largest(flat, k)
+    above = ops.greater(flat, threshold)
+    at = ops.equal(flat, threshold)
+    room = k - ops.sum(ops.cast(above, "int32"))
+    keep = ops.logical_or(
+        above, ops.logical_and(at, ops.cumsum(ops.cast(at, "int32")) <= room)
+    )
+    return ops.reshape(keep, ops.shape(scores)), threshold
+
+
+def _pool_blocks(scores: Any, block_size: tuple[int, int], pooling: str) -> Any:
+    """Pools a 2-D score matrix over (h, w) blocks; edge blocks may be partial."""
+    rows, cols = scores.shape
+    bh, bw = block_size
+    pad_r, pad_c = -rows % bh, -cols % bw
+    padded = ops.pad(scores, ((0, pad_r), (0, pad_c)))
+    blocks = ops.reshape(padded, ((rows + pad_r) // bh, bh, (cols + pad_c) // bw, bw))
+    if pooling == "MAX":
+        return ops.max(blocks, axis=(1, 3))
+    ones = ops.pad(ops.ones_like(scores), ((0, pad_r), (0, pad_c)))
+    counts = ops.sum(ops.reshape(ones, blocks.shape), axis=(1, 3))
+    return ops.sum(blocks, axis=(1, 3)) / counts
+
+
+def _expand_blocks(block_mask: Any, shape: tuple[int, int], block_size: tuple[int, int]) -> Any:
+    expanded = ops.repeat(ops.repeat(block_mask, block_size[0], axis=0), block_size[1], axis=1)
+    return expanded[: shape[0], : shape[1]]
+
+
+def _m_by_n_keep(scores: Any, m: int, n: int) -> Any:
+    """Keeps the m largest of every n consecutive entries along axis -2."""
+    moved = ops.moveaxis(scores, -2, -1)
+    groups = ops.reshape(moved, (-1, n))
+    # Rank within each group by pairwise comparison: n is small (4, 8, 16).
+    a = ops.expand_dims(groups, 2)  # entry i
+    b = ops.expand_dims(groups, 1)  # entry j
+    index = ops.arange(n)
+    earlier = ops.expand_dims(index, 0) < ops.expand_dims(index, 1)  # j < i
+    beats = ops.logical_or(b > a, ops.logical_and(b == a, earlier))
+    rank = ops.sum(ops.cast(beats, "int32"), axis=2)
+    keep = ops.reshape(rank < m, moved.shape)
+    return ops.moveaxis(keep, -1, -2)
+
+
+def compute_mask(
+    weight: Any,
+    sparsity: Any,
+    block_size: tuple[int, int] = (1, 1),
+    block_pooling_type: str = "AVG",
+    sparsity_m_by_n: tuple[int, int] | None = None,
+) -> tuple[Any, Any]:
+    """Mask (in `weight`'s dtype) and threshold for one weight; no validation.
+
+    This is the graph-side entry point used by the wrapper; arguments are
+    validated once when the wrapper is created. `weight` should already be
+    multiplied by its current mask so that pruned weights stay pruned.
+    """
+    scores = ops.abs(weight)
+    if sparsity_m_by_n is not None:
+        keep = _m_by_n_keep(scores, *sparsity_m_by_n)
+        threshold = ops.convert_to_tensor(0.0, scores.dtype)
+    elif tuple(block_size) != (1, 1):
+        pooled = _pool_blocks(scores, block_size, block_pooling_type)
+        keep_blocks, threshold = top_k_mask(pooled, keep_count(math.prod(pooled.shape), sparsity))
+        keep = _expand_blocks(keep_blocks, scores.shape, block_size)
+    else:
+        keep, threshold = top_k_mask(scores, keep_count(math.prod(scores.shape), sparsity))
+    return ops.cast(keep, weight.dtype), ops.cast(threshold, weight.dtype)
+
+
+def normalize_options(
+    block_size: Any, block_pooling_type: Any, sparsity_m_by_n: Any
+) -> tuple[tuple[int, int], str, tuple[int, int] | None]:
+    """Validates the shape-independent mask options; returns them normalised."""
+    block_size = _validation.int_pair(block_size, "block_size")
+    if not isinstance(block_pooling_type, str) or block_pooling_type.upper() not in POOLING_TYPES:
+        raise ValueError(
+            f"`block_pooling_type` must be one of {POOLING_TYPES}; got {block_pooling_type!r}."
+        )
+    if sparsity_m_by_n is not None:
+        m, n = _validation.int_pair(sparsity_m_by_n, "sparsity_m_by_n")
+        if m >= n:
+            raise ValueError(
+                f"`sparsity_m_by_n` must be (m, n) with 1 <= m < n, e.g. (2, 4); "
+                f"got {sparsity_m_by_n!r}."
+            )
+        if block_size != (1, 1):
+            raise ValueError("`sparsity_m_by_n` cannot be combined with `block_size`.")
+        sparsity_m_by_n = (m, n)
+    return block_size, block_pooling_type.upper(), sparsity_m_by_n
+
+
+def check_shape(
+    shape: tuple[int, ...],
+    block_size: tuple[int, int],
+    sparsity_m_by_n: tuple[int, int] | None,
+    name: str = "weight",
+) -> None:
+    """Raises ValueError if normalised options do not fit a weight of `shape`."""
+    if block_size != (1, 1) and len(shape) != 2:
+        raise ValueError(
+            f"`block_size` {block_size} needs a 2-D weight, but {name} has shape "
+            f"{tuple(shape)}. Use block_size=(1, 1) for this layer."
+        )
+    if sparsity_m_by_n is not None:
+        n = sparsity_m_by_n[1]
+        if len(shape) < 2 or shape[-2] % n:
+            raise ValueError(
+                f"`sparsity_m_by_n` {sparsity_m_by_n} groups the input-channel axis "
+                f"(axis -2) in groups of {n}, which must divide it; {name} has shape "
+                f"{tuple(shape)}."
+            )
+
+
+def magnitude_mask(
+    weight: Any,
+    sparsity: float,
+    block_size: tuple[int, int] = (1, 1),
+    block_pooling_type: str = "AVG",
+    sparsity_m_by_n: tuple[int, int] | None = None,
+) -> Any:
+    """The magnitude-pruning mask of `weight` at `sparsity`.
+
+    Args:
+        weight: array or tensor to prune.
+        sparsity: fraction of weights to zero, in [0, 1). Ignored when
+            `sparsity_m_by_n` is given.
+        block_size: `(h, w)` blocks of a 2-D weight pruned together, ranked by
+            the block's pooled magnitude.
+        block_pooling_type: "AVG" or "MAX" pooling of the block magnitudes.
+        sparsity_m_by_n: `(m, n)` keeps the m largest of every n consecutive
+            weights along the input-channel axis (axis -2), e.g. (2, 4).
+
+    Returns:
+        A tensor of 0s and 1s with `weight`'s shape and dtype.
+
+    Example:
+
+    >>> w = np.array([[0.1, -3.0], [2.0, 0.5]], "float32")
+    >>> keras.ops.convert_to_numpy(magnitude_mask(w, 0.5))
+    array([[0., 1.],
+           [1., 0.]], dtype=float32)
+    """
+    weight = ops.convert_to_tensor(weight)
+    if not isinstance(sparsity, numbers.Real) or isinstance(sparsity, bool):
+        raise TypeError(f"`sparsity` must be a float in [0, 1); got {sparsity!r}.")
+    sparsity = _validation.sparsity(sparsity, "sparsity")
+    options = normalize_options(block_size, block_pooling_type, sparsity_m_by_n)
+    check_shape(tuple(weight.shape), options[0], options[2])
+    return compute_mask(weight, sparsity, *options)[0]

@@ -1,0 +1,146 @@
+"""The layer registry: which weights of which layers magnitude pruning prunes.
+
+Built-in Keras layers are listed by class with the attribute paths of their
+prunable weights (biases and normalisation parameters are never pruned, as in
+tfmot). Custom layers either implement `PrunableLayer` or are added with
+`register_prunable`. Layers known to have nothing worth pruning are listed
+with no weights; they, and layers without any weights, pass through
+`prune_low_magnitude` unwrapped.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import keras
+
+_REGISTRY: dict[type, tuple[str, ...]] = {}
+
+
+class PrunableLayer(abc.ABC):
+    """Mixin for custom layers that say which of their weights to prune.
+
+    Example:
+
+    ```python
+    class MyDense(keras.layers.Dense, keras_prune.PrunableLayer):
+        def get_prunable_weights(self):
+            return [self.kernel]
+    ```
+    """
+
+    @abc.abstractmethod
+    def get_prunable_weights(self) -> list[keras.Variable]:
+        """Returns the variables to prune."""
+
+
+def register_prunable(layer_class: type, weights: Sequence[str]) -> None:
+    """Declares which weights of `layer_class` (and its subclasses) to prune.
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass.
+        weights: attribute paths of the variables to prune, relative to the
+            layer, e.g. `("kernel",)` or `("cell.kernel", "cell.recurrent_kernel")`.
+            An empty sequence marks the layer as having nothing to prune.
+
+    Example:
+
+    >>> register_prunable(MyAttention, ["query_kernel", "value_kernel"])
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(
+            f"`layer_class` must be a subclass of keras.layers.Layer; got {layer_class!r}."
+        )
+    if isinstance(weights, str) or not all(isinstance(w, str) and w for w in weights):
+        raise TypeError(
+            f"`weights` must be a sequence of attribute names like ['kernel']; got {weights!r}."
+        )
+    _REGISTRY[layer_class] = tuple(weights)
+
+
+def _registered_paths(layer: keras.layers.Layer) -> tuple[str, ...] | None:
+    for cls in type(layer).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def _resolve(layer: keras.layers.Layer, path: str) -> keras.Variable:
+    obj: Any = layer
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, keras.Variable):
+        raise TypeError(
+            f"The registered prunable weight {path!r} of layer {layer.name!r} is a "
+            f"{type(obj).__name__}, not a keras.Variable."
+        )
+    return obj
+
+
+def supports(layer: Any) -> bool:
+    """Whether `layer` has prunable weights (built-in, registered or PrunableLayer)."""
+    if isinstance(layer, PrunableLayer):
+        return True
+    return bool(_registered_paths(layer))
+
+
+def is_known(layer: Any) -> bool:
+    """Whether the registry knows `layer`'s class, prunable or explicitly not."""
+    return isinstance(layer, PrunableLayer) or _registered_paths(layer) is not None
+
+
+def get_prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
+    """The variables of a built `layer` that pruning masks.
+
+    Raises:
+        ValueError: if the layer is not built or the registry does not know it.
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(f"`layer` must be a keras.layers.Layer; got {type(layer).__name__}.")
+    if isinstance(layer, PrunableLayer):
+        weights = list(layer.get_prunable_weights())
+        if not all(isinstance(w, keras.Variable) for w in weights):
+            raise TypeError(
+                f"{type(layer).__name__}.get_prunable_weights() must return keras.Variables."
+            )
+        return weights
+    paths = _registered_paths(layer)
+    if paths is None:
+        raise ValueError(
+            f"Layer {layer.name!r} of class {type(layer).__name__} is not supported for "
+            "pruning. Implement keras_prune.PrunableLayer on it, or call "
+            "keras_prune.register_prunable(its_class, ['kernel', ...])."
+        )
+    if paths and not layer.built:
+        raise ValueError(f"Layer {layer.name!r} must be built before its weights are listed.")
+    return [_resolve(layer, path) for path in paths]
+
+
+_L = keras.layers
+for _cls in (
+    _L.Dense, _L.EinsumDense, _L.Conv1D, _L.Conv2D, _L.Conv3D,
+    _L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose,
+    _L.DepthwiseConv1D, _L.DepthwiseConv2D,
+):  # fmt: skip
+    register_prunable(_cls, ["kernel"])
+# The depthwise kernels of separable convolutions are tiny; tfmot prunes only
+# the pointwise kernel.
+register_prunable(_L.SeparableConv1D, ["pointwise_kernel"])
+register_prunable(_L.SeparableConv2D, ["pointwise_kernel"])
+register_prunable(_L.Embedding, ["embeddings"])
+for _cls in (_L.SimpleRNN, _L.LSTM, _L.GRU):
+    register_prunable(_cls, ["cell.kernel", "cell.recurrent_kernel"])
+for _cls in (_L.SimpleRNNCell, _L.LSTMCell, _L.GRUCell):
+    register_prunable(_cls, ["kernel", "recurrent_kernel"])
+register_prunable(
+    _L.MultiHeadAttention,
+    [f"_{p}_dense.kernel" for p in ("query", "key", "value", "output")],
+)
+# Normalisation parameters are scales and shifts, not connections: never pruned.
+for _cls in (
+    _L.BatchNormalization, _L.LayerNormalization, _L.GroupNormalization,
+    _L.UnitNormalization, _L.Normalization, _L.PReLU,
+):  # fmt: skip
+    register_prunable(_cls, [])
+del _L, _cls

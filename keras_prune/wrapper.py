@@ -1,0 +1,183 @@
+"""The `PruneLowMagnitude` wrapper: a layer that prunes the layer it wraps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_prune import masks, registry
+from keras_prune.schedules import ConstantSparsity, PruningSchedule
+
+
+@keras.saving.register_keras_serializable(package="keras_prune")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Wraps a layer so that its prunable weights are magnitude-pruned.
+
+    The wrapper keeps, as non-trainable variables, a 0/1 mask and a threshold
+    per prunable weight and a `pruning_step`. Each training call advances the
+    step by one and, when `pruning_schedule(step)` says so, recomputes the
+    masks from the masked weights (so pruned weights stay pruned) inside the
+    compiled train step. In training and inference the wrapped layer runs on
+    `weight * mask`, so pruned weights get exactly zero gradient.
+
+    Use `prune_low_magnitude` rather than this class directly; it is
+    public so that `isinstance` checks and `keras.saving` find it.
+
+    Args:
+        layer: the layer to prune; its class must be in the registry or
+            implement `keras_prune.PrunableLayer`.
+        pruning_schedule: a `PruningSchedule`.
+        block_size: `(h, w)` blocks of 2-D weights pruned together.
+        block_pooling_type: "AVG" or "MAX", how block magnitudes are pooled.
+        sparsity_m_by_n: `(m, n)` keeps m of every n weights along the input
+            channels instead of following the schedule's sparsity.
+
+    Example:
+
+    ```python
+    dense = PruneLowMagnitude(keras.layers.Dense(64), ConstantSparsity(0.8, 0))
+    ```
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        pruning_schedule: PruningSchedule | None = None,
+        block_size: tuple[int, int] = (1, 1),
+        block_pooling_type: str = "AVG",
+        sparsity_m_by_n: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ):
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(
+                f"Layer {layer.name!r} is already pruned (a PruneLowMagnitude); "
+                "prune each layer once."
+            )
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                f"`layer` must be a keras.layers.Layer; got {type(layer).__name__}."
+            )
+        if not registry.supports(layer):
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) has no prunable weights "
+                "known to keras_prune. Implement keras_prune.PrunableLayer on it or "
+                "call keras_prune.register_prunable."
+            )
+        if pruning_schedule is None:
+            pruning_schedule = ConstantSparsity(0.5, 0)
+        if not isinstance(pruning_schedule, PruningSchedule):
+            raise TypeError(
+                "`pruning_schedule` must be a keras_prune.PruningSchedule (e.g. "
+                f"ConstantSparsity or PolynomialDecay); got {type(pruning_schedule).__name__}."
+            )
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = pruning_schedule
+        # Shape-independent checks now; shape checks when the weights exist.
+        self.block_size, self.block_pooling_type, self.sparsity_m_by_n = (
+            masks.normalize_options(block_size, block_pooling_type, sparsity_m_by_n)
+        )
+        self.pruning_vars: list[tuple[keras.Variable, keras.Variable, keras.Variable]] = []
+        if layer.built:
+            self._create_pruning_variables()
+
+    def build(self, input_shape: Any = None) -> None:
+        super().build(input_shape)
+        if not self.pruning_vars:
+            self._create_pruning_variables()
+        self.built = True
+
+    def _create_pruning_variables(self) -> None:
+        for weight in registry.get_prunable_weights(self.layer):
+            masks.check_shape(
+                tuple(weight.shape), self.block_size, self.sparsity_m_by_n,
+                name=f"{self.layer.name}/{weight.name}",
+            )  # fmt: skip
+            mask = self.add_weight(
+                name=f"{weight.name}_mask", shape=weight.shape, dtype=weight.dtype,
+                initializer="ones", trainable=False,
+            )  # fmt: skip
+            threshold = self.add_weight(
+                name=f"{weight.name}_threshold", shape=(), dtype=weight.dtype,
+                initializer="zeros", trainable=False,
+            )  # fmt: skip
+            self.pruning_vars.append((weight, mask, threshold))
+        # -1 until the first training batch, which is step 0 (as in tfmot).
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int32",
+            initializer=keras.initializers.Constant(-1), trainable=False,
+        )  # fmt: skip
+
+    def _update_masks(self) -> None:
+        """Advances the pruning step and applies the schedule to every mask."""
+        step = ops.add(self.pruning_step.value, 1)
+        self.pruning_step.assign(step)
+        should_prune, sparsity = self.pruning_schedule(step)
+        should_prune = ops.convert_to_tensor(should_prune, "bool")
+        sparsity = ops.convert_to_tensor(sparsity, "float32")
+        for weight, mask, threshold in self.pruning_vars:
+
+            def prune(weight=weight, mask=mask):
+                masked = ops.stop_gradient(ops.multiply(weight.value, mask.value))
+                return masks.compute_mask(
+                    masked, sparsity, self.block_size, self.block_pooling_type,
+                    self.sparsity_m_by_n,
+                )  # fmt: skip
+
+            def keep(mask=mask, threshold=threshold):
+                return mask.value, threshold.value
+
+            new_mask, new_threshold = ops.cond(should_prune, prune, keep)
+            mask.assign(new_mask)
+            threshold.assign(new_threshold)
+
+    def call(self, inputs: Any, *args: Any, training: bool | None = None, **kwargs: Any) -> Any:
+        if training:
+            self._update_masks()
+        pruned = {id(w): ops.multiply(w.value, m.value) for w, m, _ in self.pruning_vars}
+        current = [(v, pruned.get(id(v), v.value)) for v in self.layer.variables]
+        # Run the layer with its prunable variables read as weight * mask. The
+        # scope maps every variable of the layer, so that values from an outer
+        # stateless scope (JAX's train step) are seen; updates the layer makes
+        # inside (e.g. normalisation statistics) and its losses are passed on.
+        with keras.StatelessScope(state_mapping=current, collect_losses=True) as scope:
+            outputs = self.layer(inputs, *args, **kwargs)
+        for variable, value in current:
+            new_value = scope.get_current_value(variable)
+            if new_value is not value and id(variable) not in pruned:
+                variable.assign(new_value)
+        for loss in scope.losses:
+            self.add_loss(loss)
+        return outputs
+
+    def compute_output_shape(self, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def mask_sparsity(self) -> list[tuple[str, float]]:
+        """(weight path, fraction of mask entries that are zero) per prunable weight."""
+        return [
+            (weight.path, 1.0 - float(ops.convert_to_numpy(ops.mean(mask.value))))
+            for weight, mask, _ in self.pruning_vars
+        ]
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+            "block_size": list(self.block_size),
+            "block_pooling_type": self.block_pooling_type,
+            "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "PruneLowMagnitude":
+        config = dict(config)
+        config["pruning_schedule"] = keras.saving.deserialize_keras_object(
+            config["pruning_schedule"], custom_objects=custom_objects
+        )
+        return super().from_config(config, custom_objects=custom_objects)
