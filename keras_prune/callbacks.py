@@ -48,7 +48,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
 def final_sparsity_shortfalls(model: keras.layers.Layer) -> list[str]:
     """Messages for every pruned weight below its schedule's final sparsity.
 
-    The final sparsity is the schedule's `end_sparsity()` (1 − m/n with
+    The final sparsity is the schedule's `end_sparsity()` (m/n with
     `sparsity_m_by_n`); schedules whose `end_sparsity()` is None are skipped.
     A weight falls short when its mask keeps more than the count that
     sparsity prescribes (one block of slack for block pruning).
@@ -59,7 +59,7 @@ def final_sparsity_shortfalls(model: keras.layers.Layer) -> list[str]:
         target = schedule.end_sparsity()
         if layer.sparsity_m_by_n is not None:
             m, n = layer.sparsity_m_by_n
-            target = 1.0 - m / n
+            target = m / n
         if target is None:
             continue
         step = int(ops.convert_to_numpy(layer.pruning_step.value))

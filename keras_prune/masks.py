@@ -76,7 +76,7 @@ def _expand_blocks(block_mask: Any, shape: tuple[int, int], block_size: tuple[in
 
 
 def _m_by_n_keep(scores: Any, m: int, n: int) -> Any:
-    """Keeps the m largest of every n consecutive entries along axis -2."""
+    """Zeros the m smallest of every n consecutive entries along axis -2."""
     moved = ops.moveaxis(scores, -2, -1)
     groups = ops.reshape(moved, (-1, n))
     # Rank within each group by pairwise comparison: n is small (4, 8, 16).
@@ -86,7 +86,7 @@ def _m_by_n_keep(scores: Any, m: int, n: int) -> Any:
     earlier = ops.expand_dims(index, 0) < ops.expand_dims(index, 1)  # j < i
     beats = ops.logical_or(b > a, ops.logical_and(b == a, earlier))
     rank = ops.sum(ops.cast(beats, "int32"), axis=2)
-    keep = ops.reshape(rank < m, moved.shape)
+    keep = ops.reshape(rank < n - m, moved.shape)
     return ops.moveaxis(keep, -1, -2)
 
 
@@ -176,8 +176,9 @@ def magnitude_mask(
         block_size: `(h, w)` blocks of a 2-D weight pruned together, ranked by
             the block's pooled magnitude.
         block_pooling_type: "AVG" or "MAX" pooling of the block magnitudes.
-        sparsity_m_by_n: `(m, n)` keeps the m largest of every n consecutive
-            weights along the input-channel axis (axis -2), e.g. (2, 4).
+        sparsity_m_by_n: `(m, n)` zeros the m smallest of every n consecutive
+            weights along the input-channel axis (axis -2), e.g. (2, 4), as
+            in tfmot.
 
     Returns:
         A tensor of 0s and 1s with `weight`'s shape and dtype.

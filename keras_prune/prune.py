@@ -95,8 +95,8 @@ def prune_low_magnitude(
             `ConstantSparsity(0.5, begin_step=0)`.
         block_size: `(h, w)` blocks of 2-D weights pruned together.
         block_pooling_type: "AVG" or "MAX" pooling of block magnitudes.
-        sparsity_m_by_n: `(m, n)` keeps m of every n consecutive weights
-            along the input channels, e.g. (2, 4).
+        sparsity_m_by_n: `(m, n)` zeros m of every n consecutive weights
+            along the input channels, e.g. (2, 4), as tfmot does.
         **kwargs: passed to `PruneLowMagnitude` (e.g. `name`) for a layer.
 
     Example:

@@ -72,7 +72,7 @@ class PruningSchedule(abc.ABC):
         step: Any, begin_step: int, end_step: int, frequency: int
     ) -> Any:
         """True iff begin ≤ step ≤ end (or end == -1) and on a frequency turn."""
-        step = ops.convert_to_tensor(step, dtype="int32")
+        step = _as_step(step)
         in_range = ops.greater_equal(step, begin_step)
         if end_step >= 0:
             in_range = ops.logical_and(in_range, ops.less_equal(step, end_step))
@@ -88,6 +88,18 @@ class PruningSchedule(abc.ABC):
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _as_step(step: Any) -> Any:
+    """The step as an int32 tensor; Python and NumPy numbers are checked."""
+    if isinstance(step, (int, float, np.number)) and not isinstance(step, bool):
+        step = _validation.whole_number(step, "step")
+        if not -1 <= step <= _INT32_MAX:
+            raise ValueError(f"`step` must be in [-1, {_INT32_MAX}]; got {step}.")
+    return ops.convert_to_tensor(step, dtype="int32")
 
 
 def _validate_steps(
@@ -202,7 +214,7 @@ class PolynomialDecay(PruningSchedule):
         return self.final_sparsity
 
     def _sparsity_at(self, step: Any) -> Any:
-        step = ops.convert_to_tensor(step, dtype="int32")
+        step = _as_step(step)
         span = self.end_step - self.begin_step
         if span == 0:
             progress = ops.cast(ops.greater_equal(step, self.begin_step), "float32")

@@ -31,7 +31,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         pruning_schedule: a `PruningSchedule`.
         block_size: `(h, w)` blocks of 2-D weights pruned together.
         block_pooling_type: "AVG" or "MAX", how block magnitudes are pooled.
-        sparsity_m_by_n: `(m, n)` keeps m of every n weights along the input
+        sparsity_m_by_n: `(m, n)` zeros m of every n weights along the input
             channels instead of following the schedule's sparsity.
 
     Example:
@@ -104,10 +104,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 initializer="zeros", trainable=False,
             )  # fmt: skip
             self.pruning_vars.append((weight, mask, threshold))
-        # -1 until the first training batch, which is step 0 (as in tfmot).
+        # The number of training batches seen: the first batch is pruning
+        # step 1, as in tfmot 0.8.1 (so begin_step=0 first prunes at step
+        # `frequency`, and tfmot schedules prune at the same batches here).
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int32",
-            initializer=keras.initializers.Constant(-1), trainable=False,
+            initializer="zeros", trainable=False,
         )  # fmt: skip
 
     def _update_masks(self) -> None:
