@@ -1,0 +1,111 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_prune import magnitude_mask
+from keras_prune.masks import compute_mask, keep_count
+
+
+def reference_mask(weight, sparsity):
+    """Stable full sort: keep the k largest |w|, lower flat index first on ties."""
+    flat = np.abs(weight).ravel()
+    k = max(int(np.round(np.float32(flat.size) * (np.float32(1) - np.float32(sparsity)))), 1)
+    order = np.argsort(-flat, kind="stable")
+    mask = np.zeros(flat.size, np.float32)
+    mask[order[:k]] = 1
+    return mask.reshape(weight.shape)
+
+
+def as_numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.875, 0.99, 0.999999])
+@pytest.mark.parametrize("shape", [(7,), (13, 11), (3, 3, 4, 5)])
+def test_keeps_exactly_k_by_magnitude(shape, sparsity):
+    weight = np.random.RandomState(sum(shape)).randn(*shape).astype("float32")
+    mask = as_numpy(magnitude_mask(weight, sparsity))
+    np.testing.assert_array_equal(mask, reference_mask(weight, sparsity))
+    assert mask.dtype == np.float32
+
+
+def test_ties_keep_lower_flat_index():
+    weight = np.array([[1.0, -2.0, 2.0, 0.5], [2.0, -1.0, 0.0, 2.0]], "float32")
+    # k = 3 of 8: |w| = 2 four times; the first three by flat index win.
+    mask = as_numpy(magnitude_mask(weight, 0.625))
+    np.testing.assert_array_equal(mask, [[0, 1, 1, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(as_numpy(magnitude_mask(np.ones((4, 4), "float32"), 0.75)).ravel(),
+                                  [1, 1, 1, 1] + [0] * 12)  # fmt: skip
+
+
+def test_keep_count_rounds_half_to_even_in_float32():
+    cases = [(10, 0.75), (4, 0.375), (4, 0.125), (10, 0.85), (4, 0.875), (100, 1.0)]
+    # 2.5 -> 2 and 3.5 -> 4 (half to even); 10 * float32(1 - 0.85) = 1.4999998 -> 1.
+    assert [int(as_numpy(keep_count(n, s))) for n, s in cases] == [2, 2, 4, 1, 1, 1]
+    assert int(as_numpy(keep_count(431_242, 0.875))) == 53905  # round(53905.25)
+    assert int(as_numpy(keep_count(8, float("nan")))) == 8  # a faulty schedule prunes nothing
+
+
+def test_pruned_weights_stay_pruned():
+    """Masks are computed from weight * mask, so a pruned weight ranks last."""
+    weight = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], "float32")
+    first = as_numpy(magnitude_mask(weight, 0.5))  # keeps 5, 4, 3
+    weight[3:] = [9.0, 9.0, 9.0]  # pruned weights drifted upward
+    second, _ = compute_mask(ops.convert_to_tensor(weight * first), np.float32(0.5))
+    np.testing.assert_array_equal(as_numpy(second), first)
+
+
+def test_threshold_is_kth_largest_magnitude():
+    weight = np.array([0.3, -0.9, 0.1, 0.7], "float32")
+    _, threshold = compute_mask(ops.convert_to_tensor(weight), np.float32(0.5))
+    assert float(as_numpy(threshold)) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("pooling, expected", [
+    ("AVG", [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]),
+    ("MAX", [[0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]),
+])  # fmt: skip
+def test_block_pruning(pooling, expected):
+    weight = np.array(
+        [[2.0, 2.0, 0.0, 5.0, 0.1], [2.0, 2.0, 0.0, 0.0, 0.1], [0.2, 0.2, 0.3, 0.3, 0.1]], "float32"
+    )
+    # 2x2 blocks over a 3x5 weight: 2x3 blocks, edge blocks partial; keep 1 of 6.
+    mask = as_numpy(magnitude_mask(weight, 0.9, block_size=(2, 2), block_pooling_type=pooling))
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_m_by_n_zeros_m_of_every_n_input_channels():
+    weight = np.random.RandomState(3).randn(8, 3).astype("float32")  # (in, out)
+    mask = as_numpy(magnitude_mask(weight, 0.0, sparsity_m_by_n=(2, 4)))
+    groups = mask.reshape(2, 4, 3)
+    np.testing.assert_array_equal(groups.sum(axis=1), 2 * np.ones((2, 3)))
+    for g in range(2):
+        for out in range(3):
+            kept = np.flatnonzero(groups[g, :, out])
+            block = np.abs(weight[g * 4 : g * 4 + 4, out])
+            assert set(kept) == set(np.argsort(-block, kind="stable")[:2])
+    conv = np.random.RandomState(4).randn(3, 3, 8, 2).astype("float32")
+    mask = as_numpy(magnitude_mask(conv, 0.0, sparsity_m_by_n=(1, 4)))
+    np.testing.assert_array_equal(mask.reshape(3, 3, 2, 4, 2).sum(axis=3), 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(sparsity=1.0), ValueError, "sparsity.*\\[0, 1\\)"),
+        (dict(sparsity=None), TypeError, "sparsity"),
+        (dict(block_size=(2, 2), weight_shape=(3, 3, 2)), ValueError, "block_size.*2-D"),
+        (dict(block_size=(0, 2)), ValueError, "block_size"),
+        (dict(block_size=2), TypeError, "block_size"),
+        (dict(block_size=(2, 2), block_pooling_type="MIN"), ValueError, "block_pooling_type"),
+        (dict(sparsity_m_by_n=(2, 3)), ValueError, "sparsity_m_by_n.*must divide"),
+        (dict(sparsity_m_by_n=(4, 4)), ValueError, "sparsity_m_by_n.*m < n"),
+        (dict(sparsity_m_by_n=(2, 4), weight_shape=(8,)), ValueError, "sparsity_m_by_n"),
+    ],
+)
+def test_rejects_bad_options(kwargs, error, match):
+    shape = kwargs.pop("weight_shape", (8, 4))
+    args = {"sparsity": 0.5, **kwargs}
+    with pytest.raises(error, match=match):
+        magnitude_mask(np.ones(shape, "float32"), **args)

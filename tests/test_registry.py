@@ -1,0 +1,56 @@
+import keras
+import pytest
+
+import keras_prune
+from keras_prune import registry
+
+L = keras.layers
+
+
+@pytest.mark.parametrize(
+    "layer, shape, expected",
+    [
+        (L.Dense(3), (None, 4), ["kernel"]),
+        (L.EinsumDense("ab,bc->ac", output_shape=3), (None, 4), ["kernel"]),
+        (L.Conv1D(2, 3), (None, 8, 2), ["kernel"]),
+        (L.Conv2D(2, 3), (None, 8, 8, 2), ["kernel"]),
+        (L.Conv3D(2, 3), (None, 6, 6, 6, 2), ["kernel"]),
+        (L.Conv2DTranspose(2, 3), (None, 8, 8, 2), ["kernel"]),
+        (L.DepthwiseConv2D(3), (None, 8, 8, 2), ["kernel"]),
+        (L.SeparableConv2D(2, 3), (None, 8, 8, 2), ["pointwise_kernel"]),
+        (L.Embedding(10, 4), (None, 5), ["embeddings"]),
+        (L.LSTM(3), (None, 5, 2), ["kernel", "recurrent_kernel"]),
+        (L.BatchNormalization(), (None, 4), []),
+        (L.LayerNormalization(), (None, 4), []),
+    ],
+)
+def test_builtin_layers(layer, shape, expected):
+    layer.build(shape)
+    assert [w.name for w in registry.get_prunable_weights(layer)] == expected
+    assert registry.supports(layer) == bool(expected)
+    assert registry.is_known(layer)
+
+
+def test_bias_is_never_pruned():
+    layer = L.Dense(3)
+    layer.build((None, 4))
+    assert all(w is not layer.bias for w in registry.get_prunable_weights(layer))
+
+
+def test_register_custom_layer_and_errors():
+    class Gate(keras.layers.Layer):
+        def build(self, shape):
+            self.gate = self.add_weight(shape=(shape[-1], 2))
+
+    layer = Gate()
+    layer.build((None, 3))
+    with pytest.raises(ValueError, match="not supported for pruning"):
+        registry.get_prunable_weights(layer)
+    keras_prune.register_prunable(Gate, ["gate"])
+    assert registry.get_prunable_weights(layer) == [layer.gate]
+    with pytest.raises(TypeError, match="layer_class"):
+        keras_prune.register_prunable(object, ["gate"])
+    with pytest.raises(TypeError, match="weights"):
+        keras_prune.register_prunable(Gate, "gate")
+    with pytest.raises(TypeError, match="layer"):
+        registry.get_prunable_weights("dense")

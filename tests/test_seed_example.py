@@ -1,0 +1,34 @@
+"""The seed article's example, migrated by changing imports only, on small data."""
+
+import pathlib
+import runpy
+
+import keras
+import numpy as np
+
+import keras_prune
+from keras_prune import datasets
+
+EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "seed_constant_sparsity.py"
+
+
+def test_seed_example_prunes_to_exact_target(monkeypatch, capsys):
+    (x_train, y_train), (x_test, y_test) = datasets.load_dataset()
+    small = lambda x: (np.rint(x[..., 0] * 255)).astype("uint8")  # noqa: E731
+    # 500 images: 2 batches per epoch, 30 epochs, pruning at step 12 (0.2 * 60).
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: (
+        (small(x_train[:500]), y_train[:500]), (small(x_test[:200]), y_test[:200])))  # fmt: skip
+    fitted = []
+    original_fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: fitted.append(self)
+                        or original_fit(self, *a, **{**k, "verbose": 0}))  # fmt: skip
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "Pruned CNN - Test loss:" in out and "Size of gzipped pruned Keras model:" in out
+    accuracy = float(out.split("Test accuracy: ")[1].split()[0])
+    assert accuracy > 0.5, out
+    report = keras_prune.sparsity_report(fitted[0])
+    assert [row.sparsity for row in report] == [0.875] * 4
+    saved = out.split("Pruned model saved: ")[1].split()[0]
+    stripped = keras.saving.load_model(saved)
+    assert [row.sparsity for row in keras_prune.sparsity_report(stripped)] == [0.875] * 4

@@ -1,0 +1,184 @@
+import keras
+import numpy as np
+import pytest
+from conftest import small_cnn, small_images
+from keras import ops
+
+import keras_prune
+from keras_prune import ConstantSparsity, PolynomialDecay, PruneLowMagnitude
+
+
+def value(x):
+    return ops.convert_to_numpy(x)
+
+
+def dense_model(schedule, units=32):
+    inputs = keras.Input((6,))
+    hidden = keras_prune.prune_low_magnitude(keras.layers.Dense(units, activation="relu"), schedule)(inputs)
+    outputs = keras.layers.Dense(1)(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def regression_data(n=64):
+    rng = np.random.RandomState(0)
+    x = rng.randn(n, 6).astype("float32")
+    return x, x @ rng.randn(6, 1).astype("float32")
+
+
+def test_step_advances_once_per_batch_and_masks_follow_schedule():
+    # Steps are 1, 2, ... as in tfmot; prune at steps 2, 4, 6 to 0.25, 0.5, 0.75.
+    schedule = PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, power=1, frequency=2)
+    model = dense_model(schedule)
+    model.compile("adam", "mse")
+    x, y = regression_data()
+    wrapper = next(keras_prune.pruned_layers(model))
+    seen = []
+    for _ in range(7):
+        model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)
+        mask = value(wrapper.pruning_vars[0][1])
+        seen.append((int(value(wrapper.pruning_step)), float(1 - mask.mean())))
+    assert seen == [(1, 0.0), (2, 0.25), (3, 0.25), (4, 0.5), (5, 0.5), (6, 0.75), (7, 0.75)]
+
+
+def test_pruned_weights_get_zero_gradient_and_inference_uses_masked_weights():
+    model = dense_model(ConstantSparsity(0.5, begin_step=0, frequency=1))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x, y = regression_data()
+    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)  # step 1: mask set
+    wrapper = next(keras_prune.pruned_layers(model))
+    (kernel, mask, _), = wrapper.pruning_vars
+    before = value(kernel)
+    # Freeze the mask (steps 2.. do not prune) and train with plain SGD: the
+    # kernel entries under a zero mask must not move at all.
+    wrapper.pruning_schedule = ConstantSparsity(0.5, begin_step=10**6)
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    after, m = value(kernel), value(mask)
+    np.testing.assert_array_equal(after[m == 0], before[m == 0])
+    assert np.abs(after[m == 1] - before[m == 1]).max() > 0
+    # Inference runs on weight * mask: zeroing the pruned entries changes nothing.
+    expected = model.predict(x, verbose=0)
+    kernel.assign(after * m)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), expected)
+
+
+def test_fit_reaches_exact_target_sparsity_on_seed_cnn():
+    x, y = small_images(96)
+    model = small_cnn()
+    schedule = ConstantSparsity(0.875, begin_step=2, frequency=100)
+    pruned = keras_prune.prune_low_magnitude(model, pruning_schedule=schedule)
+    pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = pruned.fit(x, y, batch_size=32, epochs=3, verbose=0,
+                         callbacks=[keras_prune.UpdatePruningStep()])  # fmt: skip
+    report = keras_prune.sparsity_report(pruned)
+    assert len(report) == 4
+    for row in report:
+        assert row.zeros == row.size - max(round(row.size * 0.125), 1), row
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_training_false_does_not_advance_or_prune():
+    model = dense_model(ConstantSparsity(0.5, begin_step=0, frequency=1))
+    x, _ = regression_data()
+    model(x, training=False)
+    model.predict(x, verbose=0)
+    wrapper = next(keras_prune.pruned_layers(model))
+    assert int(value(wrapper.pruning_step)) == 0
+    assert value(wrapper.pruning_vars[0][1]).min() == 1
+
+
+def custom_training_loop(model, x, y, steps):
+    """One training loop per backend family, as documented in the README."""
+    optimizer = keras.optimizers.Adam(0.01)
+    loss_fn = keras.losses.MeanSquaredError()
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+
+        for _ in range(steps):
+            train_step(x, y)
+    elif backend == "jax":
+        import jax
+
+        optimizer.build(model.trainable_variables)
+
+        def compute_loss(trainable, non_trainable, x, y):
+            pred, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+            return loss_fn(y, pred), non_trainable
+
+        @jax.jit
+        def train_step(state, x, y):
+            trainable, non_trainable, opt_vars = state
+            (_, non_trainable), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+                trainable, non_trainable, x, y
+            )
+            trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+            return trainable, non_trainable, opt_vars
+
+        state = ([v.value for v in model.trainable_variables],
+                 [v.value for v in model.non_trainable_variables],
+                 [v.value for v in optimizer.variables])  # fmt: skip
+        for _ in range(steps):
+            state = train_step(state, x, y)
+        for variable, new in zip(model.trainable_variables, state[0]):
+            variable.assign(new)
+        for variable, new in zip(model.non_trainable_variables, state[1]):
+            variable.assign(new)
+    else:
+        import torch
+
+        for _ in range(steps):
+            loss = loss_fn(y, model(x, training=True))
+            model.zero_grad()
+            loss.backward()
+            grads = [v.value.grad for v in model.trainable_variables]
+            with torch.no_grad():
+                optimizer.apply(grads, model.trainable_variables)
+
+
+def test_custom_training_loop():
+    model = dense_model(PolynomialDecay(0.0, 0.5, begin_step=0, end_step=4, frequency=2))
+    x, y = regression_data(32)
+    custom_training_loop(model, ops.convert_to_tensor(x), ops.convert_to_tensor(y), steps=5)
+    wrapper = next(keras_prune.pruned_layers(model))
+    assert int(value(wrapper.pruning_step)) == 5
+    assert keras_prune.sparsity_report(model)[0].sparsity == 0.5
+
+
+def test_config_round_trip():
+    wrapper = PruneLowMagnitude(
+        keras.layers.Dense(8), PolynomialDecay(0.1, 0.6, 0, 100, frequency=5),
+        block_size=(2, 2), block_pooling_type="max",
+    )  # fmt: skip
+    config = wrapper.get_config()
+    restored = PruneLowMagnitude.from_config(config)
+    assert restored.pruning_schedule == wrapper.pruning_schedule
+    assert restored.block_size == (2, 2) and restored.block_pooling_type == "MAX"
+    assert restored.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: PruneLowMagnitude(keras.layers.MaxPooling2D()), ValueError, "no prunable weights"),
+        (lambda: PruneLowMagnitude("dense"), TypeError, "layer"),
+        (lambda: PruneLowMagnitude(keras.layers.Dense(2), pruning_schedule=0.5), TypeError, "pruning_schedule"),
+        (lambda: PruneLowMagnitude(PruneLowMagnitude(keras.layers.Dense(2))), ValueError, "already pruned"),
+        (lambda: PruneLowMagnitude(keras.layers.Dense(2), block_pooling_type="SUM"), ValueError, "block_pooling_type"),
+    ],
+)
+def test_rejects_bad_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_block_size_on_conv_kernel_is_rejected_at_build():
+    with pytest.raises(ValueError, match="block_size.*2-D"):
+        keras_prune.prune_low_magnitude(small_cnn(), block_size=(2, 2))
