@@ -127,6 +127,11 @@ def main() -> None:
         if args.save_model:
             model.save(args.save_model)
     _, (x_test, y_test) = load_dataset()
+    # strip_pruning keeps the compile state, so `.keras` would also store
+    # Adam's slots (3x the weights); compare files of the weights alone.
+    plain = model.__class__.from_config(model.get_config())
+    plain.set_weights(model.get_weights())
+    model = plain
 
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: os.path.join(tmp, name) for name in
