@@ -9,7 +9,7 @@ import keras_prune as sparsity   # was: tfmot.sparsity.keras
 """
 
 from keras_prune.callbacks import UpdatePruningStep
-from keras_prune.export import gzipped_model_size
+from keras_prune.export import export, gzipped_model_size, load
 from keras_prune.masks import magnitude_mask
 from keras_prune.prune import prune_low_magnitude, pruned_layers, strip_pruning
 from keras_prune.registry import PrunableLayer, get_prunable_weights, register_prunable
@@ -27,8 +27,10 @@ __all__ = [
     "PruningSchedule",
     "SparsityReport",
     "UpdatePruningStep",
+    "export",
     "get_prunable_weights",
     "gzipped_model_size",
+    "load",
     "magnitude_mask",
     "prune_low_magnitude",
     "pruned_layers",
