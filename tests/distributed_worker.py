@@ -150,30 +150,36 @@ def tf_mirrored():
     return result
 
 
-def mask_update_hlo(sharded_weight):
-    """Compiled HLO of the wrapper's mask update (a cond on should_prune) for a sharded weight."""
+def train_step_hlo(model, mesh, x, y):
+    """Compiled HLO of `model`'s train step on a batch sharded along "batch"."""
     import jax
 
-    from keras_prune import masks
-
-    def update(weight, should_prune):
-        return keras.ops.cond(
-            should_prune,
-            lambda: masks.compute_mask(weight, 0.5)[0],
-            lambda: keras.ops.ones_like(weight),
+    batch = jax.sharding.NamedSharding(mesh.backend_mesh, jax.sharding.PartitionSpec("batch"))
+    state = tuple(
+        [v.value for v in variables]
+        for variables in (
+            model.trainable_variables, model.non_trainable_variables,
+            model.optimizer.variables, model.metrics_variables,
         )
-
-    return jax.jit(update).lower(sharded_weight, True).compile().as_text()
+    )  # fmt: skip
+    data = (jax.device_put(x, batch), jax.device_put(y, batch))
+    return jax.jit(model.train_step).lower(state, data).compile().as_text()
 
 
 def all_gathers(hlo):
-    """[(HLO computation, gathered shape)] for every all-gather in `hlo`."""
+    """[(HLO computation, gathered shape, in a cond branch)] for every all-gather."""
+    branches = set()
+    for line in hlo.splitlines():
+        if "branch_computations={" in line:
+            names = line.split("branch_computations={")[1].split("}")[0]
+            branches.update(name.strip() for name in names.split(","))
     found, computation = [], None
     for line in hlo.splitlines():
         if line and not line.startswith(" ") and line.rstrip().endswith("{"):
             computation = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
         if " all-gather(" in line:
-            found.append((computation, line.split("=")[1].split()[0]))
+            shape = line.split("=")[1].split()[0].split("{")[0]
+            found.append((computation, shape, computation in branches))
     return found
 
 
@@ -209,7 +215,7 @@ def jax_model_parallel():
         full = np.asarray(mask.value)
         shards = mask.value.addressable_shards
         kept_per_shard = sorted(int(np.asarray(s.data).sum()) for s in shards)
-        hlo = mask_update_hlo(kernel.value)
+        hlo = train_step_hlo(model, mesh, x[:BATCH], y[:BATCH])
     return {
         "devices": len(devices),
         "kernel_spec": str(kernel.value.sharding.spec),
