@@ -62,7 +62,7 @@ def final_sparsity_shortfalls(model: keras.layers.Layer) -> list[str]:
             target = m / n
         if target is None:
             continue
-        step = int(ops.convert_to_numpy(layer.pruning_step.value))
+        step = int(ops.convert_to_numpy(layer.pruning_step))
         block = math.prod(layer.block_size)
         for weight, mask, _ in layer.pruning_vars:
             size = math.prod(weight.shape)

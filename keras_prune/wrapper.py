@@ -95,10 +95,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 tuple(weight.shape), self.block_size, self.sparsity_m_by_n,
                 name=f"{self.layer.name}/{weight.name}",
             )  # fmt: skip
-            mask = self.add_weight(
-                name=f"{weight.name}_mask", shape=weight.shape, dtype=weight.dtype,
-                initializer="ones", trainable=False,
-            )  # fmt: skip
+            mask = self._add_mask_for(weight)
             threshold = self.add_weight(
                 name=f"{weight.name}_threshold", shape=(), dtype=weight.dtype,
                 initializer="zeros", trainable=False,
@@ -111,6 +108,25 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             name="pruning_step", shape=(), dtype="int32",
             initializer="zeros", trainable=False,
         )  # fmt: skip
+
+    def _add_mask_for(self, weight: keras.Variable) -> keras.Variable:
+        """`add_weight` for the mask of `weight`, with `weight`'s sharding layout.
+
+        Under `keras.distribution.ModelParallel` a LayoutMap rule written for
+        the kernel (e.g. ".*dense/kernel") does not match the mask's path
+        (".../kernel_mask"), which would leave the mask replicated while the
+        kernel is sharded. Like Keras's optimizer slots, the mask takes the
+        weight's layout, so it is sharded like the weight whatever the map
+        says. Without a distribution the layout is None: plain `add_weight`.
+        """
+        with keras.name_scope(self.name, caller=self):
+            mask = keras.Variable(
+                initializer=keras.initializers.Ones(), shape=weight.shape,
+                dtype=weight.dtype, trainable=False, name=f"{weight.name}_mask",
+                layout=getattr(weight, "_layout", None),
+            )  # fmt: skip
+        self._track_variable(mask)  # what add_weight does, which takes no layout
+        return mask
 
     def _update_masks(self) -> None:
         """Advances the pruning step and applies the schedule to every mask."""
