@@ -49,7 +49,8 @@ def link(model: keras.layers.Layer) -> None:
                 f"{sorted(schedules)}; a group prunes with one schedule."
             )
         for member in members:
-            member._group_members = members
+            # Plain attribute, not tracked: the members are layers of the model.
+            object.__setattr__(member, "_group_members", tuple(members))
 
 
 def group_members(wrapper: "PruneLowMagnitude") -> list["PruneLowMagnitude"]:
