@@ -124,8 +124,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return None if inner is None else {"layer": inner}
 
     def build_from_config(self, config: dict[str, Any] | None) -> None:
+        if self.built:  # built in __init__ around an already built layer
+            return
         if config and "layer" in config:
-            self.layer.build_from_config(config["layer"])
+            if not self.layer.built:
+                self.layer.build_from_config(config["layer"])
             self._finish_build()
         else:
             super().build_from_config(config)
