@@ -9,6 +9,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_prune import global_pruning
 from keras_prune.masks import keep_count
 from keras_prune.prune import pruned_layers
 
@@ -32,6 +33,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        global_pruning.link(self.model)
         if not any(True for _ in pruned_layers(self.model)):
             warnings.warn(
                 "UpdatePruningStep: the model has no PruneLowMagnitude layers; "

@@ -1,4 +1,18 @@
-"""The prune/strip API: `prune_low_magnitude` and `strip_pruning`."""
+"""The prune/strip API: `prune_low_magnitude` and `strip_pruning`.
+
+Every model form is handled:
+
+* Sequential and Functional models are cloned (`keras.models.clone_model`)
+  with the selected layers wrapped; shared layers stay shared (one wrapper,
+  one mask); nested models (a model used as a layer) are pruned inside.
+* Subclassed models (`class MyModel(keras.Model)`) are re-created from their
+  config as a new instance of the same class, built and given the original
+  weights; then every attribute holding a layer (directly, or in a list,
+  tuple or dict) that is selected is replaced by its `PruneLowMagnitude`
+  wrapper. The original model is left untouched, as for the other forms.
+* Layers wrapped by hand (`prune_low_magnitude(layer)` inside a model
+  definition, as in tfmot) are kept as they are.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +22,16 @@ import keras
 from keras import ops
 
 from keras_prune import registry
+from keras_prune.global_pruning import link as _link_groups
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 from keras_prune.wrapper import PruneLowMagnitude
+
+GLOBAL_GROUP = "global"
+
+# transform(layer, original): the replacement of `layer`, a layer of the model
+# being built; `original` is the input model's layer at the same place (the
+# same object for Sequential/Functional), which selection matches against.
+Transform = Callable[[keras.layers.Layer, keras.layers.Layer], keras.layers.Layer]
 
 
 def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
@@ -32,18 +54,28 @@ def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     return layer.__class__.from_config(layer.get_config())
 
 
-def _clone_model(
-    model: keras.Model, transform: Callable[[keras.layers.Layer], keras.layers.Layer]
-) -> keras.Model:
-    """Clones a Sequential/Functional model through `transform`, keeping weights.
+def _unwrapped_weights(wrapper: PruneLowMagnitude) -> list[Any]:
+    pruned = {id(w): ops.multiply(w.value, m.value) for w, m, _ in wrapper.pruning_vars}
+    return [ops.convert_to_numpy(pruned.get(id(v), v.value)) for v in wrapper.layer.weights]
 
-    `transform(layer)` returns the replacement layer; weights are copied
-    afterwards by `_copy_weights(original, replacement)`.
-    """
+
+def _copy_weights(original: keras.layers.Layer, new: keras.layers.Layer) -> None:
+    if isinstance(original, keras.Model) or original is new:
+        return  # nested models are transformed, weights included, recursively
+    if isinstance(original, PruneLowMagnitude) and not isinstance(new, PruneLowMagnitude):
+        new.set_weights(_unwrapped_weights(original))
+    elif isinstance(new, PruneLowMagnitude) and not isinstance(original, PruneLowMagnitude):
+        new.layer.set_weights(original.get_weights())
+    else:
+        new.set_weights(original.get_weights())
+
+
+def _transform_plain(model: keras.Model, transform: Transform) -> keras.Model:
+    """Clones a Sequential/Functional model through `transform`, keeping weights."""
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        new = transform(layer)
+        new = transform(layer, layer)
         pairs.append((layer, new))
         return new
 
@@ -53,23 +85,176 @@ def _clone_model(
     return clone
 
 
-def _copy_weights(original: keras.layers.Layer, new: keras.layers.Layer) -> None:
-    if isinstance(original, PruneLowMagnitude) and not isinstance(new, PruneLowMagnitude):
-        pruned = {id(w): ops.multiply(w.value, m.value) for w, m, _ in original.pruning_vars}
-        values = [pruned.get(id(v), v.value) for v in original.layer.weights]
-        new.set_weights([ops.convert_to_numpy(v) for v in values])
-    elif isinstance(new, PruneLowMagnitude) and not isinstance(original, PruneLowMagnitude):
-        new.layer.set_weights(original.get_weights())
-    else:
-        new.set_weights(original.get_weights())
-
-
-def _check_model(model: Any, argument: str) -> None:
-    if isinstance(model, keras.Model) and not _is_plain_model(model):
+def _recreate(model: keras.Model) -> keras.Model:
+    """A new instance of a subclassed `model`'s class, built like `model`."""
+    try:
+        clone = model.__class__.from_config(model.get_config())
+    except Exception as error:  # the user's get_config/from_config/__init__
         raise ValueError(
-            f"`{argument}` is a subclassed model ({type(model).__name__}); "
-            "pass a Sequential or Functional model, or prune its layers."
+            f"Cannot re-create the subclassed model {model.name!r} "
+            f"({type(model).__name__}) from its config, which prune_low_magnitude and "
+            "strip_pruning need to return a new model: give the class a `get_config()` "
+            "returning its constructor arguments, or wrap layers with "
+            f"prune_low_magnitude inside its __init__. ({type(error).__name__}: {error})"
+        ) from error
+    if model.built:
+        build_config = model.get_build_config()
+        if build_config is None:
+            raise ValueError(
+                f"The subclassed model {model.name!r} is built but has no build config; "
+                "build it with `model.build(input_shape)` or by calling it on data."
+            )
+        clone.build_from_config(build_config)
+    return clone
+
+
+def _attribute_layers(model: keras.Model) -> Iterator[tuple[str, Any, keras.layers.Layer]]:
+    """(attribute, key or None, layer) for every layer `model` holds as an attribute."""
+    tracked = {id(layer) for layer in model._layers}
+    for name, value in list(vars(model).items()):
+        # Keras's own layer list, and TensorFlow's tracking tables on that backend.
+        if name in ("_layers", "_tracker") or name.startswith("_self_"):
+            continue
+        if isinstance(value, keras.layers.Layer):
+            entries = [(None, value)]
+        elif isinstance(value, (list, tuple)):
+            entries = list(enumerate(value))
+        elif isinstance(value, dict):
+            entries = list(value.items())
+        else:
+            continue
+        for key, item in entries:
+            if isinstance(item, keras.layers.Layer) and id(item) in tracked:
+                yield name, key, item
+
+
+def _set_attribute_layer(model: keras.Model, name: str, key: Any, old: Any, new: Any) -> None:
+    # Plain setattr/setitem would track `new` in addition to `old`; replacing
+    # it in the tracked layer list keeps `model.layers` and `model.weights` exact.
+    layers = model._layers
+    for i, layer in enumerate(layers):
+        if layer is old:
+            layers[i] = new
+            stored = model._tracker.stored_ids.get("layers", set())
+            stored.discard(id(old))
+            stored.add(id(new))
+    container = vars(model)[name]
+    if key is None:
+        object.__setattr__(model, name, new)
+    elif isinstance(container, tuple):
+        items = list(container)
+        items[key] = new
+        object.__setattr__(model, name, type(container)(items))
+    elif isinstance(container, list):
+        list.__setitem__(container, key, new)
+    else:
+        dict.__setitem__(container, key, new)
+
+
+def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Model:
+    """A new instance of `model`'s class whose attribute layers went through `transform`.
+
+    The instance is re-created from the model's config and built; each of its
+    attribute layers receives the weights of the layer at the same attribute
+    of `model` (unwrapped where `model`'s is pruned) and is then passed to
+    `transform`. Nested models are transformed from `model`'s own.
+    """
+    clone = _recreate(model)
+    originals = {(name, key): layer for name, key, layer in _attribute_layers(model)}
+    replaced: dict[int, keras.layers.Layer] = {}  # a layer held by two attributes
+    for name, key, layer in list(_attribute_layers(clone)):
+        if id(layer) in replaced:
+            _set_attribute_layer(clone, name, key, layer, replaced[id(layer)])
+            continue
+        original = originals.get((name, key))
+        if original is None:
+            raise ValueError(
+                f"The re-created {type(model).__name__} has a layer at {name}[{key}] "
+                f"that {model.name!r} lacks; its get_config() does not re-create the model."
+            )
+        if isinstance(original, keras.Model):
+            new = transform(original, original)
+        else:
+            if original.built:
+                if isinstance(original, PruneLowMagnitude) and not isinstance(layer, PruneLowMagnitude):
+                    layer.set_weights(_unwrapped_weights(original))
+                else:
+                    layer.set_weights(original.get_weights())
+            new = transform(layer, original)
+        replaced[id(layer)] = new
+        if new is not layer:
+            _set_attribute_layer(clone, name, key, layer, new)
+    own = model._trainable_variables + model._non_trainable_variables
+    for variable, value in zip(clone._trainable_variables + clone._non_trainable_variables, own):
+        variable.assign(value.value)
+    return clone
+
+
+def _transform_model(model: keras.Model, transform: Transform) -> keras.Model:
+    if _is_plain_model(model):
+        return _transform_plain(model, transform)
+    return _transform_subclassed(model, transform)
+
+
+def _check_training_argument(model: keras.Model) -> None:
+    # Keras passes `training=True` into a model's layers only through a call
+    # signature that has `training`; without it the wrappers never see a
+    # training call and pruning would silently never happen.
+    if not _is_plain_model(model) and not model._call_has_training_arg:
+        raise ValueError(
+            f"{type(model).__name__}.call must accept a `training` argument (e.g. "
+            "`def call(self, x, training=None)`) so that Keras runs its layers in "
+            "training mode in fit(); pruning updates happen only in training calls."
         )
+
+
+class _Selection:
+    """Which layers `select` picks: instances, names, classes, predicates."""
+
+    def __init__(self, select: Any):
+        self.everything = select is None
+        items = [] if select is None else select if isinstance(select, (list, tuple, set)) else [select]
+        for item in items:
+            if not (
+                isinstance(item, (keras.layers.Layer, str))
+                or (isinstance(item, type) and issubclass(item, keras.layers.Layer))
+                or callable(item)
+            ):
+                raise TypeError(
+                    "`select` must be None, a layer, a layer name, a layer class, a "
+                    "predicate `f(layer) -> bool`, or a list of these; got "
+                    f"{item!r} of type {type(item).__name__}."
+                )
+        self.items = list(items)
+        self.used: set[int] = set()
+
+    def __call__(self, layer: keras.layers.Layer) -> bool:
+        if self.everything:
+            return True
+        hit = False
+        for i, item in enumerate(self.items):
+            if isinstance(item, keras.layers.Layer):
+                match = item is layer
+            elif isinstance(item, str):
+                match = item == layer.name
+            elif isinstance(item, type):
+                match = isinstance(layer, item)
+            else:
+                match = bool(item(layer))
+            if match:
+                self.used.add(i)
+                hit = True
+        return hit
+
+    def check_all_used(self) -> None:
+        unused = [self.items[i] for i in range(len(self.items)) if i not in self.used]
+        unused = [u for u in unused if not callable(u) or isinstance(u, type)]
+        if unused:
+            names = [u.name if isinstance(u, keras.layers.Layer) else u for u in unused]
+            raise ValueError(
+                f"`select` names layers that are not in the model: {names!r}. "
+                "Select layers of the model passed as `to_prune`, by instance, name or class."
+            )
 
 
 def prune_low_magnitude(
@@ -78,66 +263,73 @@ def prune_low_magnitude(
     block_size: tuple[int, int] = (1, 1),
     block_pooling_type: str = "AVG",
     sparsity_m_by_n: tuple[int, int] | None = None,
+    *,
+    select: Any = None,
+    global_pruning: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Wraps a layer, a list of layers or a model for magnitude pruning.
 
     The drop-in replacement of `tfmot.sparsity.keras.prune_low_magnitude`.
-    For a model it returns a new, uncompiled model of the same form whose
-    prunable layers are wrapped in `PruneLowMagnitude`, with the original
-    weights; compile it, then train with `UpdatePruningStep` among the
-    callbacks. Layers without prunable weights (pooling, normalisation, ...)
-    pass through unwrapped; layers already wrapped are kept as they are.
+    For a model it returns a new, uncompiled model of the same form
+    (Sequential, Functional, or an instance of your `keras.Model` subclass)
+    whose selected prunable layers are wrapped in `PruneLowMagnitude`, with
+    the original weights; nested models are pruned inside. Compile it, then
+    train with `UpdatePruningStep` among the callbacks. Layers without
+    prunable weights (pooling, normalisation, ...) pass through unwrapped;
+    layers already wrapped are kept as they are.
 
     Args:
-        to_prune: a layer, a list of layers, or a Sequential/Functional model.
+        to_prune: a layer, a list of layers, or a model (Sequential,
+            Functional or subclassed).
         pruning_schedule: when and how much to prune; default
             `ConstantSparsity(0.5, begin_step=0)`.
         block_size: `(h, w)` blocks of 2-D weights pruned together.
         block_pooling_type: "AVG" or "MAX" pooling of block magnitudes.
         sparsity_m_by_n: `(m, n)` zeros m of every n consecutive weights
             along the input channels, e.g. (2, 4), as tfmot does.
+        select: for a model, which layers to prune: None (every prunable
+            layer), or a layer instance, a layer name, a layer class, a
+            predicate `f(layer) -> bool`, or a list of these (a layer is
+            pruned if any matches). Selecting a nested model prunes all of
+            it. Instances, names and classes that match nothing raise.
+        global_pruning: rank all selected weights together and keep the
+            largest `1 - sparsity` of them with one threshold, instead of
+            pruning every weight to the same sparsity.
         **kwargs: passed to `PruneLowMagnitude` (e.g. `name`) for a layer.
 
     Example:
 
     ```python
     schedule = keras_prune.PolynomialDecay(0.0, 0.875, begin_step=0, end_step=1000)
-    pruned = keras_prune.prune_low_magnitude(model, pruning_schedule=schedule)
+    pruned = keras_prune.prune_low_magnitude(
+        model, pruning_schedule=schedule, select=keras.layers.Dense)
     pruned.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     pruned.fit(x, y, callbacks=[keras_prune.UpdatePruningStep()])
     ```
     """
+    if not isinstance(global_pruning, bool):
+        raise TypeError(f"`global_pruning` must be True or False; got {global_pruning!r}.")
     options = dict(
         pruning_schedule=pruning_schedule or ConstantSparsity(0.5, 0),
         block_size=block_size,
         block_pooling_type=block_pooling_type,
         sparsity_m_by_n=sparsity_m_by_n,
+        global_group=GLOBAL_GROUP if global_pruning else None,
     )
     # Validate the options once, before touching any layer.
     PruneLowMagnitude(keras.layers.Dense(1), **options)
 
-    def wrap_in_model(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, PruneLowMagnitude):
-            return PruneLowMagnitude.from_config(layer.get_config())
-        if registry.supports(layer):
-            return PruneLowMagnitude(_clone_layer(layer), **options)
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"Layer {layer.name!r} is a nested model; prune it first and use the "
-                "pruned model as the layer."
-            )
-        if layer.weights and not registry.is_known(layer):
-            raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}) has weights but is not "
-                "supported for pruning. Implement keras_prune.PrunableLayer on it or "
-                "call keras_prune.register_prunable(its_class, [...])."
-            )
-        return _clone_layer(layer)
-
     if isinstance(to_prune, keras.Model):
-        _check_model(to_prune, "to_prune")
-        return _clone_model(to_prune, wrap_in_model)
+        if kwargs:
+            raise TypeError(f"Unexpected keyword arguments for a model: {sorted(kwargs)}.")
+        selection = _Selection(select)
+        pruned = _prune_model(to_prune, options, selection)
+        selection.check_all_used()
+        _link_groups(pruned)
+        return pruned
+    if select is not None:
+        raise ValueError("`select` applies to models; for a layer or a list, pass the layers to prune.")
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **options, **kwargs)
     if isinstance(to_prune, (list, tuple)):
@@ -149,18 +341,45 @@ def prune_low_magnitude(
             for layer in to_prune
         ]  # fmt: skip
     raise TypeError(
-        "`to_prune` must be a keras layer, a list of layers, or a Sequential or "
-        f"Functional keras.Model; got {type(to_prune).__name__}."
+        "`to_prune` must be a keras layer, a list of layers, or a keras.Model; "
+        f"got {type(to_prune).__name__}."
     )
+
+
+def _prune_model(model: keras.Model, options: dict[str, Any], selection: _Selection) -> keras.Model:
+    _check_training_argument(model)
+    plain = _is_plain_model(model)
+
+    def wrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, PruneLowMagnitude):
+            return PruneLowMagnitude.from_config(layer.get_config()) if plain else layer
+        if isinstance(layer, keras.Model):
+            inner = _Selection(None) if selection(original) else selection
+            pruned = _prune_model(layer, options, inner)
+            return pruned
+        chosen = selection(original)
+        if chosen and registry.supports(layer):
+            return PruneLowMagnitude(_clone_layer(layer) if plain else layer, **options)
+        if chosen and layer.weights and not registry.is_known(layer):
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) has weights but is not "
+                "supported for pruning. Implement keras_prune.PrunableLayer on it or "
+                "call keras_prune.register_prunable(its_class, [...])."
+            )
+        return _clone_layer(layer) if plain else layer
+
+    return _transform_model(model, wrap)
 
 
 def strip_pruning(model: keras.Model) -> keras.Model:
     """Returns a plain Keras model with the pruning wrappers removed.
 
     Each wrapped layer is replaced by its inner layer with weights set to
-    `weight * mask`, so pruned weights are exact zeros. The result needs no
-    keras_prune at load time and predicts exactly what the pruned model
-    predicts in inference.
+    `weight * mask`, so pruned weights are exact zeros; nested models are
+    stripped inside. The result needs no keras_prune at load time and
+    predicts exactly what the pruned model predicts in inference. A model
+    with no pruning wrappers is returned as an equal copy (a documented
+    no-op, with a warning-free result you can save as usual).
 
     Example:
 
@@ -173,11 +392,16 @@ def strip_pruning(model: keras.Model) -> keras.Model:
         raise TypeError(
             f"`model` must be a keras.Model to strip; got {type(model).__name__}."
         )
-    _check_model(model, "model")
+    plain = _is_plain_model(model)
 
-    def unwrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+    def unwrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.Model):
+            return strip_pruning(layer)
         if isinstance(layer, PruneLowMagnitude):
-            return _clone_layer(layer.layer)
-        return _clone_layer(layer)
+            if plain:
+                return _clone_layer(layer.layer)
+            layer.layer.set_weights(_unwrapped_weights(layer))
+            return layer.layer
+        return _clone_layer(layer) if plain else layer
 
-    return _clone_model(model, unwrap)
+    return _transform_model(model, unwrap)

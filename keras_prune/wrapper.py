@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
-from keras_prune import masks, registry
+from keras_prune import _forward_pass, global_pruning, masks, registry
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
 
@@ -33,6 +34,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         block_pooling_type: "AVG" or "MAX", how block magnitudes are pooled.
         sparsity_m_by_n: `(m, n)` zeros m of every n weights along the input
             channels instead of following the schedule's sparsity.
+        global_group: None (each weight gets its own threshold), or the name
+            of a global pruning group: all wrappers of one model with the
+            same group name are pruned together with one threshold (see
+            `keras_prune.global_pruning`).
 
     Example:
 
@@ -48,6 +53,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         block_size: tuple[int, int] = (1, 1),
         block_pooling_type: str = "AVG",
         sparsity_m_by_n: tuple[int, int] | None = None,
+        global_group: str | None = None,
         **kwargs: Any,
     ):
         if isinstance(layer, PruneLowMagnitude):
@@ -79,15 +85,53 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.block_size, self.block_pooling_type, self.sparsity_m_by_n = (
             masks.normalize_options(block_size, block_pooling_type, sparsity_m_by_n)
         )
+        if global_group is not None:
+            if not isinstance(global_group, str) or not global_group:
+                raise TypeError(
+                    f"`global_group` must be None or a non-empty string; got {global_group!r}."
+                )
+            if self.block_size != (1, 1) or self.sparsity_m_by_n is not None:
+                raise ValueError(
+                    "`global_group` (global magnitude pruning) works on single weights; "
+                    "it cannot be combined with `block_size` or `sparsity_m_by_n`."
+                )
+        self.global_group = global_group
         self.pruning_vars: list[tuple[keras.Variable, keras.Variable, keras.Variable]] = []
         if layer.built:
             self._create_pruning_variables()
 
     def build(self, input_shape: Any = None) -> None:
         super().build(input_shape)
+        self._finish_build()
+
+    def _finish_build(self) -> None:
         if not self.pruning_vars:
             self._create_pruning_variables()
         self.built = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Keras builds a layer from the shape of its first input only. Layers
+        # with several inputs (MultiHeadAttention(query, value, key)) are
+        # built by calling them once on the actual inputs instead.
+        if not self.built and not self.layer.built and (len(args) > 1 or _has_tensor(kwargs)):
+            self.layer(*args, **kwargs)
+            self._finish_build()
+        return super().__call__(*args, **kwargs)
+
+    def get_build_config(self) -> dict[str, Any] | None:
+        # The inner layer knows how it was built (one input or several).
+        inner = self.layer.get_build_config()
+        return None if inner is None else {"layer": inner}
+
+    def build_from_config(self, config: dict[str, Any] | None) -> None:
+        if self.built:  # built in __init__ around an already built layer
+            return
+        if config and "layer" in config:
+            if not self.layer.built:
+                self.layer.build_from_config(config["layer"])
+            self._finish_build()
+        else:
+            super().build_from_config(config)
 
     def _create_pruning_variables(self) -> None:
         for weight in registry.get_prunable_weights(self.layer):
@@ -129,9 +173,19 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return mask
 
     def _update_masks(self) -> None:
-        """Advances the pruning step and applies the schedule to every mask."""
+        """Advances the pruning step and applies the schedule to every mask.
+
+        Runs once per forward pass: a shared wrapper called several times in
+        one training batch advances its step, and updates its masks, on the
+        first call only (see `_forward_pass`).
+        """
+        if not _forward_pass.first_call(self, ("step", id(self))):
+            return
         step = ops.add(self.pruning_step.value, 1)
         self.pruning_step.assign(step)
+        if self.global_group is not None:
+            global_pruning.update_group(self, step)
+            return
         should_prune, sparsity = self.pruning_schedule(step)
         should_prune = ops.convert_to_tensor(should_prune, "bool")
         sparsity = ops.convert_to_tensor(sparsity, "float32")
@@ -190,6 +244,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             "block_size": list(self.block_size),
             "block_pooling_type": self.block_pooling_type,
             "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
+            "global_group": self.global_group,
         }
 
     @classmethod
@@ -199,3 +254,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             config["pruning_schedule"], custom_objects=custom_objects
         )
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def _has_tensor(kwargs: dict[str, Any]) -> bool:
+    return any(
+        keras.ops.is_tensor(v) or isinstance(v, (keras.KerasTensor, np.ndarray))
+        for k, v in kwargs.items() if k not in ("training", "mask")
+    )  # fmt: skip

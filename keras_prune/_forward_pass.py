@@ -1,0 +1,62 @@
+"""Once-per-forward-pass bookkeeping for layers that update state in `call`.
+
+A pruning wrapper advances its step and recomputes its masks in its training
+call. A shared wrapper (one layer called twice in a model) and the members
+of a global pruning group must do so once per training batch, not once per
+call. Keras opens one `CallContext` per outermost layer call (the model's
+forward pass) and passes it down to every nested call; the first call of a
+forward pass records a key on it, later calls in the same pass find the key.
+
+JAX's trainer runs the model through `stateless_call`, which calls
+`model.call` directly and so opens no model-level context; there every
+top-level layer call opens its own. In that case the pass is identified by
+the enclosing `StatelessScope` that `stateless_call` opens for the whole
+forward pass.
+
+This is Python-level bookkeeping, so it is resolved while a compiled train
+step is traced and costs nothing at run time, on every backend (including
+JAX, where the step is a pure function traced once). It relies on Keras's
+`Layer._get_call_context()` and the current stateless scope, underscored
+parts of Keras 3 (present since 3.0); this module is the only place that
+touches them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+import keras
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+_KEY = "keras_prune_done"
+
+
+def _pass_state(layer: keras.layers.Layer) -> Any:
+    """The object that lives exactly as long as the current forward pass."""
+    context = layer._get_call_context()
+    if context.entry_layer is layer:
+        scope = get_stateless_scope()
+        if scope is not None:
+            return scope
+    return context
+
+
+def first_call(layer: keras.layers.Layer, key: Hashable) -> bool:
+    """True the first time `key` is seen in the current forward pass.
+
+    Must be called from inside `layer.call`.
+    """
+    state = _pass_state(layer)
+    done: set[Any] | None = getattr(state, _KEY, None)
+    if done is None:
+        done = set()
+        setattr(state, _KEY, done)
+    if key in done:
+        return False
+    done.add(key)
+    return True
+
+
+def entry_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """The outermost layer (usually the model) of the current forward pass."""
+    return layer._get_call_context().entry_layer

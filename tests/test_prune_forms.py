@@ -1,0 +1,195 @@
+"""Model forms: shared layers, subclassed and nested models, selection, global pruning, layer types."""
+
+import numpy as np
+import keras
+import pytest
+from keras import ops
+
+import keras_prune as kp
+
+
+def every_step(sparsity=0.5):
+    return kp.ConstantSparsity(sparsity, 0, frequency=1)
+
+
+def train(model, x, y, batches=3, batch_size=4):
+    model.compile("sgd", "mse")
+    model.fit(x[: batches * batch_size], y[: batches * batch_size], batch_size=batch_size,
+              epochs=1, verbose=0, shuffle=False)
+
+
+def mask_zero_fraction(wrapper):
+    return [s for _, s in wrapper.mask_sparsity()]
+
+
+def test_shared_layer_steps_once_per_batch_and_has_one_mask():
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(4)
+    model = keras.Model(inputs, dense(dense(inputs)))
+    pruned = kp.prune_low_magnitude(model, every_step())
+    wrappers = list(kp.pruned_layers(pruned))
+    assert len(wrappers) == 1
+    x = np.random.RandomState(0).rand(20, 4).astype("float32")
+    train(pruned, x, x, batches=5)
+    assert int(ops.convert_to_numpy(wrappers[0].pruning_step.value)) == 4
+    assert mask_zero_fraction(wrappers[0]) == [0.5]
+
+
+class Blocks(keras.Model):
+    def __init__(self, units=8, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(units, activation="relu")
+        self.blocks = [keras.layers.Dense(units), keras.layers.Dense(units)]
+        self.heads = {"out": keras.layers.Dense(2)}
+        self.norm = keras.layers.LayerNormalization()
+
+    def call(self, x, training=None):
+        x = self.first(x, training=training)
+        for block in self.blocks:
+            x = block(x, training=training)
+        return self.heads["out"](self.norm(x), training=training)
+
+
+def test_subclassed_model_is_pruned_as_a_new_instance_with_its_weights():
+    model = Blocks()
+    x = np.random.RandomState(0).rand(12, 4).astype("float32")
+    before = ops.convert_to_numpy(model(x))
+    skipped = model.blocks[0]
+    pruned = kp.prune_low_magnitude(model, every_step(0.75), select=lambda l: l is not skipped)
+    assert type(pruned) is Blocks and pruned is not model
+    assert isinstance(pruned.first, kp.PruneLowMagnitude)
+    assert not isinstance(pruned.blocks[0], kp.PruneLowMagnitude)
+    assert isinstance(pruned.blocks[1], kp.PruneLowMagnitude)
+    assert isinstance(pruned.heads["out"], kp.PruneLowMagnitude)
+    assert isinstance(pruned.norm, keras.layers.LayerNormalization)
+    assert not any(isinstance(l, kp.PruneLowMagnitude) for l in model.layers)  # original untouched
+    np.testing.assert_allclose(ops.convert_to_numpy(pruned(x)), before, atol=1e-6)
+    train(pruned, x, np.zeros((12, 2), "float32"))
+    assert [mask_zero_fraction(w) for w in kp.pruned_layers(pruned)] == [[0.75]] * 3
+    stripped = kp.strip_pruning(pruned)
+    assert type(stripped) is Blocks and not list(kp.pruned_layers(stripped))
+    np.testing.assert_allclose(ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6)
+
+
+def test_subclassed_model_without_training_argument_is_refused():
+    class NoTraining(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = NoTraining()
+    model(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="training"):
+        kp.prune_low_magnitude(model)
+
+
+def test_nested_model_is_pruned_inside():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6), keras.layers.Dense(6)], name="inner")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
+    x = np.random.RandomState(1).rand(12, 4).astype("float32")
+    before = ops.convert_to_numpy(model(x))
+    pruned = kp.prune_low_magnitude(model, every_step())
+    assert len(list(kp.pruned_layers(pruned))) == 3
+    np.testing.assert_allclose(ops.convert_to_numpy(pruned(x)), before, atol=1e-6)
+    train(pruned, x, np.zeros((12, 2), "float32"))
+    assert all(mask_zero_fraction(w) == [0.5] for w in kp.pruned_layers(pruned))
+    stripped = kp.strip_pruning(pruned)
+    assert not list(kp.pruned_layers(stripped))
+    np.testing.assert_allclose(ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["instance", "name", "class", "predicate"])
+def test_select(how):
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, name="head")])
+    select = {"instance": model.layers[2], "name": "head", "class": keras.layers.Dense,
+              "predicate": lambda layer: layer.name.startswith("he")}[how]
+    pruned = kp.prune_low_magnitude(model, select=[select])
+    assert [w.layer.name for w in kp.pruned_layers(pruned)] == ["head"]
+
+
+def test_select_of_a_missing_layer_raises():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="not in the model"):
+        kp.prune_low_magnitude(model, select="nope")
+    with pytest.raises(TypeError, match="select"):
+        kp.prune_low_magnitude(model, select=3)
+
+
+def test_global_pruning_keeps_exact_k_with_one_threshold():
+    rng = np.random.RandomState(0)
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(20), keras.layers.Dense(5)])
+    model.layers[0].kernel.assign(rng.randn(10, 20).astype("float32") * 0.1)  # small weights
+    model.layers[1].kernel.assign(rng.randn(20, 5).astype("float32") * 10.0)  # large weights
+    pruned = kp.prune_low_magnitude(model, every_step(0.8), global_pruning=True)
+    model_weights = [w.kernel for w in model.layers]
+    # One training batch with lr=0 prunes without moving the weights.
+    pruned.compile(keras.optimizers.SGD(0.0), "mse")
+    pruned.fit(rng.rand(4, 10), rng.rand(4, 5), batch_size=4, verbose=0,
+               callbacks=[kp.UpdatePruningStep()])
+    wrappers = list(kp.pruned_layers(pruned))
+    masks = [ops.convert_to_numpy(m.value) for w in wrappers for _, m, _ in w.pruning_vars]
+    kept = sum(int(m.sum()) for m in masks)
+    assert kept == round(300 * 0.2)
+    values = np.concatenate([np.abs(ops.convert_to_numpy(w.value)).ravel() for w in model_weights])
+    expected = np.sort(values)[-kept:]
+    got = np.concatenate([np.abs(ops.convert_to_numpy(w.value)).ravel()[m.ravel() > 0]
+                          for w, m in zip(model_weights, masks)])
+    np.testing.assert_allclose(np.sort(got), expected)
+    assert masks[1].mean() > masks[0].mean()  # the large layer keeps more
+    thresholds = {float(ops.convert_to_numpy(t.value)) for w in wrappers for _, _, t in w.pruning_vars}
+    assert len(thresholds) == 1
+
+
+LAYERS = {
+    "dense": (lambda: keras.layers.Dense(8), (6,)),
+    "einsum": (lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=8), (6,)),
+    "conv1d_transpose": (lambda: keras.layers.Conv1DTranspose(4, 3), (8, 4)),
+    "conv2d_transpose": (lambda: keras.layers.Conv2DTranspose(4, 3), (6, 6, 4)),
+    "conv3d": (lambda: keras.layers.Conv3D(4, 2), (4, 4, 4, 2)),
+    "depthwise2d": (lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2), (6, 6, 4)),
+    "separable2d": (lambda: keras.layers.SeparableConv2D(8, 3), (6, 6, 4)),
+    "simple_rnn": (lambda: keras.layers.SimpleRNN(8), (5, 4)),
+    "lstm": (lambda: keras.layers.LSTM(8), (5, 4)),
+    "gru": (lambda: keras.layers.GRU(8), (5, 4)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_layer_trains_to_the_scheduled_sparsity(kind):
+    make, shape = LAYERS[kind]
+    inputs = keras.Input(shape)
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(make()(inputs)))
+    model = kp.prune_low_magnitude(keras.Model(inputs, outputs), every_step(0.75),
+                                   select=lambda layer: layer.name != model_head_name(layer))
+    x = np.random.RandomState(0).rand(8, *shape).astype("float32")
+    train(model, x, np.zeros((8, 1), "float32"), batches=2)
+    wrapper = next(kp.pruned_layers(model))
+    assert mask_zero_fraction(wrapper) == pytest.approx([0.75] * len(wrapper.pruning_vars), abs=0.02)
+
+
+def model_head_name(layer):
+    return layer.name if isinstance(layer, keras.layers.Dense) and layer.units == 1 else None
+
+
+def test_embedding_and_multi_head_attention():
+    tokens = keras.Input((5,), dtype="int32")
+    x = kp.prune_low_magnitude(keras.layers.Embedding(20, 8), every_step(0.75))(tokens)
+    mha = kp.prune_low_magnitude(keras.layers.MultiHeadAttention(2, 4), every_step(0.75))
+    y = mha(x, x, x)  # query, value, key through the wrapper
+    model = keras.Model(tokens, keras.layers.Dense(1)(keras.layers.Flatten()(y)))
+    ids = np.random.RandomState(0).randint(0, 20, (8, 5))
+    train(model, ids, np.zeros((8, 1), "float32"), batches=2)
+    assert len(mha.pruning_vars) == 4  # query, key, value, output projections
+    for wrapper in kp.pruned_layers(model):
+        assert mask_zero_fraction(wrapper) == pytest.approx([0.75] * len(wrapper.pruning_vars), abs=0.02)
+
+
+def test_pruning_a_pruned_layer_raises():
+    wrapper = kp.prune_low_magnitude(keras.layers.Dense(2))
+    with pytest.raises(ValueError, match="already pruned"):
+        kp.PruneLowMagnitude(wrapper)
