@@ -31,7 +31,7 @@ def test_shared_layer_steps_once_per_batch_and_has_one_mask():
     assert len(wrappers) == 1
     x = np.random.RandomState(0).rand(20, 4).astype("float32")
     train(pruned, x, x, batches=5)
-    assert int(ops.convert_to_numpy(wrappers[0].pruning_step.value)) == 4
+    assert int(ops.convert_to_numpy(wrappers[0].pruning_step.value)) == 5  # the first batch is step 1
     assert mask_zero_fraction(wrappers[0]) == [0.5]
 
 

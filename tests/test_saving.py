@@ -53,7 +53,7 @@ def test_resume_after_save_and_load_gives_identical_masks(tmp_path):
     path = str(tmp_path / "mid.keras")
     kp.save_model(resumed, path)
     loaded = keras.saving.load_model(path)  # no custom_objects
-    assert int(ops.convert_to_numpy(next(kp.pruned_layers(loaded)).pruning_step.value)) == 4
+    assert int(ops.convert_to_numpy(next(kp.pruned_layers(loaded)).pruning_step.value)) == 5
     fit(loaded, x, y, epochs=1)
     for a, b in zip(state(straight), state(loaded)):
         np.testing.assert_array_equal(a, b)
@@ -76,10 +76,10 @@ def test_model_checkpoint_and_backup_and_restore(tmp_path):
             keras.callbacks.ModelCheckpoint(checkpoint),
             keras.callbacks.BackupAndRestore(backup), StopAfterFirstEpoch()])
     saved = keras.saving.load_model(checkpoint)
-    assert int(state(saved)[0]) == 4
+    assert int(state(saved)[0]) == 5
     restarted = make_pruned()
     fit(restarted, x, y, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(backup)])
-    assert int(state(restarted)[0]) == 9  # resumed at epoch 1, not from scratch
+    assert int(state(restarted)[0]) == 10  # resumed at epoch 1, not from scratch
 
 
 def test_stripped_model_loads_on_another_backend(tmp_path):
