@@ -1,6 +1,8 @@
 # The seed article's ConstantSparsity example, migrated from tfmot/tf.keras 2 to
 # keras_prune/Keras 3: only the import lines and module paths changed
 # (`tensorflow.keras.` -> `keras.`, `tfmot.sparsity.keras.` -> `keras_prune.`).
+# One fix: Flatten() before the first Dense, which the article's listing lost
+# (without it Dense acts per pixel and its output does not match the labels).
 # Runs on any backend: KERAS_BACKEND=jax python examples/seed_constant_sparsity.py
 import keras
 from keras.datasets import mnist

@@ -13,7 +13,7 @@ from keras_prune.export import export, gzipped_model_size, load
 from keras_prune.masks import magnitude_mask
 from keras_prune.prune import prune_low_magnitude, pruned_layers, strip_pruning
 from keras_prune.registry import PrunableLayer, get_prunable_weights, register_prunable
-from keras_prune.saving import load_model, save_model
+from keras_prune.saving import load_model, prune_scope, save_model
 from keras_prune.report import SparsityReport, sparsity_report
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_prune.wrapper import PruneLowMagnitude
@@ -35,6 +35,7 @@ __all__ = [
     "load_model",
     "magnitude_mask",
     "prune_low_magnitude",
+    "prune_scope",
     "pruned_layers",
     "register_prunable",
     "save_model",

@@ -16,6 +16,9 @@ from typing import Any
 
 import keras
 
+from keras_prune.schedules import ConstantSparsity, PolynomialDecay
+from keras_prune.wrapper import PruneLowMagnitude
+
 
 def save_model(model: keras.Model, filepath: str | os.PathLike, **kwargs: Any) -> None:
     """Saves `model` to a `.keras` file atomically (temporary name, then rename).
@@ -42,6 +45,24 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, **kwargs: Any) -
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def prune_scope() -> keras.saving.CustomObjectScope:
+    """tfmot's `prune_scope()`: a scope in which pruned models deserialize.
+
+    keras_prune's classes are registered Keras serializables, so
+    `keras.saving.load_model` needs no scope; this exists so that tfmot code
+    runs unchanged. Inside it the bare class names (`"PruneLowMagnitude"`,
+    `"ConstantSparsity"`, `"PolynomialDecay"`) resolve too, as in tfmot.
+
+    Example:
+
+    >>> with keras_prune.prune_scope():
+    ...     model = keras.saving.load_model("pruned.keras")
+    """
+    return keras.saving.CustomObjectScope(
+        {cls.__name__: cls for cls in (PruneLowMagnitude, ConstantSparsity, PolynomialDecay)}
+    )
 
 
 def load_model(filepath: str | os.PathLike, **kwargs: Any) -> keras.Model:

@@ -57,7 +57,7 @@ def test_resume_after_save_and_load_gives_identical_masks(tmp_path):
     fit(loaded, x, y, epochs=1)
     for a, b in zip(state(straight), state(loaded)):
         np.testing.assert_array_equal(a, b)
-    assert int(state(loaded)[0]) == 9
+    assert int(state(loaded)[0]) == 10
 
 
 def test_model_checkpoint_and_backup_and_restore(tmp_path):
@@ -133,3 +133,14 @@ def test_strip_with_nothing_to_strip_is_an_equal_copy():
     assert stripped is not model
     x = np.ones((2, 3), "float32")
     np.testing.assert_allclose(ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(model(x)))
+
+
+def test_prune_scope_runs_tfmot_loading_code(tmp_path):
+    path = str(tmp_path / "pruned.keras")
+    kp.save_model(make_pruned(), path)
+    assert keras.saving.get_registered_object("PruneLowMagnitude") is None
+    with kp.prune_scope():  # tfmot: with tfmot.sparsity.keras.prune_scope(): load_model(...)
+        assert keras.saving.get_registered_object("PruneLowMagnitude") is kp.PruneLowMagnitude
+        assert keras.saving.get_registered_object("PolynomialDecay") is kp.PolynomialDecay
+        loaded = keras.saving.load_model(path)
+    assert len(list(kp.pruned_layers(loaded))) == 2

@@ -1,0 +1,51 @@
+"""The README's Python examples run as written (on small data) and print what it says."""
+
+import pathlib
+import re
+
+import keras
+import numpy as np
+
+import keras_prune
+from keras_prune import datasets
+
+README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def block(containing):
+    (found,) = [b for b in BLOCKS if containing in b]
+    return found
+
+
+def replace(code, old, new):
+    assert old in code, f"the README example no longer contains {old!r}"
+    return code.replace(old, new)
+
+
+def test_quickstart_prunes_the_seed_cnn_to_the_target(monkeypatch, tmp_path):
+    (x_train, y_train), (x_test, y_test) = datasets.load_dataset()
+    monkeypatch.setattr(datasets, "load_dataset", lambda: (
+        (x_train[:1000], y_train[:1000]), (x_test[:200], y_test[:200])))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    code = block("load_dataset()")
+    # 4 steps per epoch: pruning from step 4 to 20, every 2 steps.
+    code = replace(code, "250, 10, 0.2", "250, 5, 0.2")
+    code = replace(code, "validation_split=validation_split,", "validation_split=validation_split, verbose=0,")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    report = keras_prune.sparsity_report(namespace["final"])
+    assert [row.sparsity for row in report] == [0.875] * 4
+    x = x_test[:16]
+    np.testing.assert_allclose(keras.saving.load_model("pruned.keras").predict(x, verbose=0),
+                               namespace["final"].predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    assert (tmp_path / "pruned.kps").stat().st_size < 120_000
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_saving_and_resuming_example_prints_the_readme_table(tmp_path, capsys):
+    code = replace(block("sparsity.save_model"), "/tmp/", f"{tmp_path}/")
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    table = re.search(r"```\n(layer +weight.*?total +[\d.]+%)\n```", README, flags=re.S).group(1)
+    assert printed == table
