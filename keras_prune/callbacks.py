@@ -81,7 +81,9 @@ class PruningSummaries(keras.callbacks.Callback):
         log_dir: the TensorBoard log directory (a str or `os.PathLike`).
         update_freq: "epoch" (log at the end of every epoch), "batch" (also
             after every training batch) or an int N >= 1 (also after every
-            N-th training batch, counted in pruning steps).
+            N-th training batch, counted in pruning steps). Each write copies
+            the masks to the host (and on JAX first writes the trainer's state
+            back into the model), so pick N for an occasional write.
 
     Example:
 
