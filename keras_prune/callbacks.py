@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 import os
@@ -139,7 +140,7 @@ class PruningSummaries(keras.callbacks.Callback):
             )
             return
         tags = [tag for wrapper in wrappers for tag in _tags(wrapper)]
-        duplicates = sorted({tag for tag in tags if tags.count(tag) > 1})
+        duplicates = sorted(tag for tag, count in collections.Counter(tags).items() if count > 1)
         if duplicates:
             raise ValueError(
                 f"PruningSummaries: several pruned weights log under the same tags {duplicates}; "
@@ -198,8 +199,8 @@ def _pruning_values(wrappers: Iterable[PruneLowMagnitude]) -> dict[int, list[tup
         step = int(ops.convert_to_numpy(wrapper.pruning_step.value))
         values = []
         for weight, mask, threshold in wrapper.pruning_vars:
-            kept = ops.convert_to_numpy(mask.value)
-            values.append(float(np.count_nonzero(kept == 0) / kept.size))
+            mask_value = ops.convert_to_numpy(mask.value)
+            values.append(float(np.count_nonzero(mask_value == 0) / mask_value.size))
             values.append(float(ops.convert_to_numpy(threshold.value)))
         if wrapper.sparsity_m_by_n is not None:
             m, n = wrapper.sparsity_m_by_n

@@ -175,3 +175,20 @@ def test_event_records_use_the_tfrecord_checksum():
     assert _tfevents.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     for data in (b"", b"a", bytes(range(256)) * 3):
         assert _tfevents.masked_crc32c(data) == masked_crc32c(data)
+
+
+def test_summaries_refuse_weights_that_would_share_a_tag(tmp_path):
+    class TwinLayers(keras.Model):  # subclassed models allow repeated layer names
+        def __init__(self):
+            super().__init__()
+            self.a = keras_prune.prune_low_magnitude(keras.layers.Dense(3, name="d"), name="p")
+            self.b = keras_prune.prune_low_magnitude(keras.layers.Dense(3, name="d"), name="p")
+
+        def call(self, x, training=None):
+            return self.a(x, training=training) + self.b(x, training=training)
+
+    model = TwinLayers()
+    model(np.ones((1, 3), "float32"))
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"same tags \['twin_layers/p/d/kernel/sparsity'"):
+        model.fit(np.ones((2, 3)), np.ones((2, 3)), verbose=0, callbacks=[keras_prune.PruningSummaries(tmp_path)])
