@@ -8,7 +8,7 @@ import keras_prune as sparsity   # was: tfmot.sparsity.keras
 ```
 """
 
-from keras_prune.callbacks import UpdatePruningStep
+from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
 from keras_prune.export import export, gzipped_model_size, load
 from keras_prune.masks import magnitude_mask
 from keras_prune.prune import prune_low_magnitude, pruned_layers, strip_pruning
@@ -26,6 +26,7 @@ __all__ = [
     "PrunableLayer",
     "PruneLowMagnitude",
     "PruningSchedule",
+    "PruningSummaries",
     "SparsityReport",
     "UpdatePruningStep",
     "export",

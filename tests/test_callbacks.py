@@ -1,11 +1,15 @@
+import csv
+
 import keras
 import numpy as np
 import pytest
 from conftest import small_cnn, small_images
+from keras import ops
 
 import keras_prune
-from keras_prune import ConstantSparsity, PolynomialDecay
+from keras_prune import ConstantSparsity, PolynomialDecay, _tfevents
 from keras_prune.callbacks import final_sparsity_shortfalls
+from keras_prune.masks import keep_count
 
 
 def train(schedule, epochs, **kwargs):
@@ -52,3 +56,139 @@ def test_warns_on_model_without_pruning():
     x, y = small_images(16)
     with pytest.warns(UserWarning, match="no PruneLowMagnitude"):
         model.fit(x, y, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+
+
+# PruningSummaries ------------------------------------------------------------
+
+
+def read_events(log_dir):
+    """{tag: [(step, value), ...]} as TensorBoard itself reads the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir / "metrics"))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def expected_zero_fraction(size, sparsity):
+    return (size - int(ops.convert_to_numpy(keep_count(size, sparsity)))) / size
+
+
+def test_summaries_write_exact_values_to_tensorboard_and_csv(tmp_path):
+    # 4 batches per epoch, 3 epochs: pruning steps 1..12; pruned at steps 2, 4, 6, 8.
+    schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2)
+    x, y = small_images(64)
+    pruned = keras_prune.prune_low_magnitude(small_cnn(), schedule)
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    history = pruned.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
+        keras_prune.UpdatePruningStep(),
+        keras_prune.PruningSummaries(tmp_path, update_freq=3),
+        keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+    ])  # fmt: skip
+    wrappers = list(keras_prune.pruned_layers(pruned))
+    events = read_events(tmp_path)
+    expected_tags = set()
+    for wrapper in wrappers:
+        expected_tags.add(f"{wrapper.path}/scheduled_sparsity")
+        for weight, _, _ in wrapper.pruning_vars:
+            expected_tags |= {f"{weight.path}/sparsity", f"{weight.path}/threshold"}
+    assert set(events) == expected_tags
+    assert len(expected_tags) == 12  # 4 layers x (sparsity, threshold, schedule)
+    # Every 3rd batch, and at each epoch end (step 12 is both, written once).
+    steps = [3, 4, 6, 8, 9, 12]
+    last_pruned = {3: 2, 4: 4, 6: 6, 8: 8, 9: 8, 12: 8}
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    for wrapper in wrappers:
+        tag = f"{wrapper.path}/scheduled_sparsity"
+        scheduled = {s: float(ops.convert_to_numpy(schedule(s)[1])) for s in steps}
+        assert events[tag] == [(s, pytest.approx(scheduled[s], abs=1e-7)) for s in steps]
+        assert history.history[tag] == [scheduled[4], scheduled[8], scheduled[12]]
+        assert [float(row[tag]) for row in rows] == [scheduled[4], scheduled[8], scheduled[12]]
+        for weight, mask, threshold in wrapper.pruning_vars:
+            size = int(np.prod(weight.shape))
+            tag = f"{weight.path}/sparsity"
+            want = {s: expected_zero_fraction(size, schedule(last_pruned[s])[1]) for s in steps}
+            assert events[tag] == [(s, np.float32(want[s])) for s in steps]
+            assert history.history[tag] == [want[4], want[8], want[12]]
+            assert [float(row[tag]) for row in rows] == [want[4], want[8], want[12]]
+            tag = f"{weight.path}/threshold"
+            final = float(ops.convert_to_numpy(threshold.value))
+            assert final > 0
+            assert [s for s, _ in events[tag]] == steps
+            assert events[tag][-1][1] == np.float32(final)  # masks are fixed after step 8
+            assert events[tag][3][1] == np.float32(final)
+            assert [float(row[tag]) for row in rows][1:] == [final, final]
+            assert 0 < events[tag][0][1] < final  # step 3: the lower sparsity of step 2
+
+
+def test_summaries_default_logs_at_epoch_ends_and_keeps_one_file_per_fit(tmp_path):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.Dense(1)])
+    pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1))
+    pruned.compile("sgd", "mse")
+    x, y = np.ones((8, 8), "float32"), np.ones((8, 1), "float32")
+    summaries = keras_prune.PruningSummaries(str(tmp_path))
+    pruned.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[summaries])
+    pruned.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[summaries])
+    assert len(list((tmp_path / "metrics").glob("events.out.tfevents.*"))) == 2
+    events = read_events(tmp_path)
+    assert len(events) == 6
+    kernel = next(keras_prune.pruned_layers(pruned)).pruning_vars[0][0]
+    assert events[f"{kernel.path}/sparsity"] == [(2, 0.5), (4, 0.5), (6, 0.5)]
+
+
+def test_summaries_log_m_over_n_as_the_scheduled_sparsity(tmp_path):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.0, 0, frequency=1), sparsity_m_by_n=(2, 4))
+    pruned.compile("sgd", "mse")
+    history = pruned.fit(np.ones((4, 8), "float32"), np.ones((4, 4), "float32"), verbose=0,
+                         callbacks=[keras_prune.PruningSummaries(tmp_path, update_freq="batch")])
+    wrapper = next(keras_prune.pruned_layers(pruned))
+    assert history.history[f"{wrapper.path}/scheduled_sparsity"] == [0.5]
+    assert history.history[f"{wrapper.pruning_vars[0][0].path}/sparsity"] == [0.5]
+    assert read_events(tmp_path)[f"{wrapper.path}/scheduled_sparsity"] == [(1, 0.5)]
+
+
+@pytest.mark.parametrize("log_dir", [3, None, b"logs", ["logs"]])
+def test_summaries_reject_a_log_dir_that_is_not_a_path(log_dir):
+    with pytest.raises(TypeError, match="`log_dir` must be a str or os.PathLike"):
+        keras_prune.PruningSummaries(log_dir)
+
+
+@pytest.mark.parametrize("update_freq", ["step", "Epoch", 0, -2, 1.5, True, None])
+def test_summaries_reject_a_bad_update_freq(tmp_path, update_freq):
+    with pytest.raises(ValueError, match="`update_freq` must be 'epoch', 'batch' or an int >= 1"):
+        keras_prune.PruningSummaries(tmp_path, update_freq=update_freq)
+
+
+def test_summaries_warn_on_model_without_pruning(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.warns(UserWarning, match="PruningSummaries: the model has no PruneLowMagnitude"):
+        model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[keras_prune.PruningSummaries(tmp_path)])
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_event_records_use_the_tfrecord_checksum():
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    assert _tfevents.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    for data in (b"", b"a", bytes(range(256)) * 3):
+        assert _tfevents.masked_crc32c(data) == masked_crc32c(data)
+
+
+def test_summaries_refuse_weights_that_would_share_a_tag(tmp_path):
+    class TwinLayers(keras.Model):  # subclassed models allow repeated layer names
+        def __init__(self):
+            super().__init__()
+            self.a = keras_prune.prune_low_magnitude(keras.layers.Dense(3, name="d"), name="p")
+            self.b = keras_prune.prune_low_magnitude(keras.layers.Dense(3, name="d"), name="p")
+
+        def call(self, x, training=None):
+            return self.a(x, training=training) + self.b(x, training=training)
+
+    model = TwinLayers()
+    model(np.ones((1, 3), "float32"))
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"same tags \['twin_layers/p/d/kernel/sparsity'"):
+        model.fit(np.ones((2, 3)), np.ones((2, 3)), verbose=0, callbacks=[keras_prune.PruningSummaries(tmp_path)])

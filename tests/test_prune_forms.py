@@ -1,4 +1,7 @@
-"""Model forms: shared layers, subclassed and nested models, selection, global pruning, layer types."""
+"""Model forms: shared layers, subclassed and nested models, selection, global pruning.
+
+Each layer type is tested in tests/test_layers.py.
+"""
 
 import numpy as np
 import keras
@@ -143,50 +146,6 @@ def test_global_pruning_keeps_exact_k_with_one_threshold():
     assert masks[1].mean() > masks[0].mean()  # the large layer keeps more
     thresholds = {float(ops.convert_to_numpy(t.value)) for w in wrappers for _, _, t in w.pruning_vars}
     assert len(thresholds) == 1
-
-
-LAYERS = {
-    "dense": (lambda: keras.layers.Dense(8), (6,)),
-    "einsum": (lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=8), (6,)),
-    "conv1d_transpose": (lambda: keras.layers.Conv1DTranspose(4, 3), (8, 4)),
-    "conv2d_transpose": (lambda: keras.layers.Conv2DTranspose(4, 3), (6, 6, 4)),
-    "conv3d": (lambda: keras.layers.Conv3D(4, 2), (4, 4, 4, 2)),
-    "depthwise2d": (lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2), (6, 6, 4)),
-    "separable2d": (lambda: keras.layers.SeparableConv2D(8, 3), (6, 6, 4)),
-    "simple_rnn": (lambda: keras.layers.SimpleRNN(8), (5, 4)),
-    "lstm": (lambda: keras.layers.LSTM(8), (5, 4)),
-    "gru": (lambda: keras.layers.GRU(8), (5, 4)),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(LAYERS))
-def test_layer_trains_to_the_scheduled_sparsity(kind):
-    make, shape = LAYERS[kind]
-    inputs = keras.Input(shape)
-    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(make()(inputs)))
-    model = kp.prune_low_magnitude(keras.Model(inputs, outputs), every_step(0.75),
-                                   select=lambda layer: layer.name != model_head_name(layer))
-    x = np.random.RandomState(0).rand(8, *shape).astype("float32")
-    train(model, x, np.zeros((8, 1), "float32"), batches=2)
-    wrapper = next(kp.pruned_layers(model))
-    assert mask_zero_fraction(wrapper) == pytest.approx([0.75] * len(wrapper.pruning_vars), abs=0.02)
-
-
-def model_head_name(layer):
-    return layer.name if isinstance(layer, keras.layers.Dense) and layer.units == 1 else None
-
-
-def test_embedding_and_multi_head_attention():
-    tokens = keras.Input((5,), dtype="int32")
-    x = kp.prune_low_magnitude(keras.layers.Embedding(20, 8), every_step(0.75))(tokens)
-    mha = kp.prune_low_magnitude(keras.layers.MultiHeadAttention(2, 4), every_step(0.75))
-    y = mha(x, x, x)  # query, value, key through the wrapper
-    model = keras.Model(tokens, keras.layers.Dense(1)(keras.layers.Flatten()(y)))
-    ids = np.random.RandomState(0).randint(0, 20, (8, 5))
-    train(model, ids, np.zeros((8, 1), "float32"), batches=2)
-    assert len(mha.pruning_vars) == 4  # query, key, value, output projections
-    for wrapper in kp.pruned_layers(model):
-        assert mask_zero_fraction(wrapper) == pytest.approx([0.75] * len(wrapper.pruning_vars), abs=0.02)
 
 
 def test_pruning_a_pruned_layer_raises():
