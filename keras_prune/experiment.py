@@ -25,10 +25,14 @@ arguments `sparsity`, `begin_step`, `end_step` and `frequency` and returns a
 
 Example:
 
->>> config = ExperimentConfig(epochs=2, limit=1000)
->>> result = compare(config)
->>> [(s["schedule"], round(s["test_accuracy"][0], 3)) for s in result.summary()]
-[('baseline', 0.91), ('constant', 0.905), ('polynomial', 0.912)]
+>>> comparison = compare(ExperimentConfig(epochs=2, limit=1000, verbose=0))
+>>> [(row["schedule"], row["total_sparsity"][0]) for row in comparison.summary()]
+[('baseline', 0.0), ('constant', 0.875), ('polynomial', 0.0)]
+>>> comparison.write("out")
+['out/results.json', 'out/results.csv']
+
+(With 4 steps per epoch, 8 in all, polynomial's one pruning step, step 1,
+prescribes sparsity 0 and the run warns that it ended below 0.875.)
 """
 
 from __future__ import annotations
