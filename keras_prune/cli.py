@@ -104,11 +104,11 @@ def _parser() -> _Parser:
         "keras_prune.PruningSchedule (default: constant,polynomial)")
     add("--sparsity", type=_sparsities, default=[0.875], metavar="LIST",
         help="target sparsity in [0, 1), or several comma-separated (default: 0.875)")
-    add("--epochs", type=_at_least(1), default=30, help="training epochs (default: 30)")
-    add("--batch-size", type=_at_least(1), default=250, help="batch size (default: 250)")
+    add("--epochs", type=_at_least(1), default=30, metavar="N", help="training epochs (default: 30)")
+    add("--batch-size", type=_at_least(1), default=250, metavar="N", help="batch size (default: 250)")
     add("--begin-fraction", type=_fraction, default=0.2, metavar="F",
         help="pruning begins at step int(F * end_step) (default: 0.2)")
-    add("--frequency", type=_at_least(1), default=100, help="prune every N steps (default: 100)")
+    add("--frequency", type=_at_least(1), default=100, metavar="N", help="prune every N steps (default: 100)")
     add("--seeds", type=_at_least(1), default=1, metavar="N",
         help="repeat every run with seeds 0..N-1; report mean ± std and Welch's t-test (default: 1)")
     add("--dataset", choices=("mnist10k", "mnist", "fashion_mnist"), default="mnist10k",
