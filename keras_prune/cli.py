@@ -1,0 +1,304 @@
+"""The `keras-prune` command line (also `python -m keras_prune`).
+
+`keras-prune compare` runs the seed article's experiment (see
+`keras_prune.experiment`): the dense baseline and one pruned model per
+schedule and sparsity, for N seeds, then prints one table with a column
+per schedule and Welch's t-test between schedules. `--out DIR` writes
+`results.json`, `results.csv` and PNG plots. Bad input prints one line on
+stderr and exits with status 2.
+
+The Keras backend is chosen before Keras is imported: `--backend`, else
+`KERAS_BACKEND`, else tensorflow. When Keras was already imported with
+another backend (importing `keras_prune` imports it), the command runs
+again in a new Python process with the requested backend.
+
+Example:
+
+    $ keras-prune compare --epochs 2 --limit 2000 --out out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+BACKENDS = ("tensorflow", "jax", "torch")
+_USAGE_ERROR = 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _sparsities(text: str) -> list[float]:
+    values = []
+    for item in _comma_list(text):
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a number; sparsity must be in [0, 1)") from None
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{item} is outside [0, 1)")
+        values.append(value)
+    return values
+
+
+def _at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1)")
+    return value
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="keras-prune", description="Magnitude pruning experiments with keras-prune.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compare = commands.add_parser(
+        "compare",
+        help="train the seed article's ConvNet dense and with each pruning schedule, and compare",
+        description="Train the dense baseline and one pruned model per schedule and sparsity "
+        "(the seed article's ConvNet and settings by default), then compare accuracy, sparsity, "
+        "size and speed.",
+    )
+    add = compare.add_argument
+    add("--schedules", type=_comma_list, default=["constant", "polynomial"], metavar="LIST",
+        help="comma-separated: constant, polynomial, or package.module:callable called with "
+        "keyword arguments sparsity, begin_step, end_step, frequency and returning a "
+        "keras_prune.PruningSchedule (default: constant,polynomial)")
+    add("--sparsity", type=_sparsities, default=[0.875], metavar="LIST",
+        help="target sparsity in [0, 1), or several comma-separated (default: 0.875)")
+    add("--epochs", type=_at_least(1), default=30, metavar="N", help="training epochs (default: 30)")
+    add("--batch-size", type=_at_least(1), default=250, metavar="N", help="batch size (default: 250)")
+    add("--begin-fraction", type=_fraction, default=0.2, metavar="F",
+        help="pruning begins at step int(F * end_step) (default: 0.2)")
+    add("--frequency", type=_at_least(1), default=100, metavar="N", help="prune every N steps (default: 100)")
+    add("--seeds", type=_at_least(1), default=1, metavar="N",
+        help="repeat every run with seeds 0..N-1; report mean ± std and Welch's t-test (default: 1)")
+    add("--dataset", choices=("mnist10k", "mnist", "fashion_mnist"), default="mnist10k",
+        help="mnist10k (embedded, 8000 train / 2000 test), mnist or fashion_mnist (default: mnist10k)")
+    add("--data-dir", metavar="DIR", help="directory with the IDX files of mnist or fashion_mnist")
+    add("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    add("--out", metavar="DIR", help="write results.json, results.csv and PNG plots to DIR")
+    add("--limit", type=_at_least(2), metavar="N",
+        help="use only the first N training and the first N test images (quick checks)")
+    add("--quiet", action="store_true", help="no progress bars or per-run lines")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"keras-prune: error: {message}", file=sys.stderr)
+    return _USAGE_ERROR
+
+
+def _check_writable(directory: str) -> str | None:
+    """None if `directory` can be created and written, else why not."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, ".keras-prune-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        return f"--out {directory!r} is not writable: {error.strerror or error}"
+    return None
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def _mean_std(pair: Sequence[float], digits: int, seeds: int) -> str:
+    mean, std = pair
+    return f"{mean:.{digits}f}" if seeds == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _bytes(pair: Sequence[float], seeds: int) -> str:
+    mean, std = pair
+    return f"{mean:,.0f} B" if seeds == 1 else f"{mean:,.0f} ± {std:,.0f} B"
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The comparison table, the t-tests and the seed's figures, as text."""
+    config, data, steps = results["config"], results["data"], results["steps"]
+    summary = results["summary"]
+    several = len(config["sparsities"]) > 1
+    seeds = [row["seeds"] for row in summary]
+    lines = [
+        f"keras-prune compare: {config['dataset']} ({data['train']} train / {data['validation']} "
+        f"validation / {data['test']} test images), backend {results['environment']['backend']}, "
+        f"{config['epochs']} epochs of {steps['per_epoch']} steps, batch {config['batch_size']}, "
+        f"pruning steps {steps['begin_step']}..{steps['end_step']} every {config['frequency']}, "
+        f"seeds {min(min(s) for s in seeds)}..{max(max(s) for s in seeds)}",
+        "",
+    ]
+    headers = [
+        row["schedule"] if row["schedule"] == "baseline" or not several
+        else f"{row['schedule']}@{row['sparsity']:g}"
+        for row in summary
+    ]  # fmt: skip
+    table: list[tuple[str, list[str]]] = [("", headers)]
+    count = [len(row["seeds"]) for row in summary]
+    table.append(("seeds", [str(n) for n in count]))
+    for key, name, digits in (
+        ("test_accuracy", "test accuracy", 4),
+        ("test_loss", "test loss", 4),
+        ("int8_test_accuracy", "int8 test accuracy", 4),
+    ):
+        table.append((name, [_mean_std(row[key], digits, n) for row, n in zip(summary, count)]))
+    for layer in summary[0]["layer_sparsity"]:
+        table.append((f"sparsity {layer}", [f"{row['layer_sparsity'][layer]:.2%}" for row in summary]))
+    table.append(("sparsity total", [f"{row['total_sparsity'][0]:.2%}" for row in summary]))
+    for key, name in (
+        ("gzip_h5_bytes", "zipped .h5"),
+        ("gzip_keras_bytes", "zipped .keras"),
+        ("export_float32_bytes", "export float32 .kps"),
+        ("export_int8_bytes", "export int8 .kps"),
+    ):
+        table.append((name, [_bytes(row[key], n) for row, n in zip(summary, count)]))
+    table.append(("compression vs dense .h5", [
+        f"{row['compression_ratio']:.2f}x" if row["compression_ratio"] else "-" for row in summary
+    ]))  # fmt: skip
+    table.append(("seconds per epoch", [_mean_std(row["seconds_per_epoch"], 2, n) for row, n in zip(summary, count)]))
+    first = max(len(name) for name, _ in table)
+    width = max(len(cell) for _, cells in table for cell in cells)
+    for name, cells in table:
+        lines.append(f"{name:<{first}}  " + "  ".join(f"{cell:>{width}}" for cell in cells))
+
+    if results["tests"]:
+        lines.append("")
+    for test in results["tests"]:
+        where = f" at sparsity {test['sparsity']:g}" if several else ""
+        head = f"{test['first']} - {test['second']}{where}: test accuracy difference {test['accuracy_difference']:+.4f}"
+        if test["p_value"] is None:
+            lines.append(f"{head}; no t-test (needs --seeds 2 or more and some spread)")
+        else:
+            verdict = "significant" if test["significant"] else "not significant"
+            lines.append(f"{head}, Welch's t-test p = {test['p_value']:.3g}: {verdict} at 0.05")
+
+    if config["dataset"] in ("mnist", "mnist10k"):
+        figures = results["seed_figures"]
+        lines += [
+            "",
+            "The seed article's figures (full MNIST, tfmot, one run each): "
+            + "; ".join(
+                f"{name} test accuracy {f['test_accuracy']}, loss {f['test_loss']}, zipped .h5 {f['gzip_h5_bytes']:,} B"
+                for name, f in figures.items() if name != "baseline"
+            )
+            + f"; baseline zipped .h5 {figures['baseline']['gzip_h5_bytes']:,} B.",
+        ]  # fmt: skip
+    warned = sorted({m for row in summary for m in row["warnings"]})
+    if warned:
+        lines += ["", *(f"warning: {m}" for m in warned)]
+    return "\n".join(lines)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from keras_prune import experiment
+    from keras_prune.datasets import DatasetUnavailableError
+
+    try:
+        config = experiment.ExperimentConfig(
+            schedules=tuple(args.schedules), sparsities=tuple(args.sparsity), epochs=args.epochs,
+            batch_size=args.batch_size, begin_fraction=args.begin_fraction, frequency=args.frequency,
+            seeds=args.seeds, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,
+            verbose=0 if args.quiet else 1,
+        )  # fmt: skip
+        comparison, data = experiment.prepare(config)
+    except DatasetUnavailableError as error:
+        return _error(str(error))
+    except (ValueError, TypeError) as error:
+        return _error(str(error))
+    planned = len(comparison.planned_runs())
+    started = time.perf_counter()
+
+    def on_run_end(comparison: experiment.Comparison, seconds: float) -> None:
+        if args.out:
+            comparison.write(args.out)
+        if args.quiet:
+            return
+        run, done = comparison.runs[-1], len(comparison.runs)
+        label = experiment.schedule_label(run.schedule, run.sparsity, config)
+        left = planned - done
+        eta = (time.perf_counter() - started) / done * left
+        remaining = f"{left} run(s) left, about {_duration(eta)}" if left else "all runs done"
+        print(f"[{done}/{planned}] {label} seed {run.seed}: test accuracy {run.test_accuracy:.4f}, "
+              f"{_duration(seconds)}; {remaining}", flush=True)  # fmt: skip
+
+    try:
+        comparison.run(data, on_run_end)
+    except KeyboardInterrupt:
+        print(f"keras-prune: interrupted after {len(comparison.runs)} of {planned} runs", file=sys.stderr)
+        return 130
+    results = comparison.to_dict()
+    print(format_results(results), flush=True)
+    if args.out:
+        from keras_prune import plots
+
+        written = comparison.write(args.out) + plots.write_plots(results, args.out)
+        print("\nwrote " + ", ".join(written))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line with `argv` (default `sys.argv[1:]`); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as error:
+        return _error(str(error))
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    backend = args.backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if backend not in BACKENDS:
+        return _error(f"KERAS_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+    if args.out and (problem := _check_writable(args.out)):
+        return _error(problem)
+    loaded = sys.modules.get("keras")
+    if loaded is not None and loaded.backend.backend() != backend:
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        return subprocess.call([sys.executable, "-m", "keras_prune", *argv], env=env)
+    os.environ["KERAS_BACKEND"] = backend
+    # Keras logs a legacy-format notice through absl for every .h5 it saves.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        # keras_prune's warnings are collected per run and printed with the table.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"keras_prune\.")
+        return _run_compare(args)

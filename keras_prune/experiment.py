@@ -1,0 +1,550 @@
+"""The seed experiment: pruning schedules compared on an MNIST ConvNet.
+
+A comparison trains the dense baseline and one pruned model per schedule and
+target sparsity, for each of `seeds` seeds, with the seed article's
+settings by default: Conv2D(32, 3, relu) - MaxPool - Conv2D(64, 3, relu) -
+MaxPool - Flatten - Dense(256, relu) - Dense(10, softmax), Adam, categorical
+cross-entropy, batch 250, validation_split 0.2, 30 epochs, pruning from 20 %
+of the training steps to the last one every 100 steps. The article's code
+has no Flatten before the Dense layers; its published sizes (1.6 MB zipped
+baseline, about 430 000 float32 weights) are those of the model with one.
+
+Each run records test accuracy and loss, per-layer sparsity of the stripped
+model, its zipped `.h5` and `.keras` sizes (the article's measure), the
+sizes of `keras_prune.export` files (float32 and int8) and the int8 model's
+test accuracy, validation accuracy per epoch and seconds per epoch. With a
+given seed, the baseline and every schedule start from the same initial
+weights (`keras.utils.set_random_seed(seed)` before building each model).
+
+Schedules are "constant" (`ConstantSparsity(s, begin, end, frequency)`),
+"polynomial" (`PolynomialDecay(0, s, begin, end, frequency=frequency)`,
+power 3) or an import path "package.module:attribute" naming a callable,
+typically a `PruningSchedule` subclass, that is called with the keyword
+arguments `sparsity`, `begin_step`, `end_step` and `frequency` and returns a
+`PruningSchedule`.
+
+Example:
+
+>>> comparison = compare(ExperimentConfig(epochs=2, limit=1000, verbose=0))
+>>> [(row["schedule"], row["total_sparsity"][0]) for row in comparison.summary()]
+[('baseline', 0.0), ('constant', 0.875), ('polynomial', 0.0)]
+>>> comparison.write("out")
+['out/results.json', 'out/results.csv']
+
+(With 4 steps per epoch, 8 in all, polynomial's one pruning step, step 1,
+prescribes sparsity 0 and the run warns that it ended below 0.875.)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+import math
+import numbers
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_prune import stats
+from keras_prune.callbacks import UpdatePruningStep, final_sparsity_shortfalls
+from keras_prune.datasets import DATASETS, load_dataset
+from keras_prune.export import export, gzipped_model_size, load
+from keras_prune.prune import prune_low_magnitude, strip_pruning
+from keras_prune.report import sparsity_report
+from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+
+__all__ = [
+    "BASELINE",
+    "BUILTIN_SCHEDULES",
+    "SEED_FIGURES",
+    "Comparison",
+    "ExperimentConfig",
+    "RunResult",
+    "compare",
+    "make_schedule",
+    "prepare",
+    "pruning_steps",
+    "run_once",
+    "seed_model",
+]
+
+BASELINE = "baseline"
+BUILTIN_SCHEDULES = ("constant", "polynomial")
+
+#: The seed article's published figures (full MNIST, tfmot, one run each).
+SEED_FIGURES = {
+    "baseline": {"gzip_h5_bytes": 1601609},
+    "constant": {"test_accuracy": 0.9886, "test_loss": 0.0317, "gzip_h5_bytes": 388071},
+    "polynomial": {"test_accuracy": 0.9927, "test_loss": 0.0218, "gzip_h5_bytes": 384305},
+}
+
+SIGNIFICANCE_LEVEL = 0.05
+_NUM_CLASSES = 10
+
+Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _whole(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def _fraction(value: Any, name: str, low: float, high: float) -> float:
+    """A float in [low, high)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number in [{low}, {high}); got {value!r}.")
+    if not low <= float(value) < high:
+        raise ValueError(f"`{name}` must be in [{low}, {high}); got {value!r}.")
+    return float(value)
+
+
+def schedule_factory(name: str) -> Callable[..., PruningSchedule]:
+    """The callable behind a schedule name: built-in, or "module:attribute"."""
+    if not isinstance(name, str):
+        raise TypeError(f"`schedule` must be a str; got {type(name).__name__}.")
+    if name == "constant":
+        return lambda sparsity, begin_step, end_step, frequency: ConstantSparsity(
+            sparsity, begin_step, end_step, frequency
+        )
+    if name == "polynomial":
+        return lambda sparsity, begin_step, end_step, frequency: PolynomialDecay(
+            0.0, sparsity, begin_step, end_step, frequency=frequency
+        )
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(
+            f"unknown schedule {name!r}: use one of {', '.join(BUILTIN_SCHEDULES)} "
+            "or an import path 'package.module:attribute'"
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"unknown schedule {name!r}: cannot import it ({error})") from None
+    if not callable(target):
+        raise ValueError(f"schedule {name!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def make_schedule(
+    name: str, sparsity: float, begin_step: int, end_step: int, frequency: int
+) -> PruningSchedule:
+    """Builds the schedule `name` (see the module docstring) for one run."""
+    schedule = schedule_factory(name)(
+        sparsity=sparsity, begin_step=begin_step, end_step=end_step, frequency=frequency
+    )
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(
+            f"schedule {name!r} returned a {type(schedule).__name__}, not a "
+            "keras_prune.PruningSchedule"
+        )
+    return schedule
+
+
+def seed_model(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = _NUM_CLASSES) -> keras.Model:
+    """The seed article's ConvNet, with the Flatten its code leaves out."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(256, activation="relu", name="dense1"),
+            keras.layers.Dense(num_classes, activation="softmax", name="dense2"),
+        ],
+        name="seed_convnet",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Settings of a comparison; the defaults are the seed article's.
+
+    `limit` keeps only the first `limit` training and test images (for
+    quick checks); `verbose` is passed to `model.fit` (1: progress bars).
+    """
+
+    schedules: tuple[str, ...] = BUILTIN_SCHEDULES
+    sparsities: tuple[float, ...] = (0.875,)
+    epochs: int = 30
+    batch_size: int = 250
+    begin_fraction: float = 0.2
+    frequency: int = 100
+    seeds: int = 1
+    dataset: str = "mnist10k"
+    data_dir: str | None = None
+    limit: int | None = None
+    validation_split: float = 0.2
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("schedules", "sparsities"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+                raise TypeError(f"`{name}` must be a non-empty sequence; got {value!r}.")
+            if len(set(value)) != len(value):
+                raise ValueError(f"`{name}` has duplicates: {list(value)}.")
+            object.__setattr__(self, name, tuple(value))
+        for schedule in self.schedules:
+            if schedule == BASELINE:
+                raise ValueError("`schedules`: the baseline always runs; do not list it.")
+            schedule_factory(schedule)
+        object.__setattr__(
+            self, "sparsities", tuple(_fraction(s, "sparsity", 0.0, 1.0) for s in self.sparsities)
+        )
+        _whole(self.epochs, "epochs", 1)
+        _whole(self.batch_size, "batch_size", 1)
+        _whole(self.frequency, "frequency", 1)
+        _whole(self.seeds, "seeds", 1)
+        _fraction(self.begin_fraction, "begin_fraction", 0.0, 1.0)
+        _fraction(self.validation_split, "validation_split", 0.0, 1.0)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"`dataset` must be one of {', '.join(DATASETS)}; got {self.dataset!r}.")
+        if self.limit is not None:
+            _whole(self.limit, "limit", 2)
+        if self.verbose not in (0, 1, 2):
+            raise ValueError(f"`verbose` must be 0, 1 or 2; got {self.verbose!r}.")
+
+
+def pruning_steps(num_train: int, config: ExperimentConfig) -> tuple[int, int, int]:
+    """`(steps_per_epoch, begin_step, end_step)` as in the seed article.
+
+    `end_step = ceil(n_fit / batch_size) * epochs`, where n_fit is the number
+    of images `model.fit` trains on after `validation_split` (split as Keras
+    does), and `begin_step = int(begin_fraction * end_step)`. The first
+    training batch is pruning step 1, so `end_step` is the last batch.
+    """
+    _whole(num_train, "num_train", 2)
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
+    num_fit = int(math.floor(num_train * (1.0 - config.validation_split)))
+    steps_per_epoch = math.ceil(num_fit / config.batch_size)
+    end_step = steps_per_epoch * config.epochs
+    return steps_per_epoch, int(config.begin_fraction * end_step), end_step
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one training run measured."""
+
+    schedule: str
+    sparsity: float
+    seed: int
+    test_accuracy: float
+    test_loss: float
+    int8_test_accuracy: float
+    layer_sparsity: dict[str, float]
+    total_sparsity: float
+    gzip_h5_bytes: int
+    gzip_keras_bytes: int
+    export_float32_bytes: int
+    export_int8_bytes: int
+    seconds_per_epoch: float
+    val_accuracy: list[float]
+    warnings: list[str]
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _compile(model: keras.Model) -> None:
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+
+
+def run_once(
+    config: ExperimentConfig,
+    data: Data,
+    schedule: str,
+    sparsity: float,
+    seed: int,
+) -> RunResult:
+    """Trains and measures one model: the baseline (`schedule="baseline"`,
+    `sparsity` ignored) or one pruned with `schedule` to `sparsity`.
+
+    `data` is `((x_train, y_train), (x_test, y_test))` with integer labels.
+    Warnings of keras_prune during the run (e.g. a schedule that ends below
+    its final sparsity) are recorded in the result and re-issued.
+    """
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
+    if schedule != BASELINE:
+        schedule_factory(schedule)
+        sparsity = _fraction(sparsity, "sparsity", 0.0, 1.0)
+    _whole(seed, "seed", 0)
+    (x_train, y_train), (x_test, y_test) = data
+    y_train = keras.utils.to_categorical(y_train, _NUM_CLASSES)
+    y_test = keras.utils.to_categorical(y_test, _NUM_CLASSES)
+
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = seed_model(x_train.shape[1:])
+    timer = _EpochTimer()
+    callbacks: list[keras.callbacks.Callback] = [timer]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if schedule != BASELINE:
+            _, begin_step, end_step = pruning_steps(len(x_train), config)
+            pruning_schedule = make_schedule(schedule, sparsity, begin_step, end_step, config.frequency)
+            model = prune_low_magnitude(model, pruning_schedule=pruning_schedule)
+            callbacks.append(UpdatePruningStep())
+        _compile(model)
+        history = model.fit(
+            x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
+            validation_split=config.validation_split, callbacks=callbacks, verbose=config.verbose,
+        )  # fmt: skip
+    # UpdatePruningStep's own warnings (attributed to Keras's callback code)
+    # are replaced by final_sparsity_shortfalls, asked directly.
+    messages = list(dict.fromkeys([
+        *(str(w.message) for w in caught
+          if issubclass(w.category, UserWarning) and f"keras_prune{os.sep}" in w.filename),
+        *(final_sparsity_shortfalls(model) if schedule != BASELINE else []),
+    ]))  # fmt: skip
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=config.batch_size, verbose=0)
+    if schedule != BASELINE:
+        stripped = strip_pruning(model)
+    else:  # an uncompiled copy, as strip_pruning returns: no optimizer in the .keras file
+        stripped = keras.models.clone_model(model)
+        stripped.set_weights(model.get_weights())
+    report = sparsity_report(stripped)
+    with tempfile.TemporaryDirectory() as tmp:
+        float32_bytes = export(stripped, os.path.join(tmp, "float32.kps"))
+        int8_bytes = export(stripped, os.path.join(tmp, "int8.kps"), quantize="int8")
+        int8_model = load(os.path.join(tmp, "int8.kps"))
+    _compile(int8_model)
+    _, int8_accuracy = int8_model.evaluate(x_test, y_test, batch_size=config.batch_size, verbose=0)
+    return RunResult(
+        schedule=schedule,
+        sparsity=sparsity if schedule != BASELINE else 0.0,
+        seed=seed,
+        test_accuracy=float(test_accuracy),
+        test_loss=float(test_loss),
+        int8_test_accuracy=float(int8_accuracy),
+        layer_sparsity={f"{row.layer}/{row.weight}": row.sparsity for row in report},
+        total_sparsity=report.total_sparsity,
+        gzip_h5_bytes=gzipped_model_size(stripped, "h5"),
+        gzip_keras_bytes=gzipped_model_size(stripped, "keras"),
+        export_float32_bytes=float32_bytes,
+        export_int8_bytes=int8_bytes,
+        seconds_per_epoch=statistics.median(timer.seconds),
+        val_accuracy=[float(v) for v in history.history["val_accuracy"]],
+        warnings=messages,
+    )
+
+
+_MEASURES = (
+    "test_accuracy", "test_loss", "int8_test_accuracy", "total_sparsity", "gzip_h5_bytes",
+    "gzip_keras_bytes", "export_float32_bytes", "export_int8_bytes", "seconds_per_epoch",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The runs of a comparison so far, with their summary and statistics."""
+
+    config: ExperimentConfig
+    data: dict[str, int]
+    steps: dict[str, int]
+    schedule_points: dict[str, list[tuple[int, float]]]
+    runs: list[RunResult] = dataclasses.field(default_factory=list)
+
+    def groups(self) -> dict[tuple[str, float], list[RunResult]]:
+        """Runs grouped by (schedule, sparsity), baseline first, in run order."""
+        grouped: dict[tuple[str, float], list[RunResult]] = {}
+        for run in self.runs:
+            grouped.setdefault((run.schedule, run.sparsity), []).append(run)
+        return grouped
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per (schedule, sparsity): every measure as `(mean, std)` over seeds,
+        per-layer sparsity means, validation accuracy means per epoch, and the
+        compression ratio of the zipped `.h5` against the baseline's."""
+        groups = self.groups()
+        baseline = groups.get((BASELINE, 0.0))
+        dense_bytes = stats.mean_std([r.gzip_h5_bytes for r in baseline])[0] if baseline else None
+        rows = []
+        for (schedule, sparsity), runs in groups.items():
+            row: dict[str, Any] = {"schedule": schedule, "sparsity": sparsity, "seeds": [r.seed for r in runs]}
+            for measure in _MEASURES:
+                row[measure] = stats.mean_std([getattr(r, measure) for r in runs])
+            row["layer_sparsity"] = {
+                name: stats.mean_std([r.layer_sparsity[name] for r in runs])[0]
+                for name in runs[0].layer_sparsity
+            }
+            row["val_accuracy"] = [stats.mean_std(list(epoch))[0] for epoch in zip(*(r.val_accuracy for r in runs))]
+            row["compression_ratio"] = dense_bytes / row["gzip_h5_bytes"][0] if dense_bytes else None
+            row["warnings"] = sorted({m for r in runs for m in r.warnings})
+            rows.append(row)
+        return rows
+
+    def tests(self) -> list[dict[str, Any]]:
+        """Welch's t-test on test accuracy for each pair of schedules at each
+        sparsity; `p_value` is None with fewer than two seeds per schedule."""
+        groups = self.groups()
+        results = []
+        for sparsity in self.config.sparsities:
+            names = [s for s in self.config.schedules if (s, sparsity) in groups]
+            for i, first in enumerate(names):
+                for second in names[i + 1 :]:
+                    a = [r.test_accuracy for r in groups[first, sparsity]]
+                    b = [r.test_accuracy for r in groups[second, sparsity]]
+                    p_value = None
+                    if len(a) >= 2 and len(b) >= 2:
+                        p = stats.welch_t_test(a, b)[2]
+                        p_value = None if math.isnan(p) else p
+                    results.append({
+                        "sparsity": sparsity, "first": first, "second": second,
+                        "accuracy_difference": stats.mean_std(a)[0] - stats.mean_std(b)[0],
+                        "p_value": p_value,
+                        "significant": None if p_value is None else p_value < SIGNIFICANCE_LEVEL,
+                    })  # fmt: skip
+        return results
+
+    def planned_runs(self) -> list[tuple[str, float, int]]:
+        """`(schedule, sparsity, seed)` of every run, in the order they run."""
+        config = self.config
+        per_seed = [(BASELINE, 0.0)] + [(n, s) for n in config.schedules for s in config.sparsities]
+        return [(name, s, seed) for seed in range(config.seeds) for name, s in per_seed]
+
+    def run(self, data: Data, on_run_end: Callable[[Comparison, float], None] | None = None) -> None:
+        """Trains the planned runs not yet in `runs`, appending each result.
+
+        Seeds are 0, 1, ..., `config.seeds - 1`; all runs of one seed finish
+        before the next seed starts, so an interrupted comparison holds
+        complete seeds. `on_run_end(comparison, seconds)` follows every run.
+        """
+        if on_run_end is not None and not callable(on_run_end):
+            raise TypeError(f"`on_run_end` must be callable or None; got {type(on_run_end).__name__}.")
+        for schedule, sparsity, seed in self.planned_runs()[len(self.runs) :]:
+            start = time.perf_counter()
+            self.runs.append(run_once(self.config, data, schedule, sparsity, seed))
+            if on_run_end is not None:
+                on_run_end(self, time.perf_counter() - start)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "environment": {
+                "backend": keras.backend.backend(),
+                "keras": keras.__version__,
+                "python": platform.python_version(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
+            },
+            "data": self.data,
+            "steps": self.steps,
+            "schedule_points": {k: [list(p) for p in v] for k, v in self.schedule_points.items()},
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+            "summary": self.summary(),
+            "tests": self.tests(),
+            "seed_figures": SEED_FIGURES,
+        }
+
+    def write(self, directory: str | os.PathLike[str]) -> list[str]:
+        """Writes `results.json` and `results.csv` (one row per run) to `directory`."""
+        os.makedirs(directory, exist_ok=True)
+        json_path = os.path.join(directory, "results.json")
+        with open(json_path, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=1)
+        csv_path = os.path.join(directory, "results.csv")
+        layers = list(self.runs[0].layer_sparsity) if self.runs else []
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["schedule", "sparsity", "seed", *_MEASURES, *(f"sparsity:{n}" for n in layers)])
+            for run in self.runs:
+                writer.writerow([
+                    run.schedule, run.sparsity, run.seed, *(getattr(run, m) for m in _MEASURES),
+                    *(run.layer_sparsity.get(n, "") for n in layers),
+                ])  # fmt: skip
+        return [json_path, csv_path]
+
+
+def schedule_label(schedule: str, sparsity: float, config: ExperimentConfig) -> str:
+    """"constant", or "constant@0.875" when several sparsities are compared."""
+    return schedule if len(config.sparsities) == 1 or schedule == BASELINE else f"{schedule}@{sparsity:g}"
+
+
+def _pruning_points(schedule: PruningSchedule, end_step: int) -> list[tuple[int, float]]:
+    """The steps in [1, end_step] at which `schedule` prunes, with its sparsity there.
+
+    The schedule is called once on all steps; one that only takes scalar
+    steps is called step by step.
+    """
+    steps = np.arange(1, end_step + 1, dtype="int32")
+    try:
+        should_prune, sparsity = (keras.ops.convert_to_numpy(v) for v in schedule(steps))
+        should_prune, sparsity = np.broadcast_to(should_prune, steps.shape), np.broadcast_to(sparsity, steps.shape)
+    except Exception:  # a user schedule written for scalar steps only
+        pairs = [schedule(int(step)) for step in steps]
+        should_prune = np.array([bool(keras.ops.convert_to_numpy(p)) for p, _ in pairs])
+        sparsity = np.array([float(keras.ops.convert_to_numpy(s)) for _, s in pairs])
+    return [(int(steps[i]), float(sparsity[i])) for i in np.flatnonzero(should_prune)]
+
+
+def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
+    """Loads the data and builds every schedule once, before any training,
+    so that a missing dataset or a bad schedule fails fast.
+
+    Returns the empty comparison and the data for `Comparison.run`. Raises
+    `keras_prune.datasets.DatasetUnavailableError` when the dataset's files
+    are missing, ValueError/TypeError for a schedule that cannot be built.
+    """
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
+    (x_train, y_train), (x_test, y_test) = load_dataset(config.dataset, config.data_dir)
+    if config.limit is not None:
+        x_train, y_train = x_train[: config.limit], y_train[: config.limit]
+        x_test, y_test = x_test[: config.limit], y_test[: config.limit]
+    steps_per_epoch, begin_step, end_step = pruning_steps(len(x_train), config)
+    num_fit = int(math.floor(len(x_train) * (1.0 - config.validation_split)))
+    points = {
+        schedule_label(name, s, config): _pruning_points(
+            make_schedule(name, s, begin_step, end_step, config.frequency), end_step
+        )
+        for name in config.schedules for s in config.sparsities
+    }  # fmt: skip
+    comparison = Comparison(
+        config=config,
+        data={"train": num_fit, "validation": len(x_train) - num_fit, "test": len(x_test)},
+        steps={"per_epoch": steps_per_epoch, "begin_step": begin_step, "end_step": end_step},
+        schedule_points=points,
+    )
+    return comparison, ((x_train, y_train), (x_test, y_test))
+
+
+def compare(
+    config: ExperimentConfig,
+    on_run_end: Callable[[Comparison, float], None] | None = None,
+) -> Comparison:
+    """Runs the baseline and every schedule at every sparsity, seed after seed.
+
+    `prepare(config)`, then `Comparison.run`; see those.
+    """
+    comparison, data = prepare(config)
+    comparison.run(data, on_run_end)
+    return comparison

@@ -1,0 +1,145 @@
+"""Tests for the keras-prune command line: a real end-to-end comparison on a
+tiny slice of the embedded digits, and bad input giving one line and exit 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+from PIL import Image
+
+from keras_prune import cli
+
+BACKEND = keras.backend.backend()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, backend=BACKEND):
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "keras_prune", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    # 250 images: 200 train (4 steps of 50), 50 validation, 250 test; pruning
+    # from step int(0.2 * 4) = 0 at every step up to 4, so both schedules
+    # reach their target.
+    done = _run("compare", "--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1",
+                "--sparsity", "0.5,0.875", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, out
+
+
+def test_compare_prints_the_table(tiny_comparison):
+    done, _ = tiny_comparison
+    out = done.stdout
+    assert f"backend {BACKEND}" in out
+    assert "mnist10k (200 train / 50 validation / 250 test images)" in out
+    assert "1 epochs of 4 steps, batch 50, pruning steps 0..4 every 1" in out
+    for line in ("[1/5] baseline seed 0", "[5/5] polynomial@0.875 seed 0: test accuracy", "all runs done"):
+        assert line in out
+    header = next(line for line in out.splitlines() if "baseline" in line and "constant@0.5" in line)
+    assert header.split() == ["baseline", "constant@0.5", "constant@0.875", "polynomial@0.5", "polynomial@0.875"]
+    total = next(line for line in out.splitlines() if line.startswith("sparsity total"))
+    assert total.split()[2:] == ["0.00%", "50.00%", "87.50%", "50.00%", "87.50%"]
+    for label in ("test accuracy", "zipped .h5", "zipped .keras", "export float32 .kps", "export int8 .kps",
+                  "int8 test accuracy", "compression vs dense .h5", "seconds per epoch", "sparsity dense1/kernel"):
+        assert any(line.startswith(label) for line in out.splitlines()), label
+    assert "constant - polynomial at sparsity 0.875: test accuracy difference" in out
+    assert "no t-test (needs --seeds 2 or more" in out
+    assert "The seed article's figures (full MNIST, tfmot, one run each)" in out
+    assert "warning:" not in out
+
+
+def test_compare_writes_json_csv_and_pngs(tiny_comparison):
+    _, out = tiny_comparison
+    results = json.loads((out / "results.json").read_text())
+    assert results["environment"]["backend"] == BACKEND
+    assert results["config"]["sparsities"] == [0.5, 0.875] and results["config"]["epochs"] == 1
+    assert results["steps"] == {"per_epoch": 4, "begin_step": 0, "end_step": 4}
+    runs = results["runs"]
+    assert [(r["schedule"], r["sparsity"]) for r in runs] == [
+        ("baseline", 0.0), ("constant", 0.5), ("constant", 0.875), ("polynomial", 0.5), ("polynomial", 0.875),
+    ]
+    for run in runs[1:]:
+        for name, sparsity in run["layer_sparsity"].items():
+            assert sparsity == pytest.approx(run["sparsity"], abs=0.01), (run["schedule"], name)
+        assert run["gzip_h5_bytes"] < runs[0]["gzip_h5_bytes"]
+        assert 0.0 <= run["test_accuracy"] <= 1.0 and len(run["val_accuracy"]) == 1
+    # Constant prunes at every step to its target; polynomial ramps up to it at step 4.
+    assert results["schedule_points"]["constant@0.875"] == [[s, 0.875] for s in range(1, 5)]
+    polynomial = results["schedule_points"]["polynomial@0.875"]
+    assert [s for s, _ in polynomial] == [1, 2, 3, 4] and polynomial[-1][1] == pytest.approx(0.875)
+    assert polynomial[0][1] < polynomial[1][1] < polynomial[2][1] < 0.875
+    baseline = next(row for row in results["summary"] if row["schedule"] == "baseline")
+    assert baseline["compression_ratio"] == pytest.approx(1.0)
+
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["schedule"] for row in rows] == [r["schedule"] for r in runs]
+    assert float(rows[2]["sparsity:dense1/kernel"]) == pytest.approx(0.875, abs=0.01)
+    assert int(rows[2]["export_int8_bytes"]) == runs[2]["export_int8_bytes"]
+
+    for name in ("schedules.png", "val_accuracy.png", "accuracy_vs_sparsity.png"):
+        path = out / name
+        assert path.stat().st_size > 1000
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["compare", "--schedules", "cubic"], "unknown schedule 'cubic'"),
+        (["compare", "--schedules", "constant,no_such_module_xyz:make"], "cannot import"),
+        (["compare", "--sparsity", "1.0"], "outside [0, 1)"),
+        (["compare", "--sparsity", "0.5,-0.2"], "outside [0, 1)"),
+        (["compare", "--epochs", "0"], "--epochs: 0 must be >= 1"),
+        (["compare", "--epochs", "-3"], "--epochs"),
+        (["compare", "--seeds", "two"], "--seeds: 'two' is not a whole number"),
+        (["compare", "--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+        (["compare", "--backend", "theano"], "invalid choice: 'theano'"),
+        (["compare", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "the following arguments are required"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args, words, capsys):
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("keras-prune: error: ")
+    assert words in captured.err
+
+
+def test_unwritable_out_is_one_line_and_status_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert cli.main(["compare", "--out", str(blocker / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not writable" in err
+
+
+def test_missing_dataset_says_where_to_get_it(tmp_path, capsys):
+    assert cli.main(["compare", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("keras-prune: error: mnist: ")
+    assert "--data-dir DIR" in err and "Traceback" not in err
+
+
+def test_bad_input_through_python_m_and_another_backend():
+    other = "jax" if BACKEND != "jax" else "tensorflow"
+    # keras is imported with BACKEND in the parent; --backend re-runs in a new process.
+    done = _run("compare", "--backend", other, "--schedules", "cubic")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("keras-prune: error: unknown schedule 'cubic'")
+    assert done.stdout == ""
