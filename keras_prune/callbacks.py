@@ -246,6 +246,7 @@ def final_sparsity_shortfalls(model: keras.layers.Layer) -> list[str]:
             )
             messages.append(
                 f"Pruning ended below the scheduled final sparsity for "
-                f"{weight.path}: {1 - kept / size:.4f} < {target:.4f} ({reason})."
+                f"{weight.path}: {kept} of {size} weights kept, {kept - allowed} more "
+                f"than {target:.2%} sparsity allows ({reason})."
             )
     return messages
