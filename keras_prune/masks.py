@@ -58,22 +58,31 @@ def _descend(counts: Any, rank: Any) -> tuple[Any, Any]:
     return bin_index, above
 
 
-def kth_largest(bits: Any, k: Any) -> tuple[Any, Any]:
-    """The k-th largest of `bits` and how many entries are >= it.
+def _magnitude_bits(flat: Any) -> Any:
+    """Bit patterns of |flat| (float32) as int32, ordered as the magnitudes are.
 
-    `bits` is 1-D int32, each entry the bit pattern of a non-negative float32
-    (so in [0, 2**31), ordered as the floats are); `k` in [1, n]. Linear
-    time: an exact radix select, two histogram passes over 16-bit digits —
-    the high half of every pattern, then the low half of the patterns in the
-    bin that holds the k-th largest — instead of sorting.
+    Integer work, so subnormals and -0.0 rank as IEEE says even where the
+    compiler flushes subnormal floats to zero.
     """
-    # The shifted patterns are recomputed rather than kept: in eager mode
-    # (torch) a kept copy would add the weight's size to the peak memory.
-    high_counts = _histogram(ops.right_shift(bits, 16), 2**15)
+    return ops.bitwise_and(ops.view(flat, "int32"), 0x7FFFFFFF)
+
+
+def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
+    """Bit pattern of the k-th largest magnitude in `flat`, and how many are >= it.
+
+    `flat` is 1-D float32, `k` in [1, n]. Linear time: an exact radix
+    select with two histogram passes over 16-bit digits of the magnitudes'
+    bit patterns — the high half of every pattern, then the low half of the
+    patterns in the high bin that holds the k-th largest — instead of a sort.
+    The patterns are recomputed for each pass rather than kept: in eager
+    mode (torch) a kept copy would add the weight's size to the peak memory.
+    """
+    high_counts = _histogram(ops.right_shift(_magnitude_bits(flat), 16), 2**15)
     high_bin, above_bin = _descend(high_counts, k)
-    in_bin = ops.equal(ops.right_shift(bits, 16), high_bin)
-    low = ops.where(in_bin, ops.bitwise_and(bits, 0xFFFF), 2**16)
-    low_counts = _histogram(low, 2**16 + 1)[: 2**16]  # bin 2**16: other high bins
+    # Low digit of the patterns in `high_bin` as ids 1..2**16; patterns
+    # below the bin go to id 0, above it to id 2**16 + 1.
+    low = ops.clip(_magnitude_bits(flat) - high_bin * 2**16, -1, 2**16) + 1
+    low_counts = _histogram(low, 2**16 + 2)[1 : 2**16 + 1]
     low_bin, above_low = _descend(low_counts, k - above_bin)
     at_least = above_bin + above_low + ops.take(low_counts, low_bin)
     return high_bin * 2**16 + low_bin, at_least
@@ -82,22 +91,21 @@ def kth_largest(bits: Any, k: Any) -> tuple[Any, Any]:
 def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
     """Boolean mask of the k largest `scores` (any shape), and the threshold.
 
-    `scores` are magnitudes; they are compared as float32 absolute values,
-    by bit pattern, so subnormals and -0.0 rank as IEEE says even where the
-    compiler flushes subnormals. Ties at the threshold are broken by flat
-    index, lower index first, so exactly k entries are kept, as by a stable
-    sort by descending score. The threshold is the k-th largest score.
+    `scores` are magnitudes: their float32 absolute values are ranked (see
+    `_magnitude_bits`). Ties at the threshold are broken by flat index,
+    lower index first, so exactly k entries are kept, as by a stable sort by
+    descending score. The threshold is the k-th largest score.
     """
     flat = ops.cast(ops.reshape(scores, (-1,)), "float32")
-    bits = ops.bitwise_and(ops.view(flat, "int32"), 0x7FFFFFFF)
-    threshold, at_least = kth_largest(bits, k)
+    threshold, at_least = kth_largest(flat, k)
 
     def without_ties() -> Any:
-        return ops.greater_equal(bits, threshold)
+        return ops.greater_equal(_magnitude_bits(flat), threshold)
 
     def break_ties() -> Any:
         # Rare (more entries equal the threshold than fit): keep the first
         # ones by flat index. Costs a cumulative sum over all entries.
+        bits = _magnitude_bits(flat)
         above = ops.greater(bits, threshold)
         at = ops.equal(bits, threshold)
         room = k - ops.sum(ops.cast(above, "int32"))
