@@ -6,9 +6,11 @@
 For each backend (one child process each, KERAS_BACKEND set) and each float32
 weight size, times the mask update exactly as `PruneLowMagnitude` runs it on
 a pruning step (weight * mask -> `masks.compute_mask` at sparsity 0.875 ->
-assign mask and threshold), compiled as Keras compiles the train step: XLA
-(`tf.function(jit_compile=True)`) on TensorFlow, `jax.jit` on JAX, eager on
-PyTorch (Keras's default for torch). In the same process and interleaved with
+assign mask and threshold), compiled as Keras compiles the train step: on
+TensorFlow both with XLA (`tf.function(jit_compile=True)`, Keras's choice
+with jit_compile=True or on GPU) and as a plain graph ("tensorflow-graph",
+`tf.function`, Keras's default on CPU), `jax.jit` on JAX, eager on PyTorch
+(Keras's default for torch). In the same process and interleaved with
 it, numpy's reference: abs, `numpy.partition` at the same k, `>=` mask (as in
 `tfmot_mask_update.py`). Each measure is a median of `--repeats` calls after
 warm-up, with min and max. The mask is checked against numpy's.
@@ -38,7 +40,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # the checkout, not an installed copy
 import _common  # noqa: E402
 
 SPARSITY = 0.875
-BACKENDS = ("tensorflow", "jax", "torch")
+BACKENDS = ("tensorflow", "tensorflow-graph", "jax", "torch")
 OUT = os.path.join(HERE, "results", "mask_update.json")
 
 
@@ -71,7 +73,9 @@ def make_update(weight_np, mask_np):
     elif backend == "tensorflow":
         import tensorflow as tf
 
-        @tf.function(jit_compile=True)
+        # Keras compiles the TF train step with XLA only when asked
+        # (jit_compile=True) or on GPU; on CPU "auto" gives a plain graph.
+        @tf.function(jit_compile=os.environ.get("KP_TF_XLA", "1") == "1")
         def step():
             new_mask, new_threshold = update(weight.value, mask.value)
             mask.assign(new_mask)
@@ -136,7 +140,9 @@ def child_memory(shape):
 
 
 def spawn(backend, mode, shape, args):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+    # "tensorflow-graph": TF without XLA, Keras's default train step on CPU.
+    env = dict(os.environ, KERAS_BACKEND=backend.split("-")[0], TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="-1", KP_TF_XLA="0" if backend.endswith("-graph") else "1")
     cmd = [sys.executable, __file__, "--child", mode, "--shape", "%dx%d" % shape,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -191,6 +197,8 @@ def main():
     ap.add_argument("--sizes", default="1024x1024,2048x2048,4096x4096")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--plot-only", action="store_true",
+                    help="redraw the PNG from --out (e.g. after tfmot_mask_update.py ran again)")
     ap.add_argument("--child", choices=("time", "memory"), help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -200,6 +208,10 @@ def main():
         shape = tuple(int(x) for x in args.shape.split("x"))
         result = child_time(shape, args.repeats, args.warmup) if args.child == "time" else child_memory(shape)
         print(json.dumps(result))
+        return 0
+    if args.plot_only:
+        with open(args.out) as f:
+            plot(json.load(f), os.path.splitext(args.out)[0] + ".png")
         return 0
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     doc = {"benchmark": "mask_update", "sparsity": SPARSITY, "machine": _common.machine_info(),
