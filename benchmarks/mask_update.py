@@ -42,6 +42,8 @@ import _common  # noqa: E402
 SPARSITY = 0.875
 BACKENDS = ("tensorflow", "tensorflow-graph", "jax", "torch")
 OUT = os.path.join(HERE, "results", "mask_update.json")
+LABELS = {"tensorflow": "tensorflow, XLA", "tensorflow-graph": "tensorflow, graph: Keras CPU default",
+          "torch": "torch, eager"}
 
 
 def make_update(weight_np, mask_np):
@@ -162,7 +164,7 @@ def plot(doc, path):
         xs = [r["size"] for r in rows]
         ax.errorbar(xs, [r["keras_prune_update"]["median_s"] for r in rows],
                     yerr=_spread(rows, "keras_prune_update"), marker="o",
-                    label=f"keras-prune ({backend})", capsize=3)  # fmt: skip
+                    label=f"keras-prune ({LABELS.get(backend, backend)})", capsize=3)  # fmt: skip
     rows = [r for rs in doc["backends"].values() for r in rs]
     sizes = sorted({r["size"] for r in rows})
     numpy = [min(r["numpy_partition_mask"]["median_s"] for r in rows if r["size"] == s) for s in sizes]
@@ -173,7 +175,7 @@ def plot(doc, path):
             tfmot = json.load(f)["results"]
         ax.plot([r["size"] for r in tfmot],
                 [r["tfmot_conditional_mask_update"]["median_s"] for r in tfmot],
-                marker="^", color="tab:red", label="tfmot 0.8.1 (tf.keras 2, top_k)")  # fmt: skip
+                marker="^", color="tab:brown", label="tfmot 0.8.1 (tf.keras 2, top_k)")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("weights in the tensor (float32)")
