@@ -29,6 +29,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def stats(times: list[float]) -> dict[str, Any]:
+    """Median, min, max and all of a list of timings (seconds)."""
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
@@ -39,12 +40,14 @@ def stats(times: list[float]) -> dict[str, Any]:
 
 
 def timed(fn: Callable[[], Any]) -> float:
+    """Wall-clock seconds of one call of `fn`."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
 def ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Ratio of the medians of two `stats` results."""
     return a["median_s"] / b["median_s"]
 
 
