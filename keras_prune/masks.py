@@ -14,6 +14,7 @@ import math
 import numbers
 from typing import Any
 
+import keras
 from keras import ops
 
 from keras_prune import _validation
@@ -34,25 +35,84 @@ def keep_count(size: int, sparsity: Any) -> Any:
     return ops.cast(ops.clip(kept, 1.0, float(size)), "int32")
 
 
-def kth_largest(values: Any, k: Any) -> Any:
-    """The k-th largest entry of the 1-D tensor `values` (k is 1-based)."""
-    size = values.shape[0]
-    return ops.take(ops.sort(values), size - k)
+def _histogram(ids: Any, bins: int) -> Any:
+    """Counts of each value of the int32 tensor `ids`, all in [0, bins)."""
+    if keras.backend.backend() == "torch":
+        # Measured: torch's segment_sum is ~10x slower than its bincount.
+        return ops.bincount(ids, minlength=bins)
+    # `ops.bincount` needs a static length under jax.jit and does not
+    # compile with XLA on TensorFlow; a segment sum compiles to a scatter-add.
+    return ops.segment_sum(ops.ones_like(ids), ids, num_segments=bins)
+
+
+def _descend(counts: Any, rank: Any) -> tuple[Any, Any]:
+    """Bin holding the `rank`-th largest value, and how many values are above that bin.
+
+    `counts` is a histogram over bins in increasing value order; `rank` is
+    1-based and at most `sum(counts)`.
+    """
+    running = ops.cumsum(counts)
+    from_top = running[-1] - running + counts  # values in bins >= i
+    bin_index = ops.sum(ops.cast(from_top >= rank, "int32")) - 1
+    above = ops.take(from_top, bin_index) - ops.take(counts, bin_index)
+    return bin_index, above
+
+
+def _magnitude_bits(flat: Any) -> Any:
+    """Bit patterns of |flat| (float32) as int32, ordered as the magnitudes are.
+
+    Integer work, so subnormals and -0.0 rank as IEEE says even where the
+    compiler flushes subnormal floats to zero.
+    """
+    return ops.bitwise_and(ops.view(flat, "int32"), 0x7FFFFFFF)
+
+
+def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
+    """Bit pattern of the k-th largest magnitude in `flat`, and how many are >= it.
+
+    `flat` is 1-D float32, `k` in [1, n]. Linear time: an exact radix
+    select with two histogram passes over 16-bit digits of the magnitudes'
+    bit patterns — the high half of every pattern, then the low half of the
+    patterns in the high bin that holds the k-th largest — instead of a sort.
+    The patterns are recomputed for each pass rather than kept: in eager
+    mode (torch) a kept copy would add the weight's size to the peak memory.
+    """
+    high_counts = _histogram(ops.right_shift(_magnitude_bits(flat), 16), 2**15)
+    high_bin, above_bin = _descend(high_counts, k)
+    # Low digit of the patterns in `high_bin` as ids 1..2**16; patterns
+    # below the bin go to id 0, above it to id 2**16 + 1.
+    low = ops.clip(_magnitude_bits(flat) - high_bin * 2**16, -1, 2**16) + 1
+    low_counts = _histogram(low, 2**16 + 2)[1 : 2**16 + 1]
+    low_bin, above_low = _descend(low_counts, k - above_bin)
+    at_least = above_bin + above_low + ops.take(low_counts, low_bin)
+    return high_bin * 2**16 + low_bin, at_least
 
 
 def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
     """Boolean mask of the k largest `scores` (any shape), and the threshold.
 
-    Ties at the threshold are broken by flat index, lower index first.
+    `scores` are magnitudes: their float32 absolute values are ranked (see
+    `_magnitude_bits`). Ties at the threshold are broken by flat index,
+    lower index first, so exactly k entries are kept, as by a stable sort by
+    descending score. The threshold is the k-th largest score.
     """
-    flat = ops.reshape(scores, (-1,))
-    threshold = kth_largest(flat, k)
-    above = ops.greater(flat, threshold)
-    at = ops.equal(flat, threshold)
-    room = k - ops.sum(ops.cast(above, "int32"))
-    keep = ops.logical_or(
-        above, ops.logical_and(at, ops.cumsum(ops.cast(at, "int32")) <= room)
-    )
+    flat = ops.cast(ops.reshape(scores, (-1,)), "float32")
+    threshold, at_least = kth_largest(flat, k)
+
+    def without_ties() -> Any:
+        return ops.greater_equal(_magnitude_bits(flat), threshold)
+
+    def break_ties() -> Any:
+        # Rare (more entries equal the threshold than fit): keep the first
+        # ones by flat index. Costs a cumulative sum over all entries.
+        bits = _magnitude_bits(flat)
+        above = ops.greater(bits, threshold)
+        at = ops.equal(bits, threshold)
+        room = k - ops.sum(ops.cast(above, "int32"))
+        return ops.logical_or(above, ops.logical_and(at, ops.cumsum(ops.cast(at, "int32")) <= room))
+
+    keep = ops.cond(ops.equal(at_least, k), without_ties, break_ties)
+    threshold = ops.view(ops.reshape(threshold, (1,)), "float32")[0]
     return ops.reshape(keep, ops.shape(scores)), threshold
 
 
@@ -103,16 +163,15 @@ def compute_mask(
     validated once when the wrapper is created. `weight` should already be
     multiplied by its current mask so that pruned weights stay pruned.
     """
-    scores = ops.abs(weight)
     if sparsity_m_by_n is not None:
-        keep = _m_by_n_keep(scores, *sparsity_m_by_n)
-        threshold = ops.convert_to_tensor(0.0, scores.dtype)
+        keep = _m_by_n_keep(ops.abs(weight), *sparsity_m_by_n)
+        threshold = ops.convert_to_tensor(0.0, weight.dtype)
     elif tuple(block_size) != (1, 1):
-        pooled = _pool_blocks(scores, block_size, block_pooling_type)
+        pooled = _pool_blocks(ops.abs(weight), block_size, block_pooling_type)
         keep_blocks, threshold = top_k_mask(pooled, keep_count(math.prod(pooled.shape), sparsity))
-        keep = _expand_blocks(keep_blocks, scores.shape, block_size)
-    else:
-        keep, threshold = top_k_mask(scores, keep_count(math.prod(scores.shape), sparsity))
+        keep = _expand_blocks(keep_blocks, weight.shape, block_size)
+    else:  # top_k_mask takes the magnitude itself, without a temporary
+        keep, threshold = top_k_mask(weight, keep_count(math.prod(weight.shape), sparsity))
     return ops.cast(keep, weight.dtype), ops.cast(threshold, weight.dtype)
 
 

@@ -4,17 +4,21 @@ import pytest
 from keras import ops
 
 from keras_prune import magnitude_mask
-from keras_prune.masks import compute_mask, keep_count
+from keras_prune.masks import compute_mask, keep_count, top_k_mask
+
+
+def reference_keep(weight, k):
+    """Stable full sort: keep the k largest |w|, lower flat index first on ties."""
+    flat = np.abs(np.asarray(weight, np.float32)).ravel()
+    order = np.argsort(-flat, kind="stable")
+    keep = np.zeros(flat.size, bool)
+    keep[order[:k]] = True
+    return keep.reshape(np.shape(weight))
 
 
 def reference_mask(weight, sparsity):
-    """Stable full sort: keep the k largest |w|, lower flat index first on ties."""
-    flat = np.abs(weight).ravel()
-    k = max(int(np.round(np.float32(flat.size) * (np.float32(1) - np.float32(sparsity)))), 1)
-    order = np.argsort(-flat, kind="stable")
-    mask = np.zeros(flat.size, np.float32)
-    mask[order[:k]] = 1
-    return mask.reshape(weight.shape)
+    k = max(int(np.round(np.float32(weight.size) * (np.float32(1) - np.float32(sparsity)))), 1)
+    return reference_keep(weight, k).astype(np.float32)
 
 
 def as_numpy(x):
@@ -109,3 +113,76 @@ def test_rejects_bad_options(kwargs, error, match):
     args = {"sparsity": 0.5, **kwargs}
     with pytest.raises(error, match=match):
         magnitude_mask(np.ones(shape, "float32"), **args)
+
+
+def _selection_cases():
+    """(name, weight) pairs that stress the radix select in `top_k_mask`."""
+    rng = np.random.RandomState(7)
+    normal = rng.randn(4099).astype("float32")  # odd size, > one 16-bit digit
+    previously_pruned = normal * (rng.rand(4099) < 0.3)  # many exact zeros
+    # All values share the high 16 bits: only the second pass separates them.
+    same_high = (np.float32(1.5).view(np.int32) + rng.randint(0, 2**16, 3001)).view(np.float32)
+    # Adjacent high-16-bit bins and the 2**16 boundary of the low digit.
+    boundary = (np.int32(0x3F80FFFF) + np.arange(-3, 4, dtype=np.int32)).view(np.float32)
+    tiny = np.array([1e-45, -1e-45, 2e-45, -0.0, 0.0, 1e-38, 3e38, -3e38], "float32")
+    return [
+        ("normal", normal),
+        ("signs", -normal),
+        ("rounded", np.round(normal, 1)),  # heavy ties at many values
+        ("all_equal", np.full(37, -0.25, "float32")),
+        ("zeros", np.zeros(16, "float32")),
+        ("previously_pruned", previously_pruned),
+        ("same_high_bits", np.concatenate([same_high, same_high[:500]])),
+        ("boundary", np.tile(boundary, 5)),
+        ("subnormal_and_signed_zero", tiny),
+        ("one", np.array([-2.0], "float32")),
+        ("two_dim", rng.randn(33, 17).astype("float32")),
+    ]
+
+
+@pytest.mark.parametrize("name, weight", _selection_cases(), ids=[c[0] for c in _selection_cases()])
+def test_top_k_mask_equals_stable_sort(name, weight):
+    """Exactly k kept, ties by lower flat index, at every k from 1 to n."""
+    n = weight.size
+    for k in sorted({1, 2, 3, n // 8, n // 2, n - 1, n} & set(range(1, n + 1))):
+        keep, threshold = top_k_mask(ops.convert_to_tensor(weight), ops.convert_to_tensor(k, "int32"))
+        expected = reference_keep(weight, k)
+        np.testing.assert_array_equal(as_numpy(keep), expected, err_msg=f"{name} k={k}")
+        kth = np.sort(np.abs(weight).ravel())[n - k]
+        assert as_numpy(threshold).view(np.int32) == kth.view(np.int32), (name, k)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_low_precision_weights_are_ranked_exactly(dtype):
+    weight = np.round(np.random.RandomState(5).randn(31, 9), 2).astype("float32")
+    tensor = ops.cast(ops.convert_to_tensor(weight), dtype)
+    exact = as_numpy(ops.cast(tensor, "float32"))  # the values after rounding to dtype
+    mask = magnitude_mask(tensor, 0.7)
+    assert keras.backend.standardize_dtype(mask.dtype) == dtype
+    np.testing.assert_array_equal(as_numpy(ops.cast(mask, "float32")), reference_mask(exact, 0.7))
+
+
+class _MaskLayer(keras.layers.Layer):
+    """Computes the mask of its weight inside the model's compiled function."""
+
+    def __init__(self, weight, sparsity, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel = self.add_weight(shape=weight.shape, initializer="zeros", trainable=False)
+        self.kernel.assign(weight)
+        self.sparsity = sparsity
+
+    def call(self, inputs):
+        mask, _ = compute_mask(self.kernel.value, self.sparsity)
+        return ops.expand_dims(ops.reshape(mask, (-1,)), 0) + 0.0 * inputs[:, :1]
+
+
+@pytest.mark.parametrize("name, weight", _selection_cases()[:8], ids=[c[0] for c in _selection_cases()[:8]])
+def test_same_mask_inside_compiled_function(name, weight):
+    """The mask computed in a compiled predict step (XLA on TF, jax.jit) equals the sort."""
+    sparsity = np.float32(0.6)
+    model = keras.Sequential([keras.Input((1,)), _MaskLayer(weight, sparsity)])
+    # XLA on TF: "auto" would give a plain graph on CPU, which the wrapper
+    # tests already train with. torch.compile is not Keras's default.
+    model.compile(jit_compile=keras.backend.backend() != "torch")
+    mask = model.predict(np.zeros((1, 1), "float32"), verbose=0)[0]
+    np.testing.assert_array_equal(mask.reshape(weight.shape), reference_mask(weight, sparsity))
