@@ -10,8 +10,8 @@ first 80 % of its training images, as validation_split=0.2 leaves them),
 batch 250, trained twice from the same initial weights: unpruned, and wrapped
 by `prune_low_magnitude` with PolynomialDecay(0 -> 0.875, frequency 100,
 begin_step = 20 % of the run, end_step = the run's last step) and
-`UpdatePruningStep`. Keras's default compilation per backend (XLA on
-TensorFlow, jax.jit, eager torch).
+`UpdatePruningStep`. Keras's default compilation per backend (on a CPU: a
+plain tf.function on TensorFlow, jax.jit, eager torch).
 
 The two models alternate epoch by epoch in the same process (`fit(epochs=1)`
 each, one warm-up epoch each first, then `--epochs` timed pairs; the order
