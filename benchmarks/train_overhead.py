@@ -43,25 +43,13 @@ TARGET = 0.875
 OUT = os.path.join(HERE, "results", "train_overhead.json")
 
 
-def build_model(keras):
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(32, (3, 3), activation="relu"),
-        keras.layers.MaxPooling2D((2, 2)),
-        keras.layers.Conv2D(64, (3, 3), activation="relu"),
-        keras.layers.MaxPooling2D((2, 2)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])  # fmt: skip
-
-
 def child(epochs, seed):
     import keras
     import numpy as np
 
     import keras_prune
     from keras_prune.datasets import load_dataset
+    from keras_prune.experiment import seed_model
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -82,8 +70,8 @@ def child(epochs, seed):
     end_step = steps_per_epoch * (epochs + 1)
     begin_step = int(0.2 * end_step)
 
-    dense = build_model(keras)
-    base = build_model(keras)
+    dense = seed_model()
+    base = seed_model()
     base.set_weights(dense.get_weights())
     schedule = keras_prune.PolynomialDecay(0.0, TARGET, begin_step, end_step, frequency=100)
     pruned = keras_prune.prune_low_magnitude(base, pruning_schedule=schedule)

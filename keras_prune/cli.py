@@ -52,16 +52,7 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _sparsities(text: str) -> list[float]:
-    values = []
-    for item in _comma_list(text):
-        try:
-            value = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r} is not a number; sparsity must be in [0, 1)") from None
-        if not 0.0 <= value < 1.0:
-            raise argparse.ArgumentTypeError(f"{item} is outside [0, 1)")
-        values.append(value)
-    return values
+    return [_fraction(item) for item in _comma_list(text)]
 
 
 def _at_least(minimum: int) -> Any:
@@ -81,7 +72,7 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1)") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{value} is outside [0, 1)")
     return value
