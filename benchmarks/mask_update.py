@@ -9,8 +9,9 @@ a pruning step (weight * mask -> `masks.compute_mask` at sparsity 0.875 ->
 assign mask and threshold), compiled as Keras compiles the train step: on
 TensorFlow both with XLA (`tf.function(jit_compile=True)`, Keras's choice
 with jit_compile=True or on GPU) and as a plain graph ("tensorflow-graph",
-`tf.function`, Keras's default on CPU), `jax.jit` on JAX, eager on PyTorch
-(Keras's default for torch). In the same process and interleaved with
+`tf.function`, Keras's default on CPU, inside which `compute_mask` runs as
+its own XLA program), `jax.jit` on JAX, eager on PyTorch (Keras's default
+for torch, where the selection is `numpy.partition` on the CPU tensor). In the same process and interleaved with
 it, numpy's reference: abs, `numpy.partition` at the same k, `>=` mask (as in
 `tfmot_mask_update.py`). Each measure is a median of `--repeats` calls after
 warm-up, with min and max. The mask is checked against numpy's.

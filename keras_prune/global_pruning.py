@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 from keras import ops
 
-from keras_prune import _forward_pass, masks
+from keras_prune import _backend, _forward_pass, masks
 
 if TYPE_CHECKING:
     from keras_prune.wrapper import PruneLowMagnitude
@@ -78,6 +78,9 @@ def update_group(wrapper: "PruneLowMagnitude", step: Any) -> None:
     should_prune, sparsity = wrapper.pruning_schedule(step)
     should_prune = ops.convert_to_tensor(should_prune, "bool")
     sparsity = ops.convert_to_tensor(sparsity, "float32")
+    concrete = _backend.is_concrete(should_prune)
+    if concrete and not bool(ops.convert_to_numpy(should_prune)):
+        return
     sizes = [math.prod(weight.shape) for weight, _, _ in triples]
 
     def prune():
@@ -87,14 +90,13 @@ def update_group(wrapper: "PruneLowMagnitude", step: Any) -> None:
                 for w, m, _ in triples
             ]
         )  # fmt: skip
-        keep, threshold = masks.top_k_mask(ops.stop_gradient(scores), masks.keep_count(sum(sizes), sparsity))
-        return keep, threshold
+        return masks.top_k_mask(ops.stop_gradient(scores), masks.keep_count(sum(sizes), sparsity))
 
     def keep():
         flat = ops.concatenate([ops.reshape(m.value > 0, (-1,)) for _, m, _ in triples])
         return flat, ops.cast(triples[0][2].value, "float32")
 
-    flat_keep, threshold = ops.cond(should_prune, prune, keep)
+    flat_keep, threshold = prune() if concrete else ops.cond(should_prune, prune, keep)
     offset = 0
     for (weight, mask, thresh), size in zip(triples, sizes):
         part = ops.reshape(flat_keep[offset : offset + size], weight.shape)

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_prune import _validation
+from keras_prune import _backend, _validation
 
 POOLING_TYPES = ("AVG", "MAX")
 
@@ -76,7 +76,11 @@ def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     patterns in the high bin that holds the k-th largest — instead of a sort.
     The patterns are recomputed for each pass rather than kept: in eager
     mode (torch) a kept copy would add the weight's size to the peak memory.
+    Eager torch on a CPU selects with `numpy.partition` instead (see
+    `_backend`), with the same result.
     """
+    if _backend.host_selectable(flat):
+        return _backend.kth_largest_on_host(_magnitude_bits(flat), k)
     high_counts = _histogram(ops.right_shift(_magnitude_bits(flat), 16), 2**15)
     high_bin, above_bin = _descend(high_counts, k)
     # Low digit of the patterns in `high_bin` as ids 1..2**16; patterns
@@ -88,6 +92,7 @@ def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     return high_bin * 2**16 + low_bin, at_least
 
 
+@_backend.fused
 def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
     """Boolean mask of the k largest `scores` (any shape), and the threshold.
 
@@ -150,6 +155,7 @@ def _m_by_n_keep(scores: Any, m: int, n: int) -> Any:
     return ops.moveaxis(keep, -1, -2)
 
 
+@_backend.fused
 def compute_mask(
     weight: Any,
     sparsity: Any,
@@ -161,7 +167,9 @@ def compute_mask(
 
     This is the graph-side entry point used by the wrapper; arguments are
     validated once when the wrapper is created. `weight` should already be
-    multiplied by its current mask so that pruned weights stay pruned.
+    multiplied by its current mask so that pruned weights stay pruned. On
+    TensorFlow it runs as one XLA program per weight shape and options,
+    compiled on first use (see `_backend.fused`).
     """
     if sparsity_m_by_n is not None:
         keep = _m_by_n_keep(ops.abs(weight), *sparsity_m_by_n)
@@ -255,4 +263,4 @@ def magnitude_mask(
     sparsity = _validation.sparsity(sparsity, "sparsity")
     options = normalize_options(block_size, block_pooling_type, sparsity_m_by_n)
     check_shape(tuple(weight.shape), options[0], options[2])
-    return compute_mask(weight, sparsity, *options)[0]
+    return compute_mask(weight, ops.convert_to_tensor(sparsity, "float32"), *options)[0]

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_prune import _forward_pass, global_pruning, masks, registry
+from keras_prune import _backend, _forward_pass, global_pruning, masks, registry
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
 
@@ -189,6 +189,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         should_prune, sparsity = self.pruning_schedule(step)
         should_prune = ops.convert_to_tensor(should_prune, "bool")
         sparsity = ops.convert_to_tensor(sparsity, "float32")
+        # Eager (torch): most steps do not prune and then cost nothing more.
+        concrete = _backend.is_concrete(should_prune)
+        if concrete and not bool(ops.convert_to_numpy(should_prune)):
+            return
         for weight, mask, threshold in self.pruning_vars:
 
             def prune(weight=weight, mask=mask):
@@ -201,7 +205,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             def keep(mask=mask, threshold=threshold):
                 return mask.value, threshold.value
 
-            new_mask, new_threshold = ops.cond(should_prune, prune, keep)
+            new_mask, new_threshold = prune() if concrete else ops.cond(should_prune, prune, keep)
             mask.assign(new_mask)
             threshold.assign(new_threshold)
 

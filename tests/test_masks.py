@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_prune import magnitude_mask
+from keras_prune import _backend, magnitude_mask
 from keras_prune.masks import compute_mask, keep_count, top_k_mask
 
 
@@ -140,8 +140,25 @@ def _selection_cases():
     ]
 
 
+# numpy.partition selects only for eager torch CPU tensors.
+_SELECTIONS = ["radix_select"] + (["numpy_partition"] if keras.backend.backend() == "torch" else [])
+
+
+@pytest.fixture(params=_SELECTIONS)
+def selection(request, monkeypatch):
+    """Each way `kth_largest` can select here: keras.ops, or numpy.partition on eager torch."""
+    if request.param == "radix_select":
+        monkeypatch.setattr(_backend, "host_selectable", lambda flat: False)
+    return request.param
+
+
+def test_eager_torch_selects_with_numpy_partition():
+    flat = ops.convert_to_tensor(np.ones(8, "float32"))
+    assert _backend.host_selectable(flat) == (keras.backend.backend() == "torch")
+
+
 @pytest.mark.parametrize("name, weight", _selection_cases(), ids=[c[0] for c in _selection_cases()])
-def test_top_k_mask_equals_stable_sort(name, weight):
+def test_top_k_mask_equals_stable_sort(name, weight, selection):
     """Exactly k kept, ties by lower flat index, at every k from 1 to n."""
     n = weight.size
     for k in sorted({1, 2, 3, n // 8, n // 2, n - 1, n} & set(range(1, n + 1))):
@@ -150,6 +167,16 @@ def test_top_k_mask_equals_stable_sort(name, weight):
         np.testing.assert_array_equal(as_numpy(keep), expected, err_msg=f"{name} k={k}")
         kth = np.sort(np.abs(weight).ravel())[n - k]
         assert as_numpy(threshold).view(np.int32) == kth.view(np.int32), (name, k)
+
+
+def test_large_weight_mask_equals_stable_sort(selection):
+    """Large enough (>= 2**16 entries) to run as one XLA program on TensorFlow."""
+    weight = np.round(np.random.RandomState(3).randn(300, 300), 2).astype("float32")  # ties
+    for sparsity in (0.5, 0.875):
+        mask, threshold = compute_mask(ops.convert_to_tensor(weight), ops.convert_to_tensor(sparsity))
+        np.testing.assert_array_equal(as_numpy(mask), reference_mask(weight, sparsity))
+        kth = np.sort(np.abs(weight).ravel())[int(as_numpy(ops.sum(mask))) * -1]
+        assert as_numpy(threshold) == kth
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

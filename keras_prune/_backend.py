@@ -1,0 +1,95 @@
+"""The one module that uses TensorFlow, JAX or torch directly.
+
+Everything else in keras_prune is `keras.ops`. Three things are not in it:
+
+* Whether a value is concrete (readable now) or symbolic (being traced
+  into a graph). Eager torch can then skip the mask work of the 99 % of
+  steps that do not prune, instead of running an `ops.cond` whose other
+  branch copies every mask onto itself.
+* A selection primitive. `keras.ops` can only sort (`ops.top_k`,
+  `ops.sort`: O(n log n)). For a weight that lives in host memory under
+  eager torch, `numpy.partition` (introselect, linear) on a zero-copy view
+  of the tensor is 3–5x faster than the `keras.ops` radix select, which
+  eager torch runs as a dozen separate weight-sized kernels.
+* Fusion. Keras compiles a TensorFlow train step on a CPU as a plain graph
+  (`jit_compile="auto"` means no XLA there), which runs every op of the
+  radix select as its own weight-sized kernel. Compiling just the mask
+  computation with XLA is what Keras itself does for ops that need it
+  (grouped convolutions on CPU, `keras/src/backend/tensorflow/nn.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True if `x` holds a value now, False if it is traced into a graph."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return not torch.compiler.is_compiling()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    return False
+
+
+def host_selectable(flat: Any) -> bool:
+    """True if `kth_largest_on_host` should select in `flat` (eager torch on CPU)."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return flat.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def kth_largest_on_host(bits: Any, k: Any) -> tuple[Any, Any]:
+    """`masks.kth_largest` for an eager torch CPU tensor, by `numpy.partition`.
+
+    `bits` are the int32 magnitude bit patterns (a fresh tensor that may be
+    reordered in place); returns the k-th largest pattern and how many are
+    >= it, as int32 tensors.
+    """
+    import torch
+
+    patterns = bits.detach().numpy()  # shares memory with `bits`
+    n, kept = patterns.size, int(k)
+    patterns.partition(n - kept)  # in place: no second weight-sized buffer
+    threshold = patterns[n - kept]
+    at_least = kept + int(np.count_nonzero(patterns[: n - kept] == threshold))
+    return torch.tensor(threshold, dtype=torch.int32), torch.tensor(at_least, dtype=torch.int32)
+
+
+def fused(fn: Callable[..., Any], min_size: int = 2**16) -> Callable[..., Any]:
+    """`fn` compiled as one XLA program on TensorFlow; `fn` itself elsewhere.
+
+    Only calls whose first argument has at least `min_size` entries are
+    compiled: XLA takes about a second per new shape on a CPU, more than the
+    plain graph's separate kernels cost for a small weight. Tensor arguments
+    are traced; Python arguments (tuples, strings) select one compiled
+    program per value. Inside a train step that is already XLA-compiled the
+    program is inlined.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return fn
+    import tensorflow as tf
+
+    compiled = tf.function(fn, jit_compile=True)
+
+    @functools.wraps(fn)
+    def call(x: Any, *args: Any, **kwargs: Any) -> Any:
+        return (compiled if math.prod(x.shape) >= min_size else fn)(x, *args, **kwargs)
+
+    return call

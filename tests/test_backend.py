@@ -1,0 +1,45 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_prune import _backend
+
+
+class _Probe(keras.layers.Layer):
+    def __init__(self, record, **kwargs):
+        super().__init__(**kwargs)
+        self.record = record
+
+    def call(self, inputs):
+        self.record(_backend.is_concrete(inputs))
+        return inputs
+
+
+def test_is_concrete_in_eager_code_and_not_in_a_compiled_step():
+    assert _backend.is_concrete(ops.convert_to_tensor(True))
+    seen = []
+    model = keras.Sequential([keras.Input((1,)), _Probe(seen.append)])
+    model.predict(np.zeros((2, 1), "float32"), verbose=0)
+    # Keras runs torch eagerly; TF traces a tf.function, JAX a jax.jit.
+    assert seen and all(s == (keras.backend.backend() == "torch") for s in seen)
+
+
+def test_fused_compiles_large_inputs_on_tensorflow_only():
+    seen = []
+
+    def double(x):
+        seen.append(_backend.is_concrete(x))
+        return x * 2
+
+    fn = _backend.fused(double, min_size=4)
+    np.testing.assert_array_equal(ops.convert_to_numpy(fn(ops.ones((3,)))), [2, 2, 2])
+    np.testing.assert_array_equal(ops.convert_to_numpy(fn(ops.ones((2, 2)))), [[2, 2], [2, 2]])
+    assert seen == [True, keras.backend.backend() != "tensorflow"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the host path is for eager torch")
+def test_kth_largest_on_host_counts_ties_at_the_threshold():
+    bits = ops.convert_to_tensor(np.array([5, 1, 3, 3, 3, 0], "int32"))
+    threshold, at_least = _backend.kth_largest_on_host(bits, 2)
+    assert int(threshold) == 3 and int(at_least) == 4
