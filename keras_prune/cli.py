@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -107,6 +108,9 @@ def _parser() -> _Parser:
     add("--data-dir", metavar="DIR", help="directory with the IDX files of mnist or fashion_mnist")
     add("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     add("--out", metavar="DIR", help="write results.json, results.csv and PNG plots to DIR")
+    add("--resume", action="store_true",
+        help="keep the runs already in DIR/results.json (same settings; --seeds may be larger) "
+        "and train only the rest; needs --out")
     add("--limit", type=_at_least(2), metavar="N",
         help="use only the first N training and the first N test images (quick checks)")
     add("--quiet", action="store_true", help="no progress bars or per-run lines")
@@ -221,6 +225,22 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _resume(comparison: Any, directory: str) -> None:
+    """Loads `directory`/results.json into `comparison`; none there: a fresh start."""
+    path = os.path.join(directory, "results.json")
+    if not os.path.exists(path):
+        print(f"keras-prune: no {path} to resume; starting from the first run", file=sys.stderr)
+        return
+    try:
+        with open(path) as handle:
+            previous = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot resume from {path}: {error}") from None
+    comparison.resume(previous)
+    planned = len(comparison.planned_runs())
+    print(f"keras-prune: resuming {path}: {len(comparison.runs)} of {planned} runs done", file=sys.stderr)
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from keras_prune import experiment
     from keras_prune.datasets import DatasetUnavailableError
@@ -233,11 +253,13 @@ def _run_compare(args: argparse.Namespace) -> int:
             verbose=0 if args.quiet else 1,
         )  # fmt: skip
         comparison, data = experiment.prepare(config)
+        if args.resume:
+            _resume(comparison, args.out)
     except DatasetUnavailableError as error:
         return _error(str(error))
     except (ValueError, TypeError) as error:
         return _error(str(error))
-    planned = len(comparison.planned_runs())
+    planned, resumed = len(comparison.planned_runs()), len(comparison.runs)
     started = time.perf_counter()
 
     def on_run_end(comparison: experiment.Comparison, seconds: float) -> None:
@@ -248,7 +270,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         run, done = comparison.runs[-1], len(comparison.runs)
         label = experiment.schedule_label(run.schedule, run.sparsity, config)
         left = planned - done
-        eta = (time.perf_counter() - started) / done * left
+        eta = (time.perf_counter() - started) / (done - resumed) * left
         remaining = f"{left} run(s) left, about {_duration(eta)}" if left else "all runs done"
         print(f"[{done}/{planned}] {label} seed {run.seed}: test accuracy {run.test_accuracy:.4f}, "
               f"{_duration(seconds)}; {remaining}", flush=True)  # fmt: skip
@@ -280,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = args.backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
     if backend not in BACKENDS:
         return _error(f"KERAS_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+    if args.resume and not args.out:
+        return _error("--resume needs --out DIR, the directory of the comparison to continue")
     if args.out and (problem := _check_writable(args.out)):
         return _error(problem)
     loaded = sys.modules.get("keras")

@@ -49,7 +49,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -431,6 +431,46 @@ class Comparison:
         config = self.config
         per_seed = [(BASELINE, 0.0)] + [(n, s) for n in config.schedules for s in config.sparsities]
         return [(name, s, seed) for seed in range(config.seeds) for name, s in per_seed]
+
+    def resume(self, previous: Mapping[str, Any]) -> None:
+        """Keeps the runs of an earlier comparison with the same settings, so
+        that `run` trains only the runs it had not finished.
+
+        `previous` is that comparison's `to_dict()`, e.g. its `results.json`.
+        Its `seeds` may differ (a finished 2-seed comparison grows to 5
+        seeds); every other setting and the data must be the same, else
+        ValueError names what differs.
+
+        Example:
+
+        ```python
+        comparison, data = prepare(ExperimentConfig(seeds=5))
+        with open("out/results.json") as f:
+            comparison.resume(json.load(f))
+        comparison.run(data)
+        ```
+        """
+        if not isinstance(previous, Mapping) or not {"config", "data", "runs"} <= previous.keys():
+            raise ValueError("`previous` must be a comparison's results (with config, data and runs).")
+        ours = json.loads(json.dumps(dataclasses.asdict(self.config)))
+        differ = sorted(
+            key for key in ours.keys() | previous["config"].keys()
+            if key not in ("seeds", "verbose") and ours.get(key) != previous["config"].get(key)
+        )  # fmt: skip
+        if previous["data"] != self.data:
+            differ.append("data")
+        if differ:
+            details = ", ".join(
+                f"data {previous['data']} vs {self.data}" if key == "data"
+                else f"{key} {previous['config'].get(key)!r} vs {ours.get(key)!r}"
+                for key in differ
+            )  # fmt: skip
+            raise ValueError(f"cannot resume: the earlier comparison differs in {details} (earlier vs now).")
+        planned = self.planned_runs()
+        runs = [RunResult(**run) for run in previous["runs"]][: len(planned)]
+        if [(r.schedule, r.sparsity, r.seed) for r in runs] != planned[: len(runs)]:
+            raise ValueError("cannot resume: the earlier runs are not in this comparison's order.")
+        self.runs = runs
 
     def run(self, data: Data, on_run_end: Callable[[Comparison, float], None] | None = None) -> None:
         """Trains the planned runs not yet in `runs`, appending each result.

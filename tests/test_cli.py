@@ -97,6 +97,20 @@ def test_compare_writes_json_csv_and_pngs(tiny_comparison):
             assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
 
 
+def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_path):
+    _, out = tiny_comparison
+    (tmp_path / "results.json").write_text((out / "results.json").read_text())
+    done = _run("compare", "--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1",
+                "--sparsity", "0.5,0.875", "--out", str(tmp_path), "--resume")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr and "5 of 5 runs done" in done.stderr
+    assert "[1/5]" not in done.stdout  # no run trained again
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert runs == json.loads((out / "results.json").read_text())["runs"]
+    other = _run("compare", "--limit", "250", "--epochs", "2", "--out", str(tmp_path), "--resume")
+    assert other.returncode == 2 and "cannot resume" in other.stderr
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -111,6 +125,7 @@ def test_compare_writes_json_csv_and_pngs(tiny_comparison):
         (["compare", "--backend", "theano"], "invalid choice: 'theano'"),
         (["compare", "--bogus"], "unrecognized arguments: --bogus"),
         ([], "the following arguments are required"),
+        (["compare", "--resume"], "--resume needs --out DIR"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(args, words, capsys):

@@ -3,6 +3,8 @@ known values, the seed's step arithmetic, schedules by name, and real tiny runs.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import sys
 
@@ -216,3 +218,44 @@ def test_a_schedule_that_ends_short_is_reported(tiny_data):
     assert any(m.startswith("PolynomialDecay: the last pruning step") for m in result.warnings)
     shortfalls = [m for m in result.warnings if "below the scheduled final sparsity" in m]
     assert len(shortfalls) == 4  # one per pruned kernel
+
+
+def _saved(comparison):
+    """`comparison` as read back from its results.json."""
+    return json.loads(json.dumps(comparison.to_dict()))
+
+
+def test_resume_keeps_the_finished_runs_of_the_same_settings():
+    data = {"train": 8, "validation": 2, "test": 10}
+    earlier = experiment.Comparison(ExperimentConfig(seeds=1), data=data, steps={}, schedule_points={})
+    earlier.runs = [_result("baseline", 0.0, 0, 0.99, 1600000), _result("constant", 0.875, 0, 0.98, 400000)]
+    later = experiment.Comparison(ExperimentConfig(seeds=3), data=data, steps={}, schedule_points={})
+    later.resume(_saved(earlier))
+    assert later.runs == earlier.runs
+    assert later.planned_runs()[len(later.runs)] == ("polynomial", 0.875, 0)
+
+    other = experiment.Comparison(ExperimentConfig(epochs=5), data=data, steps={}, schedule_points={})
+    with pytest.raises(ValueError, match="differs in epochs 30 vs 5"):
+        other.resume(_saved(earlier))
+    more_data = experiment.Comparison(ExperimentConfig(), data={**data, "train": 9}, steps={}, schedule_points={})
+    with pytest.raises(ValueError, match="differs in data"):
+        more_data.resume(_saved(earlier))
+    shuffled = _saved(earlier)
+    shuffled["runs"].reverse()
+    with pytest.raises(ValueError, match="not in this comparison's order"):
+        later.resume(shuffled)
+    with pytest.raises(ValueError, match="must be a comparison's results"):
+        later.resume({"runs": []})
+
+
+def test_resumed_comparison_trains_only_the_missing_runs(tiny_data):
+    config = ExperimentConfig(schedules=("polynomial",), epochs=1, batch_size=64, frequency=1, verbose=0)
+    comparison, _ = experiment.prepare(dataclasses.replace(config, limit=400))
+    earlier = _saved(comparison)
+    earlier["runs"] = [dataclasses.asdict(_result("baseline", 0.0, 0, 0.5, 1600000))]
+    comparison.resume(earlier)
+    comparison.run(tiny_data)
+    baseline, polynomial = comparison.runs
+    assert baseline == _result("baseline", 0.0, 0, 0.5, 1600000)  # kept, not retrained
+    assert (polynomial.schedule, polynomial.seed) == ("polynomial", 0)
+    assert polynomial.total_sparsity > 0.5 and 0.0 < polynomial.test_accuracy <= 1.0
