@@ -48,7 +48,11 @@ LABELS = {"tensorflow": "tensorflow, XLA", "tensorflow-graph": "tensorflow, grap
 
 
 def make_update(weight_np, mask_np):
-    """The compiled mask update of one weight, as the wrapper runs it; returns (run, read)."""
+    """The compiled mask update of one weight, as the wrapper runs it.
+
+    Returns (run, read, reset): one update, the mask as numpy, and putting
+    `mask_np` back (so that every timed update sees the same data).
+    """
     import keras
     from keras import ops
 
@@ -95,7 +99,7 @@ def make_update(weight_np, mask_np):
             mask.assign(new_mask)
             threshold.assign(new_threshold)
 
-    return run, lambda: ops.convert_to_numpy(mask.value)
+    return run, lambda: ops.convert_to_numpy(mask.value), lambda: mask.assign(mask_np)
 
 
 def child_time(shape, repeats, warmup):
@@ -104,7 +108,10 @@ def child_time(shape, repeats, warmup):
     w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     n = w.size
     k = max(round(n * (1 - SPARSITY)), 1)
-    run, read = make_update(w, np.ones(shape, np.float32))
+    # Every update starts from an all-ones mask, as the first pruning step
+    # does: keras-prune and numpy select in the same dense data. (A later
+    # step sees the pruned weights as exact zeros, one long run of ties.)
+    run, read, reset = make_update(w, np.ones(shape, np.float32))
 
     def run_numpy():
         a = np.abs(w)
@@ -112,11 +119,13 @@ def child_time(shape, repeats, warmup):
         return a >= threshold
 
     for _ in range(warmup):
+        reset()
         run()
         expected = run_numpy()
     got = read()
     kp, ref = [], []
     for _ in range(repeats):
+        reset()
         kp.append(_common.timed(run))
         ref.append(_common.timed(run_numpy))
     return {
@@ -131,9 +140,10 @@ def child_memory(shape):
     import numpy as np
 
     w = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    run, _ = make_update(w, np.ones(shape, np.float32))
+    run, _, reset = make_update(w, np.ones(shape, np.float32))
     run()
     run()
+    reset()
     before = _common.vm_kib("VmRSS")
     _common.reset_peak_rss()
     run()

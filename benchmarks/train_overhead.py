@@ -109,7 +109,7 @@ def child(epochs, seed):
     update_s = {}
     for layer in pruned.layers:
         for weight, mask, _ in getattr(layer, "pruning_vars", []):
-            run, _ = make_update(keras.ops.convert_to_numpy(weight.value), keras.ops.convert_to_numpy(mask.value))
+            run, *_ = make_update(keras.ops.convert_to_numpy(weight.value), keras.ops.convert_to_numpy(mask.value))
             run()
             update_s[weight.path] = _common.stats([_common.timed(run) for _ in range(5)])["median_s"]
     dense_step = _common.stats(dense_t)["median_s"] / steps_per_epoch

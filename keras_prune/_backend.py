@@ -66,9 +66,17 @@ def kth_largest_on_host(bits: Any, k: Any) -> tuple[Any, Any]:
 
     patterns = bits.detach().numpy()  # shares memory with `bits`
     n, kept = patterns.size, int(k)
-    patterns.partition(n - kept)  # in place: no second weight-sized buffer
-    threshold = patterns[n - kept]
-    at_least = kept + int(np.count_nonzero(patterns[: n - kept] == threshold))
+    nonzero = int(np.count_nonzero(patterns))
+    if kept > nonzero:  # the k-th largest magnitude is 0: every entry is >= it
+        return torch.tensor(0, dtype=torch.int32), torch.tensor(n, dtype=torch.int32)
+    if nonzero < n:
+        # A masked weight is mostly exact zeros; numpy's introselect is ~10x
+        # slower on such a run of ties, so select among the nonzero ones.
+        patterns = patterns[patterns != 0]
+    rank = patterns.size - kept
+    patterns.partition(rank)  # in place
+    threshold = patterns[rank]
+    at_least = kept + int(np.count_nonzero(patterns[:rank] == threshold))
     return torch.tensor(threshold, dtype=torch.int32), torch.tensor(at_least, dtype=torch.int32)
 
 

@@ -40,6 +40,14 @@ def test_fused_compiles_large_inputs_on_tensorflow_only():
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the host path is for eager torch")
 def test_kth_largest_on_host_counts_ties_at_the_threshold():
-    bits = ops.convert_to_tensor(np.array([5, 1, 3, 3, 3, 0], "int32"))
-    threshold, at_least = _backend.kth_largest_on_host(bits, 2)
-    assert int(threshold) == 3 and int(at_least) == 4
+    def select(patterns, k):
+        bits = ops.convert_to_tensor(np.array(patterns, "int32"))
+        threshold, at_least = _backend.kth_largest_on_host(bits, k)
+        return int(threshold), int(at_least)
+
+    assert select([5, 1, 3, 3, 3, 0], 2) == (3, 4)
+    # Pruned weights are zeros: selected among the nonzero ones, or 0 itself.
+    assert select([0, 7, 0, 0, 2, 0, 9], 2) == (7, 2)
+    assert select([0, 7, 0, 0, 2, 0, 9], 3) == (2, 3)
+    assert select([0, 7, 0, 0, 2, 0, 9], 4) == (0, 7)
+    assert select([0, 0, 0], 1) == (0, 3)
