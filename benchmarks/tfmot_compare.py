@@ -13,9 +13,11 @@
    kernel sparsity. tfmot runs `tfmot_seed_protocol.py` in
    benchmarks/.venv-tfmot (tf.keras 2, TF_USE_LEGACY_KERAS=1); keras-prune
    runs the same protocol here (Keras 3, KERAS_BACKEND=tensorflow). For each
-   seed the two runs follow each other (order alternating by seed); the
+   seed the runs follow each other (order alternating by seed); the
    epoch-time ratio is the ratio of the two median epoch times (first epoch,
-   with tracing/compilation, excluded).
+   with tracing/compilation, excluded). Both sides also train the same model
+   unpruned (tf.keras 2 and Keras 3), which tells how much of the ratio is
+   the training loop of Keras 3 against tf.keras 2 rather than pruning.
 2. Mask update: runs `tfmot_mask_update.py` (tfmot venv) and
    `mask_update.py --backends tensorflow` one after the other, and reports
    keras-prune/tfmot per weight size, both raw and as the ratio of each
@@ -62,13 +64,14 @@ def write_data():
     np.savez_compressed(DATA, x_train=as_uint8(x), y_train=y, x_test=as_uint8(xt), y_test=yt)
 
 
-def keras_prune_protocol(epochs, seed):
-    """The seed protocol with keras-prune, mirroring tfmot_seed_protocol.py."""
+def keras_prune_protocol(epochs, seed, dense=False):
+    """The seed protocol with keras-prune, mirroring tfmot_seed_protocol.py
+    (`dense`: the same training unpruned, as its `--schedule none`)."""
     import keras
     import numpy as np
 
     import keras_prune
-    from train_overhead import build_model
+    from keras_prune.experiment import seed_model
 
     keras.utils.set_random_seed(seed)
     with np.load(DATA) as d:
@@ -80,7 +83,7 @@ def keras_prune_protocol(epochs, seed):
     end_step = steps_per_epoch * epochs
     begin_step = int(0.2 * end_step)
     schedule = keras_prune.PolynomialDecay(0.0, TARGET, begin_step, end_step)
-    model = keras_prune.prune_low_magnitude(build_model(keras), pruning_schedule=schedule)
+    model = seed_model() if dense else keras_prune.prune_low_magnitude(seed_model(), pruning_schedule=schedule)
     model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy",
                   metrics=["accuracy"])  # fmt: skip
     times = []
@@ -92,9 +95,9 @@ def keras_prune_protocol(epochs, seed):
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self._start)
 
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, validation_split=0.2, verbose=0,
-              callbacks=[keras_prune.UpdatePruningStep(), EpochTimer()])  # fmt: skip
-    final = keras_prune.strip_pruning(model)
+    callbacks = [EpochTimer()] if dense else [keras_prune.UpdatePruningStep(), EpochTimer()]
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, validation_split=0.2, verbose=0, callbacks=callbacks)
+    final = model if dense else keras_prune.strip_pruning(model)
     final.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy",
                   metrics=["accuracy"])  # fmt: skip
     _, accuracy = final.evaluate(xt, yt, batch_size=BATCH, verbose=0)
@@ -115,30 +118,38 @@ def run_json(cmd, env_extra):
 
 
 def seed_runs(epochs, seed):
-    tfmot_out = os.path.join(RESULTS, f"tfmot_seed_polynomial_s{seed}.json")
+    """Pruned and unpruned training with each library, alternating; the
+    unpruned pair tells how much of the gap is Keras 3 vs tf.keras 2."""
     runs = {}
 
-    def tfmot():
+    def tfmot(schedule):
+        out = os.path.join(RESULTS, "tmp", f"tfmot_seed_{schedule}_s{seed}.json")
         run_json([TFMOT_PY, os.path.join(HERE, "tfmot_seed_protocol.py"), "--data", DATA,
-                  "--schedule", "polynomial", "--epochs", str(epochs), "--seed", str(seed),
-                  "--out", tfmot_out, "--verbose", "0"], {"TF_USE_LEGACY_KERAS": "1"})  # fmt: skip
-        with open(tfmot_out) as f:
+                  "--schedule", schedule, "--epochs", str(epochs), "--seed", str(seed),
+                  "--out", out, "--verbose", "0"], {"TF_USE_LEGACY_KERAS": "1"})  # fmt: skip
+        with open(out) as f:
             r = json.load(f)
-        runs["tfmot"] = {k: r[k] for k in ("epoch_times_s", "median_epoch_time_s_excl_first",
-                                           "test_accuracy", "layer_sparsity", "versions")}  # fmt: skip
-        runs["tfmot"]["layer_sparsity"] = {k: v["sparsity"] for k, v in r["layer_sparsity"].items()}
+        name = "tfmot" if schedule == "polynomial" else "tf_keras_2_unpruned"
+        runs[name] = {k: r[k] for k in ("epoch_times_s", "median_epoch_time_s_excl_first",
+                                        "test_accuracy", "layer_sparsity", "versions")}  # fmt: skip
+        runs[name]["layer_sparsity"] = {k: v["sparsity"] for k, v in r["layer_sparsity"].items()}
 
-    def ours():
-        out = run_json([sys.executable, __file__, "--child", "--epochs", str(epochs),
-                        "--seeds", str(seed)], {"KERAS_BACKEND": "tensorflow"})  # fmt: skip
-        runs["keras_prune"] = json.loads(out.strip().splitlines()[-1])
+    def ours(dense):
+        out = run_json([sys.executable, __file__, "--child", "--epochs", str(epochs), "--seeds", str(seed)]
+                       + (["--dense"] if dense else []), {"KERAS_BACKEND": "tensorflow"})  # fmt: skip
+        runs["keras_3_unpruned" if dense else "keras_prune"] = json.loads(out.strip().splitlines()[-1])
 
-    for step in (tfmot, ours) if seed % 2 == 0 else (ours, tfmot):
+    steps = [lambda: tfmot("polynomial"), lambda: ours(False), lambda: tfmot("none"), lambda: ours(True)]
+    for step in steps if seed % 2 == 0 else steps[::-1]:
         step()
-    runs["epoch_time_ratio_keras_prune_over_tfmot"] = (
-        runs["keras_prune"]["median_epoch_time_s_excl_first"]
-        / runs["tfmot"]["median_epoch_time_s_excl_first"]
-    )
+
+    def epoch(name):
+        return runs[name]["median_epoch_time_s_excl_first"]
+
+    runs["epoch_time_ratio_keras_prune_over_tfmot"] = epoch("keras_prune") / epoch("tfmot")
+    runs["epoch_time_ratio_keras_3_over_tf_keras_2_unpruned"] = epoch("keras_3_unpruned") / epoch("tf_keras_2_unpruned")
+    runs["pruned_over_unpruned_keras_prune"] = epoch("keras_prune") / epoch("keras_3_unpruned")
+    runs["pruned_over_unpruned_tfmot"] = epoch("tfmot") / epoch("tf_keras_2_unpruned")
     return runs
 
 
@@ -173,12 +184,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=5, help="mask-update repeats")
     ap.add_argument("--skip-mask-update", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (the first epoch is excluded from timing)")
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.child:
-        print(json.dumps(keras_prune_protocol(args.epochs, seeds[0])))
+        print(json.dumps(keras_prune_protocol(args.epochs, seeds[0], args.dense)))
         return 0
     if not os.path.exists(TFMOT_PY):
         sys.exit("no tfmot venv: run `python benchmarks/tfmot_env.py` first")
@@ -190,13 +202,18 @@ def main():
     for seed in seeds:
         runs = seed_runs(args.epochs, seed)
         doc["seeds"][str(seed)] = runs
-        print("seed %d: epoch keras-prune %.3fs tfmot %.3fs ratio %.3f | accuracy %.4f vs %.4f"
+        print("seed %d: epoch keras-prune %.3fs tfmot %.3fs ratio %.3f | unpruned Keras 3 / tf.keras 2 %.3f"
+              " | pruned/unpruned keras-prune %.3f tfmot %.3f | accuracy %.4f vs %.4f"
               % (seed, runs["keras_prune"]["median_epoch_time_s_excl_first"],
                  runs["tfmot"]["median_epoch_time_s_excl_first"],
                  runs["epoch_time_ratio_keras_prune_over_tfmot"],
+                 runs["epoch_time_ratio_keras_3_over_tf_keras_2_unpruned"],
+                 runs["pruned_over_unpruned_keras_prune"], runs["pruned_over_unpruned_tfmot"],
                  runs["keras_prune"]["test_accuracy"], runs["tfmot"]["test_accuracy"]), flush=True)  # fmt: skip
-    ratios = [r["epoch_time_ratio_keras_prune_over_tfmot"] for r in doc["seeds"].values()]
-    doc["epoch_time_ratio"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    for key in ("epoch_time_ratio_keras_prune_over_tfmot", "epoch_time_ratio_keras_3_over_tf_keras_2_unpruned",
+                "pruned_over_unpruned_keras_prune", "pruned_over_unpruned_tfmot"):
+        ratios = [r[key] for r in doc["seeds"].values()]
+        doc[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     if not args.skip_mask_update:
         doc["mask_update"] = mask_update_ratios(args.repeats)
         for r in doc["mask_update"]:
