@@ -48,11 +48,23 @@ def is_concrete(x: Any) -> bool:
 
 def host_selectable(flat: Any) -> bool:
     """True if `kth_largest_on_host` should select in `flat` (eager torch on CPU)."""
-    if keras.backend.backend() != "torch":
-        return False
-    import torch
+    return keras.backend.backend() == "torch" and is_concrete(flat) and flat.device.type == "cpu"
 
-    return flat.device.type == "cpu" and not torch.compiler.is_compiling()
+
+def known_false(pred: Any) -> bool:
+    """True if `pred` is concrete and false, so the work it guards can be skipped."""
+    return is_concrete(pred) and not bool(keras.ops.convert_to_numpy(pred))
+
+
+def cond(pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]) -> Any:
+    """`keras.ops.cond`, except that a concrete `pred` just calls its branch.
+
+    Eager torch would otherwise run `ops.cond` on every step, and a traced
+    `pred` still needs the graph's conditional.
+    """
+    if is_concrete(pred):
+        return true_fn() if bool(keras.ops.convert_to_numpy(pred)) else false_fn()
+    return keras.ops.cond(pred, true_fn, false_fn)
 
 
 def kth_largest_on_host(bits: Any, k: Any) -> tuple[Any, Any]:

@@ -70,6 +70,10 @@ def group_members(wrapper: "PruneLowMagnitude") -> list["PruneLowMagnitude"]:
     return members
 
 
+# The concatenated scores of a group are large: one XLA program on TensorFlow.
+_top_k_mask = _backend.fused(masks.top_k_mask)
+
+
 def update_group(wrapper: "PruneLowMagnitude", step: Any) -> None:
     """Recomputes the masks of `wrapper`'s whole group at `step`, once per pass."""
     if not _forward_pass.first_call(wrapper, ("group", wrapper.global_group)):
@@ -78,8 +82,7 @@ def update_group(wrapper: "PruneLowMagnitude", step: Any) -> None:
     should_prune, sparsity = wrapper.pruning_schedule(step)
     should_prune = ops.convert_to_tensor(should_prune, "bool")
     sparsity = ops.convert_to_tensor(sparsity, "float32")
-    concrete = _backend.is_concrete(should_prune)
-    if concrete and not bool(ops.convert_to_numpy(should_prune)):
+    if _backend.known_false(should_prune):  # eager torch: most steps cost nothing more
         return
     sizes = [math.prod(weight.shape) for weight, _, _ in triples]
 
@@ -90,13 +93,13 @@ def update_group(wrapper: "PruneLowMagnitude", step: Any) -> None:
                 for w, m, _ in triples
             ]
         )  # fmt: skip
-        return masks.top_k_mask(ops.stop_gradient(scores), masks.keep_count(sum(sizes), sparsity))
+        return _top_k_mask(ops.stop_gradient(scores), masks.keep_count(sum(sizes), sparsity))
 
     def keep():
         flat = ops.concatenate([ops.reshape(m.value > 0, (-1,)) for _, m, _ in triples])
         return flat, ops.cast(triples[0][2].value, "float32")
 
-    flat_keep, threshold = prune() if concrete else ops.cond(should_prune, prune, keep)
+    flat_keep, threshold = _backend.cond(should_prune, prune, keep)
     offset = 0
     for (weight, mask, thresh), size in zip(triples, sizes):
         part = ops.reshape(flat_keep[offset : offset + size], weight.shape)

@@ -92,7 +92,6 @@ def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     return high_bin * 2**16 + low_bin, at_least
 
 
-@_backend.fused
 def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
     """Boolean mask of the k largest `scores` (any shape), and the threshold.
 

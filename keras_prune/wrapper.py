@@ -189,9 +189,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         should_prune, sparsity = self.pruning_schedule(step)
         should_prune = ops.convert_to_tensor(should_prune, "bool")
         sparsity = ops.convert_to_tensor(sparsity, "float32")
-        # Eager (torch): most steps do not prune and then cost nothing more.
-        concrete = _backend.is_concrete(should_prune)
-        if concrete and not bool(ops.convert_to_numpy(should_prune)):
+        if _backend.known_false(should_prune):  # eager torch: most steps cost nothing more
             return
         for weight, mask, threshold in self.pruning_vars:
 
@@ -205,7 +203,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             def keep(mask=mask, threshold=threshold):
                 return mask.value, threshold.value
 
-            new_mask, new_threshold = prune() if concrete else ops.cond(should_prune, prune, keep)
+            new_mask, new_threshold = _backend.cond(should_prune, prune, keep)
             mask.assign(new_mask)
             threshold.assign(new_threshold)
 

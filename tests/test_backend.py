@@ -51,3 +51,31 @@ def test_kth_largest_on_host_counts_ties_at_the_threshold():
     assert select([0, 7, 0, 0, 2, 0, 9], 3) == (2, 3)
     assert select([0, 7, 0, 0, 2, 0, 9], 4) == (0, 7)
     assert select([0, 0, 0], 1) == (0, 3)
+
+
+def test_known_false_only_for_a_concrete_false():
+    assert _backend.known_false(ops.convert_to_tensor(False))
+    assert not _backend.known_false(ops.convert_to_tensor(True))
+
+
+def test_cond_calls_the_branch_that_a_concrete_pred_picks():
+    calls = []
+
+    def branch(name):
+        return lambda: calls.append(name) or ops.convert_to_tensor(len(name))
+
+    assert int(_backend.cond(ops.convert_to_tensor(True), branch("yes"), branch("no"))) == 3
+    assert int(_backend.cond(ops.convert_to_tensor(False), branch("yes"), branch("no"))) == 2
+    assert calls == ["yes", "no"]  # the other branch is not even traced
+
+
+class _Choose(keras.layers.Layer):
+    def call(self, inputs):
+        pred = ops.greater(ops.sum(inputs), 0)
+        return _backend.cond(pred, lambda: inputs + 1, lambda: inputs - 1)
+
+
+def test_cond_follows_a_traced_pred_in_a_compiled_step():
+    model = keras.Sequential([keras.Input((2,)), _Choose()])
+    got = model.predict(np.array([[1.0, 2.0], [-5.0, 1.0]], "float32"), batch_size=1, verbose=0)
+    np.testing.assert_array_equal(got, [[2.0, 3.0], [-6.0, 0.0]])
