@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import keras
 from keras import ops
@@ -67,6 +67,36 @@ def _magnitude_bits(flat: Any) -> Any:
     return ops.bitwise_and(ops.view(flat, "int32"), 0x7FFFFFFF)
 
 
+# The passes over a weight run in chunks of this many entries, so that their
+# temporaries (bit patterns, bin ids, ones to add, running counts) are a
+# chunk's size rather than the weight's (under XLA they were 3x the weight).
+_CHUNK = 2**18
+
+
+def _fold_chunks(flat: Any, fn: Callable[[Any, Any, Any], Any], carry: Any) -> Any:
+    """`carry = fn(carry, chunk, offset)` over the 1-D `flat`, chunk by chunk."""
+    size = flat.shape[0]
+    full = size // _CHUNK
+    if full:
+
+        def body(i: Any, carry: Any) -> Any:
+            return fn(carry, ops.slice(flat, (i * _CHUNK,), (_CHUNK,)), i * _CHUNK)
+
+        carry = ops.fori_loop(0, full, body, carry)
+    if size % _CHUNK:
+        carry = fn(carry, flat[full * _CHUNK :], full * _CHUNK)
+    return carry
+
+
+def _chunked_histogram(flat: Any, bin_of: Callable[[Any], Any], bins: int) -> Any:
+    """Histogram of `bin_of(bit patterns)` over the 1-D float32 `flat`."""
+
+    def add(counts: Any, part: Any, offset: Any) -> Any:
+        return counts + _histogram(bin_of(_magnitude_bits(part)), bins)
+
+    return _fold_chunks(flat, add, ops.zeros((bins,), "int32"))
+
+
 def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     """Bit pattern of the k-th largest magnitude in `flat`, and how many are >= it.
 
@@ -74,19 +104,21 @@ def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     select with two histogram passes over 16-bit digits of the magnitudes'
     bit patterns — the high half of every pattern, then the low half of the
     patterns in the high bin that holds the k-th largest — instead of a sort.
-    The patterns are recomputed for each pass rather than kept: in eager
-    mode (torch) a kept copy would add the weight's size to the peak memory.
-    Eager torch on a CPU selects with `numpy.partition` instead (see
-    `_backend`), with the same result.
+    Each pass runs chunk by chunk (`_CHUNK`), so the extra memory is the
+    histograms and one chunk's temporaries. Eager torch on a CPU selects
+    with `numpy.partition` instead (see `_backend`), with the same result.
     """
     if _backend.host_selectable(flat):
         return _backend.kth_largest_on_host(_magnitude_bits(flat), k)
-    high_counts = _histogram(ops.right_shift(_magnitude_bits(flat), 16), 2**15)
+    high_counts = _chunked_histogram(flat, lambda bits: ops.right_shift(bits, 16), 2**15)
     high_bin, above_bin = _descend(high_counts, k)
-    # Low digit of the patterns in `high_bin` as ids 1..2**16; patterns
-    # below the bin go to id 0, above it to id 2**16 + 1.
-    low = ops.clip(_magnitude_bits(flat) - high_bin * 2**16, -1, 2**16) + 1
-    low_counts = _histogram(low, 2**16 + 2)[1 : 2**16 + 1]
+
+    def low_digit(bits: Any) -> Any:
+        # Low digit of the patterns in `high_bin` as ids 1..2**16; patterns
+        # below the bin go to id 0, above it to id 2**16 + 1.
+        return ops.clip(bits - high_bin * 2**16, -1, 2**16) + 1
+
+    low_counts = _chunked_histogram(flat, low_digit, 2**16 + 2)[1 : 2**16 + 1]
     low_bin, above_low = _descend(low_counts, k - above_bin)
     at_least = above_bin + above_low + ops.take(low_counts, low_bin)
     return high_bin * 2**16 + low_bin, at_least
@@ -108,12 +140,27 @@ def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
 
     def break_ties() -> Any:
         # Rare (more entries equal the threshold than fit): keep the first
-        # ones by flat index. Costs a cumulative sum over all entries.
+        # ones by flat index, those before `cut`, the index after the last
+        # tie that fits. Found chunk by chunk, like the histograms.
+        zero = ops.convert_to_tensor(0, "int32")
+
+        def count_above(total: Any, part: Any, offset: Any) -> Any:
+            return total + ops.sum(ops.cast(ops.greater(_magnitude_bits(part), threshold), "int32"))
+
+        room = k - _fold_chunks(flat, count_above, zero)
+
+        def find_cut(state: Any, part: Any, offset: Any) -> Any:
+            seen, cut = state
+            at = ops.cast(ops.equal(_magnitude_bits(part), threshold), "int32")
+            ties = ops.cumsum(at) + seen  # ties up to and including each entry
+            here = ops.logical_and(seen < room, ties[-1] >= room)
+            position = offset + ops.sum(ops.cast(ties < room, "int32")) + 1
+            return ties[-1], ops.where(here, position, cut)
+
+        _, cut = _fold_chunks(flat, find_cut, (zero, zero))
         bits = _magnitude_bits(flat)
-        above = ops.greater(bits, threshold)
-        at = ops.equal(bits, threshold)
-        room = k - ops.sum(ops.cast(above, "int32"))
-        return ops.logical_or(above, ops.logical_and(at, ops.cumsum(ops.cast(at, "int32")) <= room))
+        first = ops.arange(flat.shape[0], dtype="int32") < cut
+        return ops.where(first, ops.greater_equal(bits, threshold), ops.greater(bits, threshold))
 
     keep = ops.cond(ops.equal(at_least, k), without_ties, break_ties)
     threshold = ops.view(ops.reshape(threshold, (1,)), "float32")[0]

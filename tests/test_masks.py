@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_prune import _backend, magnitude_mask
+from keras_prune import _backend, magnitude_mask, masks
 from keras_prune.masks import compute_mask, keep_count, top_k_mask
 
 
@@ -140,15 +140,20 @@ def _selection_cases():
     ]
 
 
-# numpy.partition selects only for eager torch CPU tensors.
-_SELECTIONS = ["radix_select"] + (["numpy_partition"] if keras.backend.backend() == "torch" else [])
+# numpy.partition selects only for eager torch CPU tensors. "radix_chunks"
+# makes the radix select's passes run over 1000-entry chunks plus a remainder.
+_SELECTIONS = ["radix_select", "radix_chunks"] + (
+    ["numpy_partition"] if keras.backend.backend() == "torch" else []
+)
 
 
 @pytest.fixture(params=_SELECTIONS)
 def selection(request, monkeypatch):
     """Each way `kth_largest` can select here: keras.ops, or numpy.partition on eager torch."""
-    if request.param == "radix_select":
+    if request.param.startswith("radix"):
         monkeypatch.setattr(_backend, "host_selectable", lambda flat: False)
+    if request.param == "radix_chunks":
+        monkeypatch.setattr(masks, "_CHUNK", 1000)
     return request.param
 
 
@@ -170,8 +175,11 @@ def test_top_k_mask_equals_stable_sort(name, weight, selection):
 
 
 def test_large_weight_mask_equals_stable_sort(selection):
-    """Large enough (>= 2**16 entries) to run as one XLA program on TensorFlow."""
-    weight = np.round(np.random.RandomState(3).randn(300, 300), 2).astype("float32")  # ties
+    """Large enough to run as one XLA program on TensorFlow (>= 2**16 entries)
+    and to take more than one chunk in the radix select (> 2**18)."""
+    # One shape per selection: TensorFlow keeps one compiled program per shape.
+    rows = 600 + _SELECTIONS.index(selection)
+    weight = np.round(np.random.RandomState(3).randn(rows, 600), 2).astype("float32")  # ties
     for sparsity in (0.5, 0.875):
         mask, threshold = compute_mask(ops.convert_to_tensor(weight), ops.convert_to_tensor(sparsity))
         np.testing.assert_array_equal(as_numpy(mask), reference_mask(weight, sparsity))
