@@ -36,12 +36,14 @@ def keep_count(size: int, sparsity: Any) -> Any:
 
 
 def _histogram(ids: Any, bins: int) -> Any:
-    """Counts of each value of the int32 tensor `ids`, all in [0, bins)."""
+    """Counts of each value of the int32 tensor `ids` in [0, bins); -1 is not counted."""
     if keras.backend.backend() == "torch":
-        # Measured: torch's segment_sum is ~10x slower than its bincount.
-        return ops.bincount(ids, minlength=bins)
+        # Measured: torch's segment_sum is ~10x slower than its bincount,
+        # which takes no negative values.
+        return ops.bincount(ids + 1, minlength=bins + 1)[1:]
     # `ops.bincount` needs a static length under jax.jit and does not
-    # compile with XLA on TensorFlow; a segment sum compiles to a scatter-add.
+    # compile with XLA on TensorFlow; a segment sum compiles to a scatter-add,
+    # which skips negative ids (faster than adding them to a spare bin).
     return ops.segment_sum(ops.ones_like(ids), ids, num_segments=bins)
 
 
@@ -113,12 +115,11 @@ def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     high_counts = _chunked_histogram(flat, lambda bits: ops.right_shift(bits, 16), 2**15)
     high_bin, above_bin = _descend(high_counts, k)
 
-    def low_digit(bits: Any) -> Any:
-        # Low digit of the patterns in `high_bin` as ids 1..2**16; patterns
-        # below the bin go to id 0, above it to id 2**16 + 1.
-        return ops.clip(bits - high_bin * 2**16, -1, 2**16) + 1
+    def low_digit(bits: Any) -> Any:  # of the patterns in `high_bin`; -1 for the others
+        in_bin = ops.equal(ops.right_shift(bits, 16), high_bin)
+        return ops.where(in_bin, ops.bitwise_and(bits, 2**16 - 1), -1)
 
-    low_counts = _chunked_histogram(flat, low_digit, 2**16 + 2)[1 : 2**16 + 1]
+    low_counts = _chunked_histogram(flat, low_digit, 2**16)
     low_bin, above_low = _descend(low_counts, k - above_bin)
     at_least = above_bin + above_low + ops.take(low_counts, low_bin)
     return high_bin * 2**16 + low_bin, at_least
