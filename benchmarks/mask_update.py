@@ -11,8 +11,10 @@ TensorFlow both with XLA (`tf.function(jit_compile=True)`, Keras's choice
 with jit_compile=True or on GPU) and as a plain graph ("tensorflow-graph",
 `tf.function`, Keras's default on CPU, inside which `compute_mask` runs as
 its own XLA program), `jax.jit` on JAX, eager on PyTorch (Keras's default
-for torch, where the selection is `numpy.partition` on the CPU tensor). In the same process and interleaved with
-it, numpy's reference: abs, `numpy.partition` at the same k, `>=` mask (as in
+for torch, where the selection is `numpy.partition` on the CPU tensor), and
+eager torch again with THP_MEM_ALLOC_ENABLE=1 ("torch-thp": torch's CPU
+allocator on transparent huge pages, which numpy uses by itself). In the
+same process and interleaved with it, numpy's reference: abs, `numpy.partition` at the same k, `>=` mask (as in
 `tfmot_mask_update.py`). Each measure is a median of `--repeats` calls after
 warm-up, with min and max. The mask is checked against numpy's.
 
@@ -41,10 +43,10 @@ sys.path.insert(0, os.path.dirname(HERE))  # the checkout, not an installed copy
 import _common  # noqa: E402
 
 SPARSITY = 0.875
-BACKENDS = ("tensorflow", "tensorflow-graph", "jax", "torch")
+BACKENDS = ("tensorflow", "tensorflow-graph", "jax", "torch", "torch-thp")
 OUT = os.path.join(HERE, "results", "mask_update.json")
 LABELS = {"tensorflow": "tensorflow, XLA", "tensorflow-graph": "tensorflow, graph: Keras CPU default",
-          "torch": "torch, eager"}
+          "torch": "torch, eager", "torch-thp": "torch, eager, THP_MEM_ALLOC_ENABLE=1"}
 
 
 def update(w, m):
@@ -169,8 +171,11 @@ def child_memory(shape):
 
 def spawn(backend, mode, shape, args):
     # "tensorflow-graph": TF without XLA, Keras's default train step on CPU.
+    # "torch-thp": torch's CPU allocator on transparent huge pages, as numpy's is.
     env = dict(os.environ, KERAS_BACKEND=backend.split("-")[0], TF_CPP_MIN_LOG_LEVEL="3",
                CUDA_VISIBLE_DEVICES="-1", KP_TF_XLA="0" if backend.endswith("-graph") else "1")
+    if backend == "torch-thp":
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
     cmd = [sys.executable, __file__, "--child", mode, "--shape", "%dx%d" % shape,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
