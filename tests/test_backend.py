@@ -41,7 +41,7 @@ def test_fused_compiles_large_inputs_on_tensorflow_only():
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the host path is for eager torch")
 def test_kth_largest_on_host_counts_ties_at_the_threshold():
     def select(patterns, k):
-        bits = ops.convert_to_tensor(np.array(patterns, "int32"))
+        bits = ops.convert_to_tensor(np.array(patterns, "int32")).cpu()  # also on a GPU machine
         threshold, at_least = _backend.kth_largest_on_host(bits, k)
         return int(threshold), int(at_least)
 
