@@ -14,9 +14,10 @@ its own XLA program), `jax.jit` on JAX, eager on PyTorch (Keras's default
 for torch, where the selection is `numpy.partition` on the CPU tensor), and
 eager torch again with THP_MEM_ALLOC_ENABLE=1 ("torch-thp": torch's CPU
 allocator on transparent huge pages, which numpy uses by itself). In the
-same process and interleaved with it, numpy's reference: abs, `numpy.partition` at the same k, `>=` mask (as in
-`tfmot_mask_update.py`). Each measure is a median of `--repeats` calls after
-warm-up, with min and max. The mask is checked against numpy's.
+same process and interleaved with it, numpy's reference: abs,
+`numpy.partition` at the same k, `>=` mask (as in `tfmot_mask_update.py`).
+Each measure is a median of `--repeats` calls after warm-up, with min and
+max. The mask is checked against numpy's.
 
 Peak memory: a second child per (backend, size) compiles and warms the
 update, resets the peak RSS (/proc/self/clear_refs), runs one update and
