@@ -8,9 +8,10 @@ Everything else in keras_prune is `keras.ops`. Three things are not in it:
   branch copies every mask onto itself.
 * A selection primitive. `keras.ops` can only sort (`ops.top_k`,
   `ops.sort`: O(n log n)). For a weight that lives in host memory under
-  eager torch, `numpy.partition` (introselect, linear) on a zero-copy view
-  of the tensor is 3–5x faster than the `keras.ops` radix select, which
-  eager torch runs as a dozen separate weight-sized kernels.
+  eager torch, the whole mask is computed with numpy on a zero-copy view of
+  the tensor: `numpy.partition` (introselect, linear) is 3–5x faster than
+  the `keras.ops` radix select, which eager torch runs as a dozen separate
+  weight-sized kernels, and numpy's temporaries avoid torch's page faults.
 * Fusion. Keras compiles a TensorFlow train step on a CPU as a plain graph
   (`jit_compile="auto"` means no XLA there), which runs every op of the
   radix select as its own weight-sized kernel. Compiling just the mask
@@ -47,7 +48,7 @@ def is_concrete(x: Any) -> bool:
 
 
 def host_selectable(flat: Any) -> bool:
-    """True if `kth_largest_on_host` should select in `flat` (eager torch on CPU)."""
+    """True if `top_k_mask_on_host` should select in `flat` (eager torch on CPU)."""
     return keras.backend.backend() == "torch" and is_concrete(flat) and flat.device.type == "cpu"
 
 
@@ -67,29 +68,48 @@ def cond(pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]) -> 
     return keras.ops.cond(pred, true_fn, false_fn)
 
 
-def kth_largest_on_host(bits: Any, k: Any) -> tuple[Any, Any]:
-    """`masks.kth_largest` for an eager torch CPU tensor, by `numpy.partition`.
+def top_k_mask_on_host(flat: Any, k: Any, dtype: str) -> tuple[Any, Any]:
+    """`masks.top_k_mask` of an eager torch CPU tensor, by `numpy.partition`.
 
-    `bits` are the int32 magnitude bit patterns (a fresh tensor that may be
-    reordered in place); returns the k-th largest pattern and how many are
-    >= it, as int32 tensors.
+    `flat` is 1-D float32. Returns the mask (in `dtype` where numpy has it,
+    else bool) and the k-th largest magnitude's int32 bit pattern. Every
+    temporary is a numpy array on a zero-copy view: numpy puts large arrays
+    on transparent huge pages, while torch's CPU allocator maps and
+    page-faults each fresh weight-sized tensor anew (~40 ms per 64 MB).
     """
     import torch
 
-    patterns = bits.detach().numpy()  # shares memory with `bits`
-    n, kept = patterns.size, int(k)
-    nonzero = int(np.count_nonzero(patterns))
+    values = flat.detach().numpy().view(np.int32)  # shares memory with `flat`
+    bits = np.bitwise_and(values, 0x7FFFFFFF)  # magnitudes, ordered as ints
+    kept = int(k)
+    threshold, at_least = _kth_largest_pattern(bits, kept)
+    np.bitwise_and(values, 0x7FFFFFFF, out=bits)  # again: the selection reordered them
+    # The mask goes straight into its final dtype, with no bool temporary.
+    out_dtype = np.dtype(dtype) if dtype in ("float16", "float32", "float64", "bool") else np.bool_
+    keep = np.greater_equal(bits, threshold, out=np.empty(bits.shape, out_dtype))
+    if at_least > kept:  # ties at the threshold: keep the first ones by flat index
+        ties = np.flatnonzero(bits == threshold)
+        keep[ties[kept - at_least + ties.size :]] = 0
+    return torch.from_numpy(keep), torch.tensor(threshold, dtype=torch.int32)
+
+
+def _kth_largest_pattern(bits: np.ndarray, kept: int) -> tuple[int, int]:
+    """The `kept`-th largest of the int32 `bits` and how many are >= it.
+
+    Reorders `bits` in place (introselect, linear time).
+    """
+    n = bits.size
+    nonzero = int(np.count_nonzero(bits))
     if kept > nonzero:  # the k-th largest magnitude is 0: every entry is >= it
-        return torch.tensor(0, dtype=torch.int32), torch.tensor(n, dtype=torch.int32)
+        return 0, n
     if nonzero < n:
         # A masked weight is mostly exact zeros; numpy's introselect is ~10x
         # slower on such a run of ties, so select among the nonzero ones.
-        patterns = patterns[patterns != 0]
-    rank = patterns.size - kept
-    patterns.partition(rank)  # in place
-    threshold = patterns[rank]
-    at_least = kept + int(np.count_nonzero(patterns[:rank] == threshold))
-    return torch.tensor(threshold, dtype=torch.int32), torch.tensor(at_least, dtype=torch.int32)
+        bits = bits[bits != 0]
+    rank = bits.size - kept
+    bits.partition(rank)
+    threshold = int(bits[rank])
+    return threshold, kept + int(np.count_nonzero(bits[:rank] == threshold))
 
 
 def fused(fn: Callable[..., Any], min_size: int = 2**16) -> Callable[..., Any]:

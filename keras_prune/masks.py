@@ -107,11 +107,8 @@ def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     bit patterns — the high half of every pattern, then the low half of the
     patterns in the high bin that holds the k-th largest — instead of a sort.
     Each pass runs chunk by chunk (`_CHUNK`), so the extra memory is the
-    histograms and one chunk's temporaries. Eager torch on a CPU selects
-    with `numpy.partition` instead (see `_backend`), with the same result.
+    histograms and one chunk's temporaries.
     """
-    if _backend.host_selectable(flat):
-        return _backend.kth_largest_on_host(_magnitude_bits(flat), k)
     high_counts = _chunked_histogram(flat, lambda bits: ops.right_shift(bits, 16), 2**15)
     high_bin, above_bin = _descend(high_counts, k)
 
@@ -125,15 +122,26 @@ def kth_largest(flat: Any, k: Any) -> tuple[Any, Any]:
     return high_bin * 2**16 + low_bin, at_least
 
 
-def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
-    """Boolean mask of the k largest `scores` (any shape), and the threshold.
+def top_k_mask(scores: Any, k: Any, dtype: str = "bool") -> tuple[Any, Any]:
+    """Mask (in `dtype`) of the k largest `scores` (any shape), and the threshold.
 
     `scores` are magnitudes: their float32 absolute values are ranked (see
     `_magnitude_bits`). Ties at the threshold are broken by flat index,
     lower index first, so exactly k entries are kept, as by a stable sort by
-    descending score. The threshold is the k-th largest score.
+    descending score. The threshold is the k-th largest score. Eager torch
+    on a CPU computes the same mask with `numpy.partition` (see `_backend`).
     """
     flat = ops.cast(ops.reshape(scores, (-1,)), "float32")
+    if _backend.host_selectable(flat):
+        keep, threshold = _backend.top_k_mask_on_host(flat, k, dtype)
+    else:
+        keep, threshold = _radix_top_k(flat, k)
+    threshold = ops.view(ops.reshape(threshold, (1,)), "float32")[0]
+    return ops.reshape(ops.cast(keep, dtype), ops.shape(scores)), threshold
+
+
+def _radix_top_k(flat: Any, k: Any) -> tuple[Any, Any]:
+    """Boolean `top_k_mask` of the 1-D float32 `flat`, and the threshold's bit pattern."""
     threshold, at_least = kth_largest(flat, k)
 
     def without_ties() -> Any:
@@ -163,9 +171,7 @@ def top_k_mask(scores: Any, k: Any) -> tuple[Any, Any]:
         first = ops.arange(flat.shape[0], dtype="int32") < cut
         return ops.where(first, ops.greater_equal(bits, threshold), ops.greater(bits, threshold))
 
-    keep = ops.cond(ops.equal(at_least, k), without_ties, break_ties)
-    threshold = ops.view(ops.reshape(threshold, (1,)), "float32")[0]
-    return ops.reshape(keep, ops.shape(scores)), threshold
+    return ops.cond(ops.equal(at_least, k), without_ties, break_ties), threshold
 
 
 def _pool_blocks(scores: Any, block_size: tuple[int, int], pooling: str) -> Any:
@@ -226,7 +232,8 @@ def compute_mask(
         keep_blocks, threshold = top_k_mask(pooled, keep_count(math.prod(pooled.shape), sparsity))
         keep = _expand_blocks(keep_blocks, weight.shape, block_size)
     else:  # top_k_mask takes the magnitude itself, without a temporary
-        keep, threshold = top_k_mask(weight, keep_count(math.prod(weight.shape), sparsity))
+        k = keep_count(math.prod(weight.shape), sparsity)
+        keep, threshold = top_k_mask(weight, k, keras.backend.standardize_dtype(weight.dtype))
     return ops.cast(keep, weight.dtype), ops.cast(threshold, weight.dtype)
 
 

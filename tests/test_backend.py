@@ -39,18 +39,22 @@ def test_fused_compiles_large_inputs_on_tensorflow_only():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the host path is for eager torch")
-def test_kth_largest_on_host_counts_ties_at_the_threshold():
-    def select(patterns, k):
-        bits = ops.convert_to_tensor(np.array(patterns, "int32")).cpu()  # also on a GPU machine
-        threshold, at_least = _backend.kth_largest_on_host(bits, k)
-        return int(threshold), int(at_least)
+def test_top_k_mask_on_host_keeps_the_first_ties_and_writes_the_dtype():
+    def select(values, k, dtype="float32"):
+        flat = ops.convert_to_tensor(np.array(values, "float32")).cpu()  # also on a GPU machine
+        keep, threshold = _backend.top_k_mask_on_host(flat, k, dtype)
+        assert keras.backend.standardize_dtype(keep.dtype) == dtype
+        return ops.convert_to_numpy(keep).tolist(), np.int32(threshold).view(np.float32)
 
-    assert select([5, 1, 3, 3, 3, 0], 2) == (3, 4)
+    assert select([5, -1, 3, -3, 3, 0], 2) == ([1, 0, 1, 0, 0, 0], 3)
+    assert select([5, -1, 3, -3, 3, 0], 5, "bool") == ([1, 1, 1, 1, 1, 0], 1)
     # Pruned weights are zeros: selected among the nonzero ones, or 0 itself.
-    assert select([0, 7, 0, 0, 2, 0, 9], 2) == (7, 2)
-    assert select([0, 7, 0, 0, 2, 0, 9], 3) == (2, 3)
-    assert select([0, 7, 0, 0, 2, 0, 9], 4) == (0, 7)
-    assert select([0, 0, 0], 1) == (0, 3)
+    assert select([0, 7, 0, 0, -2, 0, 9], 3) == ([0, 1, 0, 0, 1, 0, 1], 2)
+    assert select([0, 7, 0, 0, -2, 0, 9], 5) == ([1, 1, 1, 0, 1, 0, 1], 0)
+    assert select([0, 0, 0], 1, "float16") == ([1, 0, 0], 0)
+    # numpy has no bfloat16: the mask comes back as bool for top_k_mask to cast.
+    keep, _ = _backend.top_k_mask_on_host(ops.ones((3,)).cpu(), 2, "bfloat16")
+    assert keras.backend.standardize_dtype(keep.dtype) == "bool"
 
 
 def test_known_false_only_for_a_concrete_false():
