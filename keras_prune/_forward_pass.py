@@ -3,7 +3,7 @@
 A pruning wrapper advances its step and recomputes its masks in its training
 call. A shared wrapper (one layer called twice in a model) and the members
 of a global pruning group must do so once per training batch, not once per
-call. Keras opens one `CallContext` per outermost layer call (the model's
+call (`first_call`); wrappers with one schedule evaluate it once (`shared`). Keras opens one `CallContext` per outermost layer call (the model's
 forward pass) and passes it down to every nested call; the first call of a
 forward pass records a key on it, later calls in the same pass find the key.
 
@@ -23,12 +23,13 @@ touches them.
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import keras
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 _KEY = "keras_prune_done"
+_SHARED = "keras_prune_shared"
 
 
 def _pass_state(layer: keras.layers.Layer) -> Any:
@@ -41,20 +42,37 @@ def _pass_state(layer: keras.layers.Layer) -> Any:
     return context
 
 
+def _state_attribute(layer: keras.layers.Layer, name: str, make: Callable[[], Any]) -> Any:
+    """Attribute `name` of the current pass's state, made by `make()` on first use."""
+    state = _pass_state(layer)
+    value = getattr(state, name, None)
+    if value is None:
+        value = make()
+        setattr(state, name, value)
+    return value
+
+
 def first_call(layer: keras.layers.Layer, key: Hashable) -> bool:
     """True the first time `key` is seen in the current forward pass.
 
     Must be called from inside `layer.call`.
     """
-    state = _pass_state(layer)
-    done: set[Any] | None = getattr(state, _KEY, None)
-    if done is None:
-        done = set()
-        setattr(state, _KEY, done)
+    done: set[Any] = _state_attribute(layer, _KEY, set)
     if key in done:
         return False
     done.add(key)
     return True
+
+
+def shared(layer: keras.layers.Layer, key: Hashable, compute: Callable[[], Any]) -> Any:
+    """`compute()` the first time `key` is seen in the current forward pass, then its result.
+
+    Must be called from inside `layer.call`.
+    """
+    results: dict[Any, Any] = _state_attribute(layer, _SHARED, dict)
+    if key not in results:
+        results[key] = compute()
+    return results[key]
 
 
 def entry_layer(layer: keras.layers.Layer) -> keras.layers.Layer:

@@ -77,6 +77,37 @@ def test_fit_reaches_exact_target_sparsity_on_seed_cnn():
     assert np.isfinite(history.history["loss"]).all()
 
 
+class _CountingSchedule(keras_prune.PruningSchedule):
+    """Prunes to 0.5 at every step and counts its evaluations."""
+
+    def __init__(self):
+        self.calls = 0
+        self.inner = ConstantSparsity(0.5, begin_step=0, frequency=1)
+
+    def __call__(self, step):
+        self.calls += 1
+        return self.inner(step)
+
+    def get_config(self):
+        return {}
+
+
+def test_eager_steps_evaluate_a_shared_schedule_once_per_batch():
+    shared, own = _CountingSchedule(), _CountingSchedule()
+    inputs = keras.Input((6,))
+    hidden = inputs
+    for schedule in (shared, shared, own):
+        hidden = keras_prune.prune_low_magnitude(keras.layers.Dense(8), schedule)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.compile("sgd", "mse", run_eagerly=True)  # concrete steps on every backend
+    x, y = regression_data(32)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 4 batches
+    assert (shared.calls, own.calls) == (4, 4)
+    for wrapper in keras_prune.pruned_layers(model):
+        assert int(value(wrapper.pruning_step)) == 4
+        assert value(wrapper.pruning_vars[0][1]).mean() == 0.5
+
+
 def test_training_false_does_not_advance_or_prune():
     model = dense_model(ConstantSparsity(0.5, begin_step=0, frequency=1))
     x, _ = regression_data()
