@@ -3,9 +3,11 @@
 A pruning wrapper advances its step and recomputes its masks in its training
 call. A shared wrapper (one layer called twice in a model) and the members
 of a global pruning group must do so once per training batch, not once per
-call (`first_call`); wrappers with one schedule evaluate it once (`shared`). Keras opens one `CallContext` per outermost layer call (the model's
-forward pass) and passes it down to every nested call; the first call of a
-forward pass records a key on it, later calls in the same pass find the key.
+call (`first_call`), and wrappers with one schedule evaluate it once
+(`shared`). Keras opens one `CallContext` per outermost layer call (the
+model's forward pass) and passes it down to every nested call; the first
+call of a forward pass records a key on it, later calls in the same pass
+find the key.
 
 JAX's trainer runs the model through `stateless_call`, which calls
 `model.call` directly and so opens no model-level context; there every
@@ -29,7 +31,6 @@ import keras
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 _KEY = "keras_prune_done"
-_SHARED = "keras_prune_shared"
 
 
 def _pass_state(layer: keras.layers.Layer) -> Any:
@@ -42,14 +43,14 @@ def _pass_state(layer: keras.layers.Layer) -> Any:
     return context
 
 
-def _state_attribute(layer: keras.layers.Layer, name: str, make: Callable[[], Any]) -> Any:
-    """Attribute `name` of the current pass's state, made by `make()` on first use."""
+def _seen(layer: keras.layers.Layer) -> dict[Any, Any]:
+    """The keys (and shared results) recorded in the current forward pass."""
     state = _pass_state(layer)
-    value = getattr(state, name, None)
-    if value is None:
-        value = make()
-        setattr(state, name, value)
-    return value
+    seen: dict[Any, Any] | None = getattr(state, _KEY, None)
+    if seen is None:
+        seen = {}
+        setattr(state, _KEY, seen)
+    return seen
 
 
 def first_call(layer: keras.layers.Layer, key: Hashable) -> bool:
@@ -57,10 +58,10 @@ def first_call(layer: keras.layers.Layer, key: Hashable) -> bool:
 
     Must be called from inside `layer.call`.
     """
-    done: set[Any] = _state_attribute(layer, _KEY, set)
-    if key in done:
+    seen = _seen(layer)
+    if key in seen:
         return False
-    done.add(key)
+    seen[key] = None
     return True
 
 
@@ -69,10 +70,10 @@ def shared(layer: keras.layers.Layer, key: Hashable, compute: Callable[[], Any])
 
     Must be called from inside `layer.call`.
     """
-    results: dict[Any, Any] = _state_attribute(layer, _SHARED, dict)
-    if key not in results:
-        results[key] = compute()
-    return results[key]
+    seen = _seen(layer)
+    if key not in seen:
+        seen[key] = compute()
+    return seen[key]
 
 
 def entry_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
