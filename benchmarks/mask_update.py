@@ -11,7 +11,7 @@ TensorFlow both with XLA (`tf.function(jit_compile=True)`, Keras's choice
 with jit_compile=True or on GPU) and as a plain graph ("tensorflow-graph",
 `tf.function`, Keras's default on CPU, inside which `compute_mask` runs as
 its own XLA program), `jax.jit` on JAX, eager on PyTorch (Keras's default
-for torch, where the selection is `numpy.partition` on the CPU tensor), and
+for torch, where numpy computes the mask of the CPU tensor), and
 eager torch again with THP_MEM_ALLOC_ENABLE=1 ("torch-thp": torch's CPU
 allocator on transparent huge pages, which numpy uses by itself). In the
 same process and interleaved with it, numpy's reference: abs,

@@ -149,7 +149,7 @@ _SELECTIONS = ["radix_select", "radix_chunks"] + (
 
 @pytest.fixture(params=_SELECTIONS)
 def selection(request, monkeypatch):
-    """Each way `kth_largest` can select here: keras.ops, or numpy.partition on eager torch."""
+    """Each way `top_k_mask` can select here: keras.ops, or numpy.partition on eager torch."""
     if request.param.startswith("radix"):
         monkeypatch.setattr(_backend, "host_selectable", lambda flat: False)
     if request.param == "radix_chunks":
