@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 import keras_prune
-from keras_prune.datasets import load_dataset
+from keras_prune.compare.datasets import load_dataset
 
 SPARSITY = 0.875
 
@@ -63,9 +63,13 @@ def train(epochs: int, batch_size: int) -> tuple[keras.Model, float]:
     pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
     pruned.fit(
-        x, y, batch_size=batch_size, epochs=epochs, verbose=2,
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=2,
         callbacks=[keras_prune.UpdatePruningStep()],
-    )  # fmt: skip
+    )
     return keras_prune.strip_pruning(pruned), time.perf_counter() - start
 
 
@@ -115,7 +119,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", help="a saved stripped .keras model to reuse")
     parser.add_argument("--save-model", help="where to save the trained stripped model")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "export_size.json"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "export_size.json")
+    )
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
@@ -134,8 +140,10 @@ def main() -> None:
     model = plain
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = {name: os.path.join(tmp, name) for name in
-                 ("model.h5", "model.keras", "float32.kps", "int8.kps")}  # fmt: skip
+        files = {
+            name: os.path.join(tmp, name)
+            for name in ("model.h5", "model.keras", "float32.kps", "int8.kps")
+        }
         keras.saving.save_model(model, files["model.h5"], include_optimizer=False)
         model.save(files["model.keras"])
         keras_prune.export(model, files["float32.kps"])
@@ -160,15 +168,21 @@ def main() -> None:
                 "bound_int8": information_bound(model, 8),
             },
             "float32_export_exact": bool(
-                np.array_equal(model.predict(sample, verbose=0), float_model.predict(sample, verbose=0))
+                np.array_equal(
+                    model.predict(sample, verbose=0), float_model.predict(sample, verbose=0)
+                )
             ),
             "accuracy": {
                 "float32": accuracy(model, x_test, y_test),
                 "int8_export": accuracy(int8_model, x_test, y_test),
             },
             "load": {
-                "keras_prune.load(float32)": load_cost(keras_prune.load, files["float32.kps"], args.repeats),
-                "keras_prune.load(int8)": load_cost(keras_prune.load, files["int8.kps"], args.repeats),
+                "keras_prune.load(float32)": load_cost(
+                    keras_prune.load, files["float32.kps"], args.repeats
+                ),
+                "keras_prune.load(int8)": load_cost(
+                    keras_prune.load, files["int8.kps"], args.repeats
+                ),
                 "keras.saving.load_model(.keras)": load_cost(
                     keras.saving.load_model, files["model.keras"], args.repeats
                 ),

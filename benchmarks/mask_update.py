@@ -46,8 +46,12 @@ import _common  # noqa: E402
 SPARSITY = 0.875
 BACKENDS = ("tensorflow", "tensorflow-graph", "jax", "torch", "torch-thp")
 OUT = os.path.join(HERE, "results", "mask_update.json")
-LABELS = {"tensorflow": "tensorflow, XLA", "tensorflow-graph": "tensorflow, graph: Keras CPU default",
-          "torch": "torch, eager", "torch-thp": "torch, eager, THP_MEM_ALLOC_ENABLE=1"}
+LABELS = {
+    "tensorflow": "tensorflow, XLA",
+    "tensorflow-graph": "tensorflow, graph: Keras CPU default",
+    "torch": "torch, eager",
+    "torch-thp": "torch, eager, THP_MEM_ALLOC_ENABLE=1",
+}
 
 
 def update(w, m):
@@ -138,11 +142,15 @@ def child_time(shape, repeats, warmup):
         kp.append(_common.timed(run))
         ref.append(_common.timed(run_numpy))
     return {
-        "shape": list(shape), "size": n, "k": k,
-        "mask_kept": int(got.sum()), "same_mask_as_numpy": bool((got == expected).all()),
-        "keras_prune_update": _common.stats(kp), "numpy_partition_mask": _common.stats(ref),
+        "shape": list(shape),
+        "size": n,
+        "k": k,
+        "mask_kept": int(got.sum()),
+        "same_mask_as_numpy": bool((got == expected).all()),
+        "keras_prune_update": _common.stats(kp),
+        "numpy_partition_mask": _common.stats(ref),
         "ratio_over_numpy_median": _common.ratio(_common.stats(kp), _common.stats(ref)),
-    }  # fmt: skip
+    }
 
 
 def child_memory(shape):
@@ -158,13 +166,19 @@ def child_memory(shape):
     run()
     peak = _common.vm_kib("VmHWM")
     extra = (peak - before) * 1024
-    result = {"peak_extra_bytes": extra, "weight_bytes": w.nbytes, "peak_over_weight": extra / w.nbytes}
+    result = {
+        "peak_extra_bytes": extra,
+        "weight_bytes": w.nbytes,
+        "peak_over_weight": extra / w.nbytes,
+    }
     if os.environ["KERAS_BACKEND"] == "jax":
         # XLA's own buffer plan for the step, free of allocator caching:
         # temporaries plus the new mask where it cannot reuse the donated one.
         import jax
 
-        plan = jax.jit(update, donate_argnums=1).lower(w, np.ones_like(w)).compile().memory_analysis()
+        plan = (
+            jax.jit(update, donate_argnums=1).lower(w, np.ones_like(w)).compile().memory_analysis()
+        )
         extra = plan.temp_size_in_bytes + plan.output_size_in_bytes - plan.alias_size_in_bytes
         result["xla_plan_over_weight"] = extra / w.nbytes
     return result
@@ -173,12 +187,27 @@ def child_memory(shape):
 def spawn(backend, mode, shape, args):
     # "tensorflow-graph": TF without XLA, Keras's default train step on CPU.
     # "torch-thp": torch's CPU allocator on transparent huge pages, as numpy's is.
-    env = dict(os.environ, KERAS_BACKEND=backend.split("-")[0], TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="-1", KP_TF_XLA="0" if backend.endswith("-graph") else "1")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend.split("-")[0],
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="-1",
+        KP_TF_XLA="0" if backend.endswith("-graph") else "1",
+    )
     if backend == "torch-thp":
         env["THP_MEM_ALLOC_ENABLE"] = "1"
-    cmd = [sys.executable, __file__, "--child", mode, "--shape", "%dx%d" % shape,
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--shape",
+        "%dx%d" % shape,
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{backend} {mode} {shape} failed:\n{out.stderr[-3000:]}")
@@ -194,20 +223,31 @@ def plot(doc, path):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for backend, rows in doc["backends"].items():
         xs = [r["size"] for r in rows]
-        ax.errorbar(xs, [r["keras_prune_update"]["median_s"] for r in rows],
-                    yerr=_spread(rows, "keras_prune_update"), marker="o",
-                    label=f"keras-prune ({LABELS.get(backend, backend)})", capsize=3)  # fmt: skip
+        ax.errorbar(
+            xs,
+            [r["keras_prune_update"]["median_s"] for r in rows],
+            yerr=_spread(rows, "keras_prune_update"),
+            marker="o",
+            label=f"keras-prune ({LABELS.get(backend, backend)})",
+            capsize=3,
+        )
     rows = [r for rs in doc["backends"].values() for r in rs]
     sizes = sorted({r["size"] for r in rows})
-    numpy = [min(r["numpy_partition_mask"]["median_s"] for r in rows if r["size"] == s) for s in sizes]
+    numpy = [
+        min(r["numpy_partition_mask"]["median_s"] for r in rows if r["size"] == s) for s in sizes
+    ]
     ax.plot(sizes, numpy, "k--", marker="s", label="numpy.partition (abs + partition + >=)")
     tfmot_path = os.path.join(HERE, "results", "tfmot_mask_update.json")
     if os.path.exists(tfmot_path):
         with open(tfmot_path) as f:
             tfmot = json.load(f)["results"]
-        ax.plot([r["size"] for r in tfmot],
-                [r["tfmot_conditional_mask_update"]["median_s"] for r in tfmot],
-                marker="^", color="tab:brown", label="tfmot 0.8.1 (tf.keras 2, top_k)")  # fmt: skip
+        ax.plot(
+            [r["size"] for r in tfmot],
+            [r["tfmot_conditional_mask_update"]["median_s"] for r in tfmot],
+            marker="^",
+            color="tab:brown",
+            label="tfmot 0.8.1 (tf.keras 2, top_k)",
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("weights in the tensor (float32)")
@@ -221,7 +261,10 @@ def plot(doc, path):
 
 def _spread(rows, key):
     med = [r[key]["median_s"] for r in rows]
-    return [[m - r[key]["min_s"] for m, r in zip(med, rows)], [r[key]["max_s"] - m for m, r in zip(med, rows)]]
+    return [
+        [m - r[key]["min_s"] for m, r in zip(med, rows)],
+        [r[key]["max_s"] - m for m, r in zip(med, rows)],
+    ]
 
 
 def main():
@@ -231,8 +274,11 @@ def main():
     ap.add_argument("--sizes", default="1024x1024,2048x2048,4096x4096")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--out", default=OUT)
-    ap.add_argument("--plot-only", action="store_true",
-                    help="redraw the PNG from --out (e.g. after tfmot_mask_update.py ran again)")
+    ap.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="redraw the PNG from --out (e.g. after tfmot_mask_update.py ran again)",
+    )
     ap.add_argument("--child", choices=("time", "memory"), help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -240,7 +286,11 @@ def main():
         ap.error("--repeats and --warmup must be >= 1")
     if args.child:
         shape = tuple(int(x) for x in args.shape.split("x"))
-        result = child_time(shape, args.repeats, args.warmup) if args.child == "time" else child_memory(shape)
+        result = (
+            child_time(shape, args.repeats, args.warmup)
+            if args.child == "time"
+            else child_memory(shape)
+        )
         print(json.dumps(result))
         return 0
     if args.plot_only:
@@ -248,19 +298,33 @@ def main():
             plot(json.load(f), os.path.splitext(args.out)[0] + ".png")
         return 0
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
-    doc = {"benchmark": "mask_update", "sparsity": SPARSITY, "machine": _common.machine_info(),
-           "backends": {}}  # fmt: skip
+    doc = {
+        "benchmark": "mask_update",
+        "sparsity": SPARSITY,
+        "machine": _common.machine_info(),
+        "backends": {},
+    }
     for backend in args.backends.split(","):
         rows = []
         for shape in shapes:
             row = spawn(backend, "time", shape, args)
             row["memory"] = spawn(backend, "memory", shape, args)
-            print("%-10s %-9s keras-prune %.4fs (%.4f-%.4f)  numpy %.4fs  ratio %.2fx  "
-                  "same mask %s  peak %.2fx weight" % (
-                      backend, "%dx%d" % shape, row["keras_prune_update"]["median_s"],
-                      row["keras_prune_update"]["min_s"], row["keras_prune_update"]["max_s"],
-                      row["numpy_partition_mask"]["median_s"], row["ratio_over_numpy_median"],
-                      row["same_mask_as_numpy"], row["memory"]["peak_over_weight"]), flush=True)  # fmt: skip
+            print(
+                "%-10s %-9s keras-prune %.4fs (%.4f-%.4f)  numpy %.4fs  ratio %.2fx  "
+                "same mask %s  peak %.2fx weight"
+                % (
+                    backend,
+                    "%dx%d" % shape,
+                    row["keras_prune_update"]["median_s"],
+                    row["keras_prune_update"]["min_s"],
+                    row["keras_prune_update"]["max_s"],
+                    row["numpy_partition_mask"]["median_s"],
+                    row["ratio_over_numpy_median"],
+                    row["same_mask_as_numpy"],
+                    row["memory"]["peak_over_weight"],
+                ),
+                flush=True,
+            )
             rows.append(row)
         doc["backends"][backend] = rows
     doc["machine"]["load_average_at_end"] = os.getloadavg()

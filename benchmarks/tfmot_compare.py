@@ -56,7 +56,7 @@ TARGET = 0.875
 def write_data():
     import numpy as np
 
-    from keras_prune.datasets import load_dataset
+    from keras_prune.compare.datasets import load_dataset
 
     (x, y), (xt, yt) = load_dataset("mnist10k")
     as_uint8 = lambda a: np.round(a[..., 0] * 255).astype(np.uint8)  # noqa: E731 exact: stored as k/255
@@ -71,7 +71,7 @@ def keras_prune_protocol(epochs, seed, dense=False):
     import numpy as np
 
     import keras_prune
-    from keras_prune.experiment import seed_model
+    from keras_prune.compare.experiment import seed_model
 
     keras.utils.set_random_seed(seed)
     with np.load(DATA) as d:
@@ -83,9 +83,14 @@ def keras_prune_protocol(epochs, seed, dense=False):
     end_step = steps_per_epoch * epochs
     begin_step = int(0.2 * end_step)
     schedule = keras_prune.PolynomialDecay(0.0, TARGET, begin_step, end_step)
-    model = seed_model() if dense else keras_prune.prune_low_magnitude(seed_model(), pruning_schedule=schedule)
-    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy",
-                  metrics=["accuracy"])  # fmt: skip
+    model = (
+        seed_model()
+        if dense
+        else keras_prune.prune_low_magnitude(seed_model(), pruning_schedule=schedule)
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     times = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -96,17 +101,28 @@ def keras_prune_protocol(epochs, seed, dense=False):
             times.append(time.perf_counter() - self._start)
 
     callbacks = [EpochTimer()] if dense else [keras_prune.UpdatePruningStep(), EpochTimer()]
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, validation_split=0.2, verbose=0, callbacks=callbacks)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=epochs, validation_split=0.2, verbose=0, callbacks=callbacks
+    )
     final = model if dense else keras_prune.strip_pruning(model)
-    final.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy",
-                  metrics=["accuracy"])  # fmt: skip
+    final.compile(
+        optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     _, accuracy = final.evaluate(xt, yt, batch_size=BATCH, verbose=0)
-    sparsity = {layer.name: float((keras.ops.convert_to_numpy(layer.kernel) == 0).mean())
-                for layer in final.layers if hasattr(layer, "kernel")}  # fmt: skip
-    return {"framework": "keras-prune", "epoch_times_s": times,
-            "median_epoch_time_s_excl_first": statistics.median(times[1:]),
-            "test_accuracy": float(accuracy), "layer_sparsity": sparsity,
-            "keras": keras.__version__, "jit_compile": str(model.jit_compile)}  # fmt: skip
+    sparsity = {
+        layer.name: float((keras.ops.convert_to_numpy(layer.kernel) == 0).mean())
+        for layer in final.layers
+        if hasattr(layer, "kernel")
+    }
+    return {
+        "framework": "keras-prune",
+        "epoch_times_s": times,
+        "median_epoch_time_s_excl_first": statistics.median(times[1:]),
+        "test_accuracy": float(accuracy),
+        "layer_sparsity": sparsity,
+        "keras": keras.__version__,
+        "jit_compile": str(model.jit_compile),
+    }
 
 
 def run_json(cmd, env_extra):
@@ -124,22 +140,56 @@ def seed_runs(epochs, seed):
 
     def tfmot(schedule):
         out = os.path.join(RESULTS, "tmp", f"tfmot_seed_{schedule}_s{seed}.json")
-        run_json([TFMOT_PY, os.path.join(HERE, "tfmot_seed_protocol.py"), "--data", DATA,
-                  "--schedule", schedule, "--epochs", str(epochs), "--seed", str(seed),
-                  "--out", out, "--verbose", "0"], {"TF_USE_LEGACY_KERAS": "1"})  # fmt: skip
+        run_json(
+            [
+                TFMOT_PY,
+                os.path.join(HERE, "tfmot_seed_protocol.py"),
+                "--data",
+                DATA,
+                "--schedule",
+                schedule,
+                "--epochs",
+                str(epochs),
+                "--seed",
+                str(seed),
+                "--out",
+                out,
+                "--verbose",
+                "0",
+            ],
+            {"TF_USE_LEGACY_KERAS": "1"},
+        )
         with open(out) as f:
             r = json.load(f)
         name = "tfmot" if schedule == "polynomial" else "tf_keras_2_unpruned"
-        runs[name] = {k: r[k] for k in ("epoch_times_s", "median_epoch_time_s_excl_first",
-                                        "test_accuracy", "layer_sparsity", "versions")}  # fmt: skip
+        runs[name] = {
+            k: r[k]
+            for k in (
+                "epoch_times_s",
+                "median_epoch_time_s_excl_first",
+                "test_accuracy",
+                "layer_sparsity",
+                "versions",
+            )
+        }
         runs[name]["layer_sparsity"] = {k: v["sparsity"] for k, v in r["layer_sparsity"].items()}
 
     def ours(dense):
-        out = run_json([sys.executable, __file__, "--child", "--epochs", str(epochs), "--seeds", str(seed)]
-                       + (["--dense"] if dense else []), {"KERAS_BACKEND": "tensorflow"})  # fmt: skip
-        runs["keras_3_unpruned" if dense else "keras_prune"] = json.loads(out.strip().splitlines()[-1])
+        out = run_json(
+            [sys.executable, __file__, "--child", "--epochs", str(epochs), "--seeds", str(seed)]
+            + (["--dense"] if dense else []),
+            {"KERAS_BACKEND": "tensorflow"},
+        )
+        runs["keras_3_unpruned" if dense else "keras_prune"] = json.loads(
+            out.strip().splitlines()[-1]
+        )
 
-    steps = [lambda: tfmot("polynomial"), lambda: ours(False), lambda: tfmot("none"), lambda: ours(True)]
+    steps = [
+        lambda: tfmot("polynomial"),
+        lambda: ours(False),
+        lambda: tfmot("none"),
+        lambda: ours(True),
+    ]
     for step in steps if seed % 2 == 0 else steps[::-1]:
         step()
 
@@ -147,18 +197,32 @@ def seed_runs(epochs, seed):
         return runs[name]["median_epoch_time_s_excl_first"]
 
     runs["epoch_time_ratio_keras_prune_over_tfmot"] = epoch("keras_prune") / epoch("tfmot")
-    runs["epoch_time_ratio_keras_3_over_tf_keras_2_unpruned"] = epoch("keras_3_unpruned") / epoch("tf_keras_2_unpruned")
+    runs["epoch_time_ratio_keras_3_over_tf_keras_2_unpruned"] = epoch("keras_3_unpruned") / epoch(
+        "tf_keras_2_unpruned"
+    )
     runs["pruned_over_unpruned_keras_prune"] = epoch("keras_prune") / epoch("keras_3_unpruned")
     runs["pruned_over_unpruned_tfmot"] = epoch("tfmot") / epoch("tf_keras_2_unpruned")
     return runs
 
 
 def mask_update_ratios(repeats):
-    run_json([TFMOT_PY, os.path.join(HERE, "tfmot_mask_update.py"), "--repeats", str(repeats)],
-             {"TF_USE_LEGACY_KERAS": "1"})  # fmt: skip
-    run_json([sys.executable, os.path.join(HERE, "mask_update.py"), "--backends", "tensorflow",
-              "--repeats", str(repeats), "--out", os.path.join(RESULTS, "mask_update_tensorflow.json")],
-             {})  # fmt: skip
+    run_json(
+        [TFMOT_PY, os.path.join(HERE, "tfmot_mask_update.py"), "--repeats", str(repeats)],
+        {"TF_USE_LEGACY_KERAS": "1"},
+    )
+    run_json(
+        [
+            sys.executable,
+            os.path.join(HERE, "mask_update.py"),
+            "--backends",
+            "tensorflow",
+            "--repeats",
+            str(repeats),
+            "--out",
+            os.path.join(RESULTS, "mask_update_tensorflow.json"),
+        ],
+        {},
+    )
     with open(os.path.join(RESULTS, "tfmot_mask_update.json")) as f:
         tfmot = {r["size"]: r for r in json.load(f)["results"]}
     with open(os.path.join(RESULTS, "mask_update_tensorflow.json")) as f:
@@ -166,14 +230,17 @@ def mask_update_ratios(repeats):
     rows = []
     for size in sorted(set(tfmot) & set(ours)):
         t, o = tfmot[size], ours[size]
-        rows.append({
-            "size": size,
-            "keras_prune_median_s": o["keras_prune_update"]["median_s"],
-            "tfmot_median_s": t["tfmot_conditional_mask_update"]["median_s"],
-            "ratio_keras_prune_over_tfmot": o["keras_prune_update"]["median_s"]
-            / t["tfmot_conditional_mask_update"]["median_s"],
-            "ratio_normalised_by_numpy": o["ratio_over_numpy_median"] / t["ratio_tfmot_over_numpy_median"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "size": size,
+                "keras_prune_median_s": o["keras_prune_update"]["median_s"],
+                "tfmot_median_s": t["tfmot_conditional_mask_update"]["median_s"],
+                "ratio_keras_prune_over_tfmot": o["keras_prune_update"]["median_s"]
+                / t["tfmot_conditional_mask_update"]["median_s"],
+                "ratio_normalised_by_numpy": o["ratio_over_numpy_median"]
+                / t["ratio_tfmot_over_numpy_median"],
+            }
+        )
     return rows
 
 
@@ -196,30 +263,53 @@ def main():
         sys.exit("no tfmot venv: run `python benchmarks/tfmot_env.py` first")
     if not os.path.exists(DATA):
         write_data()
-    doc = {"benchmark": "tfmot_compare", "machine": _common.machine_info(), "epochs": args.epochs,
-           "schedule": "PolynomialDecay(0, 0.875, begin=20% of run, end=last step, frequency=100)",
-           "seeds": {}}  # fmt: skip
+    doc = {
+        "benchmark": "tfmot_compare",
+        "machine": _common.machine_info(),
+        "epochs": args.epochs,
+        "schedule": "PolynomialDecay(0, 0.875, begin=20% of run, end=last step, frequency=100)",
+        "seeds": {},
+    }
     for seed in seeds:
         runs = seed_runs(args.epochs, seed)
         doc["seeds"][str(seed)] = runs
-        print("seed %d: epoch keras-prune %.3fs tfmot %.3fs ratio %.3f | unpruned Keras 3 / tf.keras 2 %.3f"
-              " | pruned/unpruned keras-prune %.3f tfmot %.3f | accuracy %.4f vs %.4f"
-              % (seed, runs["keras_prune"]["median_epoch_time_s_excl_first"],
-                 runs["tfmot"]["median_epoch_time_s_excl_first"],
-                 runs["epoch_time_ratio_keras_prune_over_tfmot"],
-                 runs["epoch_time_ratio_keras_3_over_tf_keras_2_unpruned"],
-                 runs["pruned_over_unpruned_keras_prune"], runs["pruned_over_unpruned_tfmot"],
-                 runs["keras_prune"]["test_accuracy"], runs["tfmot"]["test_accuracy"]), flush=True)  # fmt: skip
-    for key in ("epoch_time_ratio_keras_prune_over_tfmot", "epoch_time_ratio_keras_3_over_tf_keras_2_unpruned",
-                "pruned_over_unpruned_keras_prune", "pruned_over_unpruned_tfmot"):
+        print(
+            "seed %d: epoch keras-prune %.3fs tfmot %.3fs ratio %.3f | unpruned Keras 3 / tf.keras 2 %.3f"
+            " | pruned/unpruned keras-prune %.3f tfmot %.3f | accuracy %.4f vs %.4f"
+            % (
+                seed,
+                runs["keras_prune"]["median_epoch_time_s_excl_first"],
+                runs["tfmot"]["median_epoch_time_s_excl_first"],
+                runs["epoch_time_ratio_keras_prune_over_tfmot"],
+                runs["epoch_time_ratio_keras_3_over_tf_keras_2_unpruned"],
+                runs["pruned_over_unpruned_keras_prune"],
+                runs["pruned_over_unpruned_tfmot"],
+                runs["keras_prune"]["test_accuracy"],
+                runs["tfmot"]["test_accuracy"],
+            ),
+            flush=True,
+        )
+    for key in (
+        "epoch_time_ratio_keras_prune_over_tfmot",
+        "epoch_time_ratio_keras_3_over_tf_keras_2_unpruned",
+        "pruned_over_unpruned_keras_prune",
+        "pruned_over_unpruned_tfmot",
+    ):
         ratios = [r[key] for r in doc["seeds"].values()]
         doc[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     if not args.skip_mask_update:
         doc["mask_update"] = mask_update_ratios(args.repeats)
         for r in doc["mask_update"]:
-            print("mask update n=%d: keras-prune %.4fs tfmot %.4fs ratio %.3f (numpy-normalised %.3f)"
-                  % (r["size"], r["keras_prune_median_s"], r["tfmot_median_s"],
-                     r["ratio_keras_prune_over_tfmot"], r["ratio_normalised_by_numpy"]))  # fmt: skip
+            print(
+                "mask update n=%d: keras-prune %.4fs tfmot %.4fs ratio %.3f (numpy-normalised %.3f)"
+                % (
+                    r["size"],
+                    r["keras_prune_median_s"],
+                    r["tfmot_median_s"],
+                    r["ratio_keras_prune_over_tfmot"],
+                    r["ratio_normalised_by_numpy"],
+                )
+            )
     doc["machine"]["load_average_at_end"] = os.getloadavg()
     with open(os.path.join(RESULTS, "tfmot_compare.json"), "w") as f:
         json.dump(doc, f, indent=1)

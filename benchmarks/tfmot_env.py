@@ -32,10 +32,10 @@ DEFAULT_VENV = os.path.join(HERE, ".venv-tfmot")
 
 TF_SERIES = "2.21"
 REQUIREMENTS = [
-    "tensorflow-cpu=={}.*".format(TF_SERIES),
+    f"tensorflow-cpu=={TF_SERIES}.*",
     # tf-keras must match the TF minor version, otherwise tf_keras imports a
     # TF internals API that moved and fails at import time.
-    "tf-keras=={}.*".format(TF_SERIES),
+    f"tf-keras=={TF_SERIES}.*",
     "tensorflow-model-optimization==0.8.1",
     "numpy",
 ]
@@ -71,11 +71,11 @@ def venv_python(path):
 
 
 def verify(py):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="-1")
+    env = dict(
+        os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1"
+    )
     try:
-        r = subprocess.run([py, "-c", VERIFY], env=env, capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run([py, "-c", VERIFY], env=env, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
     ok_lines = [l for l in r.stdout.splitlines() if l.startswith("tfmot-ok")]
@@ -87,8 +87,11 @@ def verify(py):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--venv", default=DEFAULT_VENV)
-    ap.add_argument("--force", action="store_true",
-                    help="reinstall the requirements even if verification passes")
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="reinstall the requirements even if verification passes",
+    )
     args = ap.parse_args()
     py = venv_python(args.venv)
 
@@ -98,8 +101,7 @@ def main():
             print(out, file=sys.stderr)
             print(py)
             return 0
-        print("existing venv failed verification, (re)installing:\n" + out,
-              file=sys.stderr)
+        print("existing venv failed verification, (re)installing:\n" + out, file=sys.stderr)
 
     if not os.path.exists(py):
         print("creating venv " + args.venv, file=sys.stderr)

@@ -30,12 +30,14 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
+from importlib.metadata import version  # noqa: E402
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: E402
-    pruning_impl)
+    pruning_impl,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results", "tfmot_mask_update.json")
@@ -57,7 +59,8 @@ def machine_info():
         "cpu_model": cpu or platform.processor(),
         "cpu_count": os.cpu_count(),
         "sched_affinity": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity") else None,
+        if hasattr(os, "sched_getaffinity")
+        else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -70,8 +73,13 @@ def machine_info():
 
 
 def stats(ts):
-    return {"median_s": statistics.median(ts), "min_s": min(ts),
-            "max_s": max(ts), "repeats": len(ts), "all_s": ts}
+    return {
+        "median_s": statistics.median(ts),
+        "min_s": min(ts),
+        "max_s": max(ts),
+        "repeats": len(ts),
+        "all_s": ts,
+    }
 
 
 def time_calls(fn, warmup, repeats):
@@ -98,7 +106,8 @@ def bench_one(shape, warmup, repeats, seed):
         pruning_vars=[(weight, mask, threshold)],
         pruning_schedule=schedule,
         block_size=(1, 1),
-        block_pooling_type="AVG")
+        block_pooling_type="AVG",
+    )
 
     @tf.function
     def update():
@@ -134,8 +143,8 @@ def bench_one(shape, warmup, repeats, seed):
         "numpy_partition_mask": stats(np_ts),
     }
     r["ratio_tfmot_over_numpy_median"] = (
-        r["tfmot_conditional_mask_update"]["median_s"]
-        / r["numpy_partition_mask"]["median_s"])
+        r["tfmot_conditional_mask_update"]["median_s"] / r["numpy_partition_mask"]["median_s"]
+    )
     return r
 
 
@@ -145,8 +154,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sizes", default=",".join("%dx%d" % s for s in SIZES),
-                    help="comma-separated HxW list")
+    ap.add_argument(
+        "--sizes", default=",".join("%dx%d" % s for s in SIZES), help="comma-separated HxW list"
+    )
     args = ap.parse_args()
     if args.repeats < 5:
         print("warning: fewer than 5 repeats", file=sys.stderr)
@@ -155,21 +165,26 @@ def main():
     results = []
     for shape in sizes:
         r = bench_one(shape, args.warmup, args.repeats, args.seed)
-        print("%-10s tfmot median %.4fs (min %.4f max %.4f)  numpy.partition "
-              "median %.4fs  ratio %.2fx" % (
-                  "%dx%d" % shape,
-                  r["tfmot_conditional_mask_update"]["median_s"],
-                  r["tfmot_conditional_mask_update"]["min_s"],
-                  r["tfmot_conditional_mask_update"]["max_s"],
-                  r["numpy_partition_mask"]["median_s"],
-                  r["ratio_tfmot_over_numpy_median"]), flush=True)
+        print(
+            "%-10s tfmot median %.4fs (min %.4f max %.4f)  numpy.partition "
+            "median %.4fs  ratio %.2fx"
+            % (
+                "%dx%d" % shape,
+                r["tfmot_conditional_mask_update"]["median_s"],
+                r["tfmot_conditional_mask_update"]["min_s"],
+                r["tfmot_conditional_mask_update"]["max_s"],
+                r["numpy_partition_mask"]["median_s"],
+                r["ratio_tfmot_over_numpy_median"],
+            ),
+            flush=True,
+        )
         results.append(r)
 
     doc = {
         "benchmark": "tfmot_mask_update",
         "what": "pruning_impl.Pruning.conditional_mask_update() in tf.function "
-                "(full top_k over |w|), float32, sparsity %.3f; numpy: "
-                "np.partition(|w|) + >= threshold mask" % SPARSITY,
+        "(full top_k over |w|), float32, sparsity %.3f; numpy: "
+        "np.partition(|w|) + >= threshold mask" % SPARSITY,
         "warmup": args.warmup,
         "machine": machine_info(),
         "results": results,

@@ -38,10 +38,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
+from importlib.metadata import version  # noqa: E402
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 
 keras = tf.keras  # tf_keras (Keras 2) because TF_USE_LEGACY_KERAS=1
 sp = tfmot.sparsity.keras
@@ -63,16 +64,18 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def build_model(num_classes):
-    return keras.Sequential([
-        keras.layers.Input((28, 28, 1)),
-        keras.layers.Conv2D(32, (3, 3), activation="relu"),
-        keras.layers.MaxPooling2D((2, 2)),
-        keras.layers.Conv2D(64, (3, 3), activation="relu"),
-        keras.layers.MaxPooling2D((2, 2)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(num_classes, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.layers.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, (3, 3), activation="relu"),
+            keras.layers.MaxPooling2D((2, 2)),
+            keras.layers.Conv2D(64, (3, 3), activation="relu"),
+            keras.layers.MaxPooling2D((2, 2)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(num_classes, activation="softmax"),
+        ]
+    )
 
 
 def gzipped_size(model):
@@ -88,12 +91,14 @@ def gzipped_size(model):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--schedule", choices=["constant", "polynomial", "none"],
-                    default="constant")
+    ap.add_argument("--schedule", choices=["constant", "polynomial", "none"], default="constant")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", required=True, help=".npz with x_train, y_train, "
-                    "x_test, y_test (uint8 28x28 images, int labels)")
+    ap.add_argument(
+        "--data",
+        required=True,
+        help=".npz with x_train, y_train, x_test, y_test (uint8 28x28 images, int labels)",
+    )
     ap.add_argument("--out", default=None, help="write results JSON here")
     ap.add_argument("--verbose", type=int, default=2)
     args = ap.parse_args()
@@ -121,32 +126,42 @@ def main():
     schedule_cfg = None
     if args.schedule != "none":
         if args.schedule == "constant":
-            schedule = sp.ConstantSparsity(TARGET, begin_step=begin_step,
-                                           end_step=end_step, frequency=100)
+            schedule = sp.ConstantSparsity(
+                TARGET, begin_step=begin_step, end_step=end_step, frequency=100
+            )
         else:
-            schedule = sp.PolynomialDecay(initial_sparsity=0.0,
-                                          final_sparsity=TARGET,
-                                          begin_step=begin_step,
-                                          end_step=end_step)
+            schedule = sp.PolynomialDecay(
+                initial_sparsity=0.0,
+                final_sparsity=TARGET,
+                begin_step=begin_step,
+                end_step=end_step,
+            )
         schedule_cfg = schedule.get_config()
         model = sp.prune_low_magnitude(model, pruning_schedule=schedule)
         callbacks.append(sp.UpdatePruningStep())
     timer = EpochTimer()
     callbacks.append(timer)
 
-    model.compile(optimizer=keras.optimizers.Adam(),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     t0 = time.perf_counter()
-    hist = model.fit(x_train, y_train, batch_size=BATCH, epochs=args.epochs,
-                     validation_split=VALIDATION_SPLIT, callbacks=callbacks,
-                     verbose=args.verbose)
+    hist = model.fit(
+        x_train,
+        y_train,
+        batch_size=BATCH,
+        epochs=args.epochs,
+        validation_split=VALIDATION_SPLIT,
+        callbacks=callbacks,
+        verbose=args.verbose,
+    )
     train_total = time.perf_counter() - t0
 
     final = sp.strip_pruning(model) if args.schedule != "none" else model
-    final.compile(optimizer=keras.optimizers.Adam(),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
-    test_loss, test_acc = final.evaluate(x_test, y_test, batch_size=BATCH,
-                                         verbose=0)
+    final.compile(
+        optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
+    test_loss, test_acc = final.evaluate(x_test, y_test, batch_size=BATCH, verbose=0)
 
     layer_sparsity = {}
     for layer in final.layers:

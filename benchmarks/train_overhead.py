@@ -5,7 +5,7 @@
 
 For each backend (one child process each, KERAS_BACKEND set): the seed CNN
 (Conv32-Pool-Conv64-Pool-Dense256-Dense10, Adam, categorical cross-entropy)
-on the embedded data (`keras_prune.datasets.load_dataset("mnist10k")`, the
+on the embedded data (`keras_prune.compare.datasets.load_dataset("mnist10k")`, the
 first 80 % of its training images, as validation_split=0.2 leaves them),
 batch 250, trained twice from the same initial weights: unpruned, and wrapped
 by `prune_low_magnitude` with PolynomialDecay(0 -> 0.875, frequency 100,
@@ -54,8 +54,8 @@ def child(epochs, steps, seed):
     import numpy as np
 
     import keras_prune
-    from keras_prune.datasets import load_dataset
-    from keras_prune.experiment import seed_model
+    from keras_prune.compare.datasets import load_dataset
+    from keras_prune.compare.experiment import seed_model
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -84,15 +84,24 @@ def child(epochs, steps, seed):
     models = {"dense": (dense, []), "pruned": (pruned, [keras_prune.UpdatePruningStep()])}
     timers = {}
     for name, (model, callbacks) in models.items():
-        model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy",
-                      metrics=["accuracy"])  # fmt: skip
+        model.compile(
+            optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"]
+        )
         timers[name] = EpochTimer()
         callbacks.append(timers[name])
 
     def epoch(name, index):
         model, callbacks = models[name]
-        model.fit(x, y, batch_size=BATCH, epochs=index + 1, initial_epoch=index,
-                  callbacks=callbacks, verbose=0, shuffle=True)  # fmt: skip
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=index + 1,
+            initial_epoch=index,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=True,
+        )
 
     for name in models:  # warm-up: compilation and first-epoch effects
         epoch(name, 0)
@@ -110,11 +119,20 @@ def child(epochs, steps, seed):
     dense_t, pruned_t = timers["dense"].times[1:], timers["pruned"].times[1:]
     ratios = [p / d for p, d in zip(pruned_t, dense_t)]
     # Epoch i (0-based) covers steps i*spe+1 .. (i+1)*spe; updates at multiples of 100 >= begin.
-    updates = [i for i in range(1, epochs + 1)
-               if any(s % 100 == 0 and s >= begin_step
-                      for s in range(i * steps_per_epoch + 1, (i + 1) * steps_per_epoch + 1))]  # fmt: skip
-    sparsity = {path: s for layer in pruned.layers if hasattr(layer, "mask_sparsity")
-                for path, s in layer.mask_sparsity()}  # fmt: skip
+    updates = [
+        i
+        for i in range(1, epochs + 1)
+        if any(
+            s % 100 == 0 and s >= begin_step
+            for s in range(i * steps_per_epoch + 1, (i + 1) * steps_per_epoch + 1)
+        )
+    ]
+    sparsity = {
+        path: s
+        for layer in pruned.layers
+        if hasattr(layer, "mask_sparsity")
+        for path, s in layer.mask_sparsity()
+    }
     # Where the pruned step's extra time goes: the mask updates (every 100
     # steps) timed alone, compiled as in the wrapper, for the model's kernels.
     from mask_update import make_update
@@ -122,11 +140,17 @@ def child(epochs, steps, seed):
     update_s = {}
     for layer in pruned.layers:
         for weight, mask, _ in getattr(layer, "pruning_vars", []):
-            run, *_ = make_update(keras.ops.convert_to_numpy(weight.value), keras.ops.convert_to_numpy(mask.value))
+            run, *_ = make_update(
+                keras.ops.convert_to_numpy(weight.value), keras.ops.convert_to_numpy(mask.value)
+            )
             run()
-            update_s[weight.path] = _common.stats([_common.timed(run) for _ in range(5)])["median_s"]
+            update_s[weight.path] = _common.stats([_common.timed(run) for _ in range(5)])[
+                "median_s"
+            ]
     dense_step = _common.stats(dense_t)["median_s"] / steps_per_epoch
-    extra_step = (_common.stats(pruned_t)["median_s"] - _common.stats(dense_t)["median_s"]) / steps_per_epoch
+    extra_step = (
+        _common.stats(pruned_t)["median_s"] - _common.stats(dense_t)["median_s"]
+    ) / steps_per_epoch
     return {
         "backend": keras.backend.backend(),
         "dense_step_s": dense_step,
@@ -134,25 +158,40 @@ def child(epochs, steps, seed):
         "mask_update_s_per_weight": update_s,
         "mask_updates_per_step_amortised_s": sum(update_s.values()) / 100,
         "keras": keras.__version__,
-        "steps_per_epoch": steps_per_epoch, "begin_step": begin_step, "end_step": end_step,
-        "dense_epoch": _common.stats(dense_t), "pruned_epoch": _common.stats(pruned_t),
-        "ratio_per_epoch": {"median": float(np.median(ratios)), "min": min(ratios),
-                            "max": max(ratios), "all": ratios},
+        "steps_per_epoch": steps_per_epoch,
+        "begin_step": begin_step,
+        "end_step": end_step,
+        "dense_epoch": _common.stats(dense_t),
+        "pruned_epoch": _common.stats(pruned_t),
+        "ratio_per_epoch": {
+            "median": float(np.median(ratios)),
+            "min": min(ratios),
+            "max": max(ratios),
+            "all": ratios,
+        },
         "ratio_of_medians": _common.ratio(_common.stats(pruned_t), _common.stats(dense_t)),
-        "dense_step": _common.stats(step_t["dense"]), "pruned_step": _common.stats(step_t["pruned"]),
-        "ratio_per_step": {"median": float(np.median(step_ratios)), "min": min(step_ratios),
-                           "max": max(step_ratios)},
-        "ratio_of_step_medians": _common.ratio(_common.stats(step_t["pruned"]), _common.stats(step_t["dense"])),
+        "dense_step": _common.stats(step_t["dense"]),
+        "pruned_step": _common.stats(step_t["pruned"]),
+        "ratio_per_step": {
+            "median": float(np.median(step_ratios)),
+            "min": min(step_ratios),
+            "max": max(step_ratios),
+        },
+        "ratio_of_step_medians": _common.ratio(
+            _common.stats(step_t["pruned"]), _common.stats(step_t["dense"])
+        ),
         "epochs_with_mask_update": updates,
         "mask_sparsity_at_end": sparsity,
         "jit_compile": str(pruned.jit_compile),
-    }  # fmt: skip
+    }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=10, help="timed epoch pairs (default 10)")
-    ap.add_argument("--steps", type=int, default=100, help="single-step pairs after the epochs (default 100)")
+    ap.add_argument(
+        "--steps", type=int, default=100, help="single-step pairs after the epochs (default 100)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", default="tensorflow,jax,torch")
     ap.add_argument("--out", default=OUT)
@@ -165,20 +204,40 @@ def main():
         return 0
     doc = {"benchmark": "train_overhead", "machine": _common.machine_info(), "backends": {}}
     for backend in args.backends.split(","):
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
-        cmd = [sys.executable, __file__, "--child", "--epochs", str(args.epochs), "--steps", str(args.steps),
-               "--seed", str(args.seed)]  # fmt: skip
+        env = dict(
+            os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1"
+        )
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--epochs",
+            str(args.epochs),
+            "--steps",
+            str(args.steps),
+            "--seed",
+            str(args.seed),
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"{backend} failed:\n{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         doc["backends"][backend] = r
-        print("%-10s dense %.3fs  pruned %.3fs (median epoch)  ratio median %.3f (min %.3f, max %.3f);"
-              "  per step: ratio of medians %.3f, paired median %.3f"
-              % (backend, r["dense_epoch"]["median_s"], r["pruned_epoch"]["median_s"],
-                 r["ratio_per_epoch"]["median"], r["ratio_per_epoch"]["min"],
-                 r["ratio_per_epoch"]["max"], r["ratio_of_step_medians"],
-                 r["ratio_per_step"]["median"]), flush=True)  # fmt: skip
+        print(
+            "%-10s dense %.3fs  pruned %.3fs (median epoch)  ratio median %.3f (min %.3f, max %.3f);"
+            "  per step: ratio of medians %.3f, paired median %.3f"
+            % (
+                backend,
+                r["dense_epoch"]["median_s"],
+                r["pruned_epoch"]["median_s"],
+                r["ratio_per_epoch"]["median"],
+                r["ratio_per_epoch"]["min"],
+                r["ratio_per_epoch"]["max"],
+                r["ratio_of_step_medians"],
+                r["ratio_per_step"]["median"],
+            ),
+            flush=True,
+        )
     doc["machine"]["load_average_at_end"] = os.getloadavg()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

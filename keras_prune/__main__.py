@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_prune.cli import main
+from keras_prune.compare.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

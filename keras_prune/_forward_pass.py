@@ -17,27 +17,28 @@ forward pass.
 
 This is Python-level bookkeeping, so it is resolved while a compiled train
 step is traced and costs nothing at run time, on every backend (including
-JAX, where the step is a pure function traced once). It relies on Keras's
-`Layer._get_call_context()` and the current stateless scope, underscored
-parts of Keras 3 (present since 3.0); this module is the only place that
-touches them.
+JAX, where the step is a pure function traced once). The call context and
+the current stateless scope are Keras internals, reached through
+`keras_prune._keras`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import keras
-from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+from keras_prune import _keras
 
 _KEY = "keras_prune_done"
 
 
 def _pass_state(layer: keras.layers.Layer) -> Any:
     """The object that lives exactly as long as the current forward pass."""
-    context = layer._get_call_context()
+    context = _keras.call_context(layer)
     if context.entry_layer is layer:
-        scope = get_stateless_scope()
+        scope = _keras.current_stateless_scope()
         if scope is not None:
             return scope
     return context
@@ -78,4 +79,4 @@ def shared(layer: keras.layers.Layer, key: Hashable, compute: Callable[[], Any])
 
 def entry_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     """The outermost layer (usually the model) of the current forward pass."""
-    return layer._get_call_context().entry_layer
+    return _keras.call_context(layer).entry_layer

@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 _FILE_VERSION = "brain.Event:2"
 
@@ -78,8 +78,12 @@ def _value(tag: str, simple_value: float) -> bytes:
     return _length_delimited(1, tag.encode("utf-8")) + b"\x15" + struct.pack("<f", simple_value)
 
 
-def encode_event(wall_time: float, step: int = 0, scalars: Iterable[tuple[str, float]] = (),
-                 file_version: str | None = None) -> bytes:  # fmt: skip
+def encode_event(
+    wall_time: float,
+    step: int = 0,
+    scalars: Iterable[tuple[str, float]] = (),
+    file_version: str | None = None,
+) -> bytes:
     """A serialized `Event` with the given scalars (or the file version)."""
     event = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
     if file_version is not None:
@@ -94,9 +98,11 @@ def encode_record(data: bytes) -> bytes:
     """`data` framed as one TFRecord."""
     length = struct.pack("<Q", len(data))
     return (
-        length + struct.pack("<I", masked_crc32c(length))
-        + data + struct.pack("<I", masked_crc32c(data))
-    )  # fmt: skip
+        length
+        + struct.pack("<I", masked_crc32c(length))
+        + data
+        + struct.pack("<I", masked_crc32c(data))
+    )
 
 
 class EventFileWriter:

@@ -38,25 +38,54 @@ def whole_number(value: Any, name: str, *, minimum: int | None = None) -> int:
     return result
 
 
-def sparsity(value: Any, name: str) -> float:
-    """Returns `value` as a float in [0, 1), or raises naming `name`."""
+def fraction(value: Any, name: str, low: float = 0.0, high: float = 1.0) -> float:
+    """Returns `value` as a float in [low, high), or raises naming `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"`{name}` must be a float in [0, 1); got {value!r} of type "
+            f"`{name}` must be a float in [{low:g}, {high:g}); got {value!r} of type "
             f"{type(value).__name__}."
         )
     result = float(value)
-    if not 0.0 <= result < 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1); got {value!r}.")
+    if not low <= result < high:
+        raise ValueError(f"`{name}` must be in [{low:g}, {high:g}); got {value!r}.")
     return result
+
+
+def sparsity(value: Any, name: str) -> float:
+    """Returns `value` as a float in [0, 1), or raises naming `name`."""
+    return fraction(value, name, 0.0, 1.0)
+
+
+def count(value: Any, name: str, minimum: int = 0) -> int:
+    """Returns `value` (an int, not a float or bool) as a Python int >= `minimum`, or raises."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def instance(value: Any, name: str, types: type | tuple[type, ...], description: str) -> Any:
+    """Returns `value` if it is one of `types`, else raises TypeError naming `name`."""
+    if not isinstance(value, types):
+        raise TypeError(
+            f"`{name}` must be {description}; got {value!r} of type {type(value).__name__}."
+        )
+    return value
+
+
+def one_of(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
+    """Returns `value` if it is in `choices`, else raises ValueError naming `name`."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+    return value
 
 
 def positive_number(value: Any, name: str) -> float:
     """Returns `value` as a float > 0, or raises naming `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"`{name}` must be a number > 0; got {value!r} of type "
-            f"{type(value).__name__}."
+            f"`{name}` must be a number > 0; got {value!r} of type {type(value).__name__}."
         )
     result = float(value)
     if not result > 0:
@@ -67,8 +96,5 @@ def positive_number(value: Any, name: str) -> float:
 def int_pair(value: Any, name: str) -> tuple[int, int]:
     """Returns `value` as a pair of ints >= 1, or raises naming `name`."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(
-            f"`{name}` must be a pair of positive integers like (1, 1); "
-            f"got {value!r}."
-        )
+        raise TypeError(f"`{name}` must be a pair of positive integers like (1, 1); got {value!r}.")
     return tuple(whole_number(v, name, minimum=1) for v in value)

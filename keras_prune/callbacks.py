@@ -7,7 +7,8 @@ import math
 import numbers
 import os
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import keras
 import numpy as np
@@ -38,7 +39,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        global_pruning.link(self.model)
+        global_pruning.link(pruned_layers(self.model))
         if not any(True for _ in pruned_layers(self.model)):
             warnings.warn(
                 "UpdatePruningStep: the model has no PruneLowMagnitude layers; "
@@ -128,7 +129,7 @@ class PruningSummaries(keras.callbacks.Callback):
         self._written_at: int | None = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        global_pruning.link(self.model)
+        global_pruning.link(pruned_layers(self.model))
         wrappers = list(pruned_layers(self.model))
         self._active = bool(wrappers)
         if not wrappers:
@@ -158,7 +159,9 @@ class PruningSummaries(keras.callbacks.Callback):
         # `batch` is the index of the last batch the call covers (several
         # with steps_per_execution > 1).
         step = self._epoch_start + batch + 1
-        due = self._frequency is not None and step // self._frequency > self._step // self._frequency
+        due = (
+            self._frequency is not None and step // self._frequency > self._step // self._frequency
+        )
         self._step = step
         if due and self._active:
             self._log(logs)
@@ -198,7 +201,7 @@ def _pruning_values(wrappers: Iterable[PruneLowMagnitude]) -> dict[int, list[tup
     for wrapper in wrappers:
         step = int(ops.convert_to_numpy(wrapper.pruning_step.value))
         values = []
-        for weight, mask, threshold in wrapper.pruning_vars:
+        for _, mask, threshold in wrapper.pruning_vars:
             mask_value = ops.convert_to_numpy(mask.value)
             values.append(float(np.count_nonzero(mask_value == 0) / mask_value.size))
             values.append(float(ops.convert_to_numpy(threshold.value)))

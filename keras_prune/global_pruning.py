@@ -18,27 +18,25 @@ and loaded model is a working group again without extra state.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import keras
 from keras import ops
 
-from keras_prune import _backend, _forward_pass, masks
+from keras_prune import _backend, _forward_pass, _keras, masks
 
 if TYPE_CHECKING:
     from keras_prune.wrapper import PruneLowMagnitude
 
 
-def link(model: keras.layers.Layer) -> None:
-    """Tells every pruning wrapper in `model` the members of its global group.
+def link(wrappers: Iterable[PruneLowMagnitude]) -> None:
+    """Tells each of `wrappers` (the pruning wrappers of one model) its group's members.
 
     `prune_low_magnitude` links the model it returns; `UpdatePruningStep`
     and `PruningSummaries` link the model they train (a loaded model, say).
     """
-    from keras_prune.prune import pruned_layers
-
     groups: dict[str, list[Any]] = {}
-    for wrapper in pruned_layers(model):
+    for wrapper in wrappers:
         if wrapper.global_group is not None:
             groups.setdefault(wrapper.global_group, []).append(wrapper)
     for members in groups.values():
@@ -53,7 +51,7 @@ def link(model: keras.layers.Layer) -> None:
             object.__setattr__(member, "_group_members", tuple(members))
 
 
-def group_members(wrapper: "PruneLowMagnitude") -> list["PruneLowMagnitude"]:
+def group_members(wrapper: PruneLowMagnitude) -> list[PruneLowMagnitude]:
     """The wrappers in `wrapper`'s global group (linked by `link`)."""
     members = getattr(wrapper, "_group_members", None)
     if members is None:
@@ -62,10 +60,11 @@ def group_members(wrapper: "PruneLowMagnitude") -> list["PruneLowMagnitude"]:
             raise ValueError(
                 f"{wrapper.name!r} is in the global pruning group {wrapper.global_group!r} "
                 "but does not know its other members (a loaded model?). Train with "
-                "keras_prune.UpdatePruningStep() among the callbacks, or call "
-                "keras_prune.global_pruning.link(model) first."
+                "keras_prune.UpdatePruningStep() among the callbacks."
             )
-        link(root)
+        # The wrapper's own class finds its kind in the model, without an
+        # import of the wrapper module (which imports this one).
+        link(layer for layer in _keras.flatten_layers(root) if isinstance(layer, type(wrapper)))
         members = wrapper._group_members
     return members
 
@@ -74,7 +73,7 @@ def group_members(wrapper: "PruneLowMagnitude") -> list["PruneLowMagnitude"]:
 _top_k_mask = _backend.fused(masks.top_k_mask)
 
 
-def update_group(wrapper: "PruneLowMagnitude", step: Any) -> None:
+def update_group(wrapper: PruneLowMagnitude, step: Any) -> None:
     """Recomputes the masks of `wrapper`'s whole group at `step`, once per pass."""
     if not _forward_pass.first_call(wrapper, ("group", wrapper.global_group)):
         return
@@ -92,7 +91,7 @@ def update_group(wrapper: "PruneLowMagnitude", step: Any) -> None:
                 ops.reshape(ops.abs(ops.cast(ops.multiply(w.value, m.value), "float32")), (-1,))
                 for w, m, _ in triples
             ]
-        )  # fmt: skip
+        )
         return _top_k_mask(ops.stop_gradient(scores), masks.keep_count(sum(sizes), sparsity))
 
     def keep():

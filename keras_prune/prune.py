@@ -16,13 +16,15 @@ Every model form is handled:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 from keras import ops
 
-from keras_prune import registry
-from keras_prune.global_pruning import link as _link_groups
+from keras_prune import _keras, registry
+from keras_prune.global_pruning import link as link_groups
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -39,15 +41,15 @@ def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
     if isinstance(model, PruneLowMagnitude):
         yield model
         return
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _keras.flatten_layers(model):
         if isinstance(layer, PruneLowMagnitude):
             yield layer
 
 
 def _is_plain_model(model: keras.Model) -> bool:
-    # `keras.Model(inputs, outputs)` builds an instance of the private class
-    # Functional; user subclasses of keras.Model keep their own class name.
-    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+    # User subclasses of keras.Model are re-created from their config
+    # instead of cloned layer by layer.
+    return isinstance(model, keras.Sequential) or _keras.is_functional(model)
 
 
 def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -110,10 +112,9 @@ def _recreate(model: keras.Model) -> keras.Model:
 
 def _attribute_layers(model: keras.Model) -> Iterator[tuple[str, Any, keras.layers.Layer]]:
     """(attribute, key or None, layer) for every layer `model` holds as an attribute."""
-    tracked = {id(layer) for layer in model._layers}
+    tracked = {id(layer) for layer in _keras.tracked_layers(model)}
     for name, value in list(vars(model).items()):
-        # Keras's own layer list, and TensorFlow's tracking tables on that backend.
-        if name in ("_layers", "_tracker") or name.startswith("_self_"):
+        if _keras.is_tracking_attribute(name):
             continue
         if isinstance(value, keras.layers.Layer):
             entries = [(None, value)]
@@ -129,15 +130,8 @@ def _attribute_layers(model: keras.Model) -> Iterator[tuple[str, Any, keras.laye
 
 
 def _set_attribute_layer(model: keras.Model, name: str, key: Any, old: Any, new: Any) -> None:
-    # Plain setattr/setitem would track `new` in addition to `old`; replacing
-    # it in the tracked layer list keeps `model.layers` and `model.weights` exact.
-    layers = model._layers
-    for i, layer in enumerate(layers):
-        if layer is old:
-            layers[i] = new
-            stored = model._tracker.stored_ids.get("layers", set())
-            stored.discard(id(old))
-            stored.add(id(new))
+    # Plain setattr/setitem would track `new` in addition to `old`.
+    _keras.replace_tracked_layer(model, old, new)
     container = vars(model)[name]
     if key is None:
         object.__setattr__(model, name, new)
@@ -176,7 +170,9 @@ def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Mod
             new = transform(original, original)
         else:
             if original.built:
-                if isinstance(original, PruneLowMagnitude) and not isinstance(layer, PruneLowMagnitude):
+                if isinstance(original, PruneLowMagnitude) and not isinstance(
+                    layer, PruneLowMagnitude
+                ):
                     layer.set_weights(_unwrapped_weights(original))
                 else:
                     layer.set_weights(original.get_weights())
@@ -184,8 +180,7 @@ def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Mod
         replaced[id(layer)] = new
         if new is not layer:
             _set_attribute_layer(clone, name, key, layer, new)
-    own = model._trainable_variables + model._non_trainable_variables
-    for variable, value in zip(clone._trainable_variables + clone._non_trainable_variables, own):
+    for variable, value in zip(_keras.own_variables(clone), _keras.own_variables(model)):
         variable.assign(value.value)
     return clone
 
@@ -200,7 +195,7 @@ def _check_training_argument(model: keras.Model) -> None:
     # Keras passes `training=True` into a model's layers only through a call
     # signature that has `training`; without it the wrappers never see a
     # training call and pruning would silently never happen.
-    if not _is_plain_model(model) and not model._call_has_training_arg:
+    if not _is_plain_model(model) and "training" not in inspect.signature(model.call).parameters:
         raise ValueError(
             f"{type(model).__name__}.call must accept a `training` argument (e.g. "
             "`def call(self, x, training=None)`) so that Keras runs its layers in "
@@ -213,7 +208,9 @@ class _Selection:
 
     def __init__(self, select: Any):
         self.everything = select is None
-        items = [] if select is None else select if isinstance(select, (list, tuple, set)) else [select]
+        items = (
+            [] if select is None else select if isinstance(select, (list, tuple, set)) else [select]
+        )
         for item in items:
             if not (
                 isinstance(item, (keras.layers.Layer, str))
@@ -326,20 +323,23 @@ def prune_low_magnitude(
         selection = _Selection(select)
         pruned = _prune_model(to_prune, options, selection)
         selection.check_all_used()
-        _link_groups(pruned)
+        link_groups(pruned_layers(pruned))
         return pruned
     if select is not None:
-        raise ValueError("`select` applies to models; for a layer or a list, pass the layers to prune.")
+        raise ValueError(
+            "`select` applies to models; for a layer or a list, pass the layers to prune."
+        )
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **options, **kwargs)
     if isinstance(to_prune, (list, tuple)):
         if not all(isinstance(layer, keras.layers.Layer) for layer in to_prune):
             raise TypeError("`to_prune` as a list must hold only keras layers.")
         return [
-            layer if isinstance(layer, PruneLowMagnitude) or not registry.supports(layer)
+            layer
+            if isinstance(layer, PruneLowMagnitude) or not registry.supports(layer)
             else PruneLowMagnitude(layer, **options)
             for layer in to_prune
-        ]  # fmt: skip
+        ]
     raise TypeError(
         "`to_prune` must be a keras layer, a list of layers, or a keras.Model; "
         f"got {type(to_prune).__name__}."
@@ -389,9 +389,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     ```
     """
     if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`model` must be a keras.Model to strip; got {type(model).__name__}."
-        )
+        raise TypeError(f"`model` must be a keras.Model to strip; got {type(model).__name__}.")
     plain = _is_plain_model(model)
 
     def unwrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:

@@ -11,7 +11,8 @@ with no weights; they, and layers without any weights, pass through
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 
@@ -135,7 +136,7 @@ for _cls in (_L.SimpleRNNCell, _L.LSTMCell, _L.GRUCell):
     register_prunable(_cls, ["kernel", "recurrent_kernel"])
 register_prunable(
     _L.MultiHeadAttention,
-    [f"_{p}_dense.kernel" for p in ("query", "key", "value", "output")],
+    [f"{p}_dense.kernel" for p in ("query", "key", "value", "output")],
 )
 # Normalisation parameters are scales and shifts, not connections: never pruned.
 for _cls in (

@@ -10,12 +10,12 @@ instead of failing deep inside Keras.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from typing import Any
 
 import keras
 
+from keras_prune import _files
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -35,16 +35,8 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, **kwargs: Any) -
     path = os.fspath(filepath)
     if not isinstance(path, str) or not path.endswith(".keras"):
         raise ValueError(f"`filepath` must end in '.keras'; got {filepath!r}.")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(suffix=".keras", prefix=".tmp-", dir=directory)
-    os.close(fd)
-    try:
+    with _files.atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary, **kwargs)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def prune_scope() -> keras.saving.CustomObjectScope:

@@ -57,7 +57,7 @@ class PruningSchedule(abc.ABC):
         """Returns the constructor arguments as a JSON-serializable dict."""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PruningSchedule":
+    def from_config(cls, config: dict[str, Any]) -> PruningSchedule:
         # tfmot's configs nest the arguments as {"class_name", "config"}.
         if "config" in config and "class_name" in config:
             config = config["config"]
@@ -68,9 +68,7 @@ class PruningSchedule(abc.ABC):
         return None
 
     @staticmethod
-    def _should_prune_in_step(
-        step: Any, begin_step: int, end_step: int, frequency: int
-    ) -> Any:
+    def _should_prune_in_step(step: Any, begin_step: int, end_step: int, frequency: int) -> Any:
         """True iff begin ≤ step ≤ end (or end == -1) and on a frequency turn."""
         step = _as_step(step)
         in_range = ops.greater_equal(step, begin_step)
@@ -113,8 +111,7 @@ def _validate_steps(
     if end_step < begin_step:
         allowed = "-1 (prune forever) or " if allow_forever else ""
         raise ValueError(
-            f"`end_step` must be {allowed}>= begin_step ({begin_step}); "
-            f"got {end_step}."
+            f"`end_step` must be {allowed}>= begin_step ({begin_step}); got {end_step}."
         )
     return begin_step, end_step, frequency
 
@@ -219,12 +216,8 @@ class PolynomialDecay(PruningSchedule):
         if span == 0:
             progress = ops.cast(ops.greater_equal(step, self.begin_step), "float32")
         else:
-            progress = ops.divide(
-                ops.cast(step - self.begin_step, "float32"), np.float32(span)
-            )
-            progress = ops.minimum(
-                np.float32(1.0), ops.maximum(np.float32(0.0), progress)
-            )
+            progress = ops.divide(ops.cast(step - self.begin_step, "float32"), np.float32(span))
+            progress = ops.minimum(np.float32(1.0), ops.maximum(np.float32(0.0), progress))
         decay = ops.power(np.float32(1.0) - progress, np.float32(self.power))
         return ops.add(
             ops.multiply(np.float32(self.initial_sparsity - self.final_sparsity), decay),

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_prune import _backend, _forward_pass, global_pruning, masks, registry
+from keras_prune import _backend, _forward_pass, _keras, global_pruning, masks, registry
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
 
@@ -62,9 +62,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "prune each layer once."
             )
         if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(
-                f"`layer` must be a keras.layers.Layer; got {type(layer).__name__}."
-            )
+            raise TypeError(f"`layer` must be a keras.layers.Layer; got {type(layer).__name__}.")
         if not registry.supports(layer):
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) has no prunable weights "
@@ -82,8 +80,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule
         # Shape-independent checks now; shape checks when the weights exist.
-        self.block_size, self.block_pooling_type, self.sparsity_m_by_n = (
-            masks.normalize_options(block_size, block_pooling_type, sparsity_m_by_n)
+        self.block_size, self.block_pooling_type, self.sparsity_m_by_n = masks.normalize_options(
+            block_size, block_pooling_type, sparsity_m_by_n
         )
         if global_group is not None:
             if not isinstance(global_group, str) or not global_group:
@@ -136,22 +134,30 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def _create_pruning_variables(self) -> None:
         for weight in registry.get_prunable_weights(self.layer):
             masks.check_shape(
-                tuple(weight.shape), self.block_size, self.sparsity_m_by_n,
+                tuple(weight.shape),
+                self.block_size,
+                self.sparsity_m_by_n,
                 name=f"{self.layer.name}/{weight.name}",
-            )  # fmt: skip
+            )
             mask = self._add_mask_for(weight)
             threshold = self.add_weight(
-                name=f"{weight.name}_threshold", shape=(), dtype=weight.dtype,
-                initializer="zeros", trainable=False,
-            )  # fmt: skip
+                name=f"{weight.name}_threshold",
+                shape=(),
+                dtype=weight.dtype,
+                initializer="zeros",
+                trainable=False,
+            )
             self.pruning_vars.append((weight, mask, threshold))
         # The number of training batches seen: the first batch is pruning
         # step 1, as in tfmot 0.8.1 (so begin_step=0 first prunes at step
         # `frequency`, and tfmot schedules prune at the same batches here).
         self.pruning_step = self.add_weight(
-            name="pruning_step", shape=(), dtype="int32",
-            initializer="zeros", trainable=False,
-        )  # fmt: skip
+            name="pruning_step",
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+        )
 
     def _add_mask_for(self, weight: keras.Variable) -> keras.Variable:
         """`add_weight` for the mask of `weight`, with `weight`'s sharding layout.
@@ -165,11 +171,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """
         with keras.name_scope(self.name, caller=self):
             mask = keras.Variable(
-                initializer=keras.initializers.Ones(), shape=weight.shape,
-                dtype=weight.dtype, trainable=False, name=f"{weight.name}_mask",
-                layout=getattr(weight, "_layout", None),
-            )  # fmt: skip
-        self._track_variable(mask)  # what add_weight does, which takes no layout
+                initializer=keras.initializers.Ones(),
+                shape=weight.shape,
+                dtype=weight.dtype,
+                trainable=False,
+                name=f"{weight.name}_mask",
+                layout=_keras.variable_layout(weight),
+            )
+        _keras.track_variable(self, mask)
         return mask
 
     def _update_masks(self) -> None:
@@ -196,9 +205,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             def prune(weight=weight, mask=mask):
                 masked = ops.stop_gradient(ops.multiply(weight.value, mask.value))
                 return masks.compute_mask(
-                    masked, sparsity, self.block_size, self.block_pooling_type,
+                    masked,
+                    sparsity,
+                    self.block_size,
+                    self.block_pooling_type,
                     self.sparsity_m_by_n,
-                )  # fmt: skip
+                )
 
             def keep(mask=mask, threshold=threshold):
                 return mask.value, threshold.value
@@ -264,7 +276,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "PruneLowMagnitude":
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> PruneLowMagnitude:
         config = dict(config)
         config["pruning_schedule"] = keras.saving.deserialize_keras_object(
             config["pruning_schedule"], custom_objects=custom_objects
@@ -275,5 +287,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 def _has_tensor(kwargs: dict[str, Any]) -> bool:
     return any(
         keras.ops.is_tensor(v) or isinstance(v, (keras.KerasTensor, np.ndarray))
-        for k, v in kwargs.items() if k not in ("training", "mask")
-    )  # fmt: skip
+        for k, v in kwargs.items()
+        if k not in ("training", "mask")
+    )

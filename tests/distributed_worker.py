@@ -62,9 +62,14 @@ def train(model, initial_weights, x, y, epochs=3):
     model.set_weights(initial_weights)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
     model.fit(
-        x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
         callbacks=[keras_prune.UpdatePruningStep()],
-    )  # fmt: skip
+    )
     return model
 
 
@@ -158,10 +163,12 @@ def train_step_hlo(model, mesh, x, y):
     state = tuple(
         [v.value for v in variables]
         for variables in (
-            model.trainable_variables, model.non_trainable_variables,
-            model.optimizer.variables, model.metrics_variables,
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
         )
-    )  # fmt: skip
+    )
     data = (jax.device_put(x, batch), jax.device_put(y, batch))
     return jax.jit(model.train_step).lower(state, data).compile().as_text()
 
@@ -209,8 +216,15 @@ def jax_model_parallel():
         kernel.assign(magnitudes * rng.choice([-1.0, 1.0], size=(rows, cols)).astype("float32"))
         initial = np.asarray(kernel.value)
         model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
-        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[keras_prune.UpdatePruningStep()])  # fmt: skip
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[keras_prune.UpdatePruningStep()],
+        )
         expected = np.asarray(keras_prune.magnitude_mask(initial, 0.5))
         full = np.asarray(mask.value)
         shards = mask.value.addressable_shards
@@ -221,7 +235,9 @@ def jax_model_parallel():
         "kernel_spec": str(kernel.value.sharding.spec),
         "mask_spec": str(mask.value.sharding.spec),
         "mask_shard_shapes": sorted({tuple(s.data.shape) for s in shards}),
-        "kernel_shard_shapes": sorted({tuple(s.data.shape) for s in kernel.value.addressable_shards}),
+        "kernel_shard_shapes": sorted(
+            {tuple(s.data.shape) for s in kernel.value.addressable_shards}
+        ),
         "mask_equals_global": bool(np.array_equal(full, expected)),
         "kept": int(full.sum()),
         "size": int(full.size),

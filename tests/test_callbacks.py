@@ -16,16 +16,20 @@ def train(schedule, epochs, **kwargs):
     x, y = small_images(64)  # 4 batches of 16 per epoch
     pruned = keras_prune.prune_low_magnitude(small_cnn(), schedule, **kwargs)
     pruned.compile("adam", "sparse_categorical_crossentropy")
-    pruned.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    pruned.fit(
+        x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
+    )
     return pruned
 
 
+@pytest.mark.slow
 def test_warns_when_training_stops_before_end_step():
     schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=12, frequency=1)
     with pytest.warns(UserWarning, match="pruning step 8, before the schedule's end_step=12"):
         train(schedule, epochs=2)
 
 
+@pytest.mark.slow
 def test_warns_when_schedule_never_prunes():
     # 12 training steps; pruning would begin at step 100.
     with pytest.warns(UserWarning, match="never pruned to it; check begin_step"):
@@ -36,16 +40,21 @@ def test_warns_when_schedule_never_prunes():
     assert keras_prune.sparsity_report(pruned).total_sparsity == 0
 
 
+@pytest.mark.slow
 def test_silent_when_final_sparsity_is_reached(recwarn):
     pruned = train(PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2), epochs=3)
-    assert not [w for w in recwarn if issubclass(w.category, UserWarning) and "Pruning" in str(w.message)]
+    assert not [
+        w for w in recwarn if issubclass(w.category, UserWarning) and "Pruning" in str(w.message)
+    ]
     assert final_sparsity_shortfalls(pruned) == []
     assert keras_prune.sparsity_report(pruned).total_sparsity == pytest.approx(0.8, abs=1e-3)
 
 
 def test_m_by_n_target_is_m_over_n():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(1)])
-    pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.0, 0, frequency=1), sparsity_m_by_n=(2, 4))
+    pruned = keras_prune.prune_low_magnitude(
+        model, ConstantSparsity(0.0, 0, frequency=1), sparsity_m_by_n=(2, 4)
+    )
     pruned.compile("sgd", "mse")
     pruned.fit(np.ones((4, 8), "float32"), np.ones((4, 1), "float32"), verbose=0)
     assert [row.sparsity for row in keras_prune.sparsity_report(pruned)] == [0.5, 0.5]
@@ -69,24 +78,35 @@ def read_events(log_dir):
 
     accumulator = EventAccumulator(str(log_dir / "metrics"))
     accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+    return {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
 
 
 def expected_zero_fraction(size, sparsity):
     return (size - int(ops.convert_to_numpy(keep_count(size, sparsity)))) / size
 
 
+@pytest.mark.slow
 def test_summaries_write_exact_values_to_tensorboard_and_csv(tmp_path):
     # 4 batches per epoch, 3 epochs: pruning steps 1..12; pruned at steps 2, 4, 6, 8.
     schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2)
     x, y = small_images(64)
     pruned = keras_prune.prune_low_magnitude(small_cnn(), schedule)
     pruned.compile("adam", "sparse_categorical_crossentropy")
-    history = pruned.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
-        keras_prune.UpdatePruningStep(),
-        keras_prune.PruningSummaries(tmp_path, update_freq=3),
-        keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
-    ])  # fmt: skip
+    history = pruned.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=3,
+        verbose=0,
+        callbacks=[
+            keras_prune.UpdatePruningStep(),
+            keras_prune.PruningSummaries(tmp_path, update_freq=3),
+            keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+        ],
+    )
     wrappers = list(keras_prune.pruned_layers(pruned))
     events = read_events(tmp_path)
     expected_tags = set()
@@ -107,7 +127,7 @@ def test_summaries_write_exact_values_to_tensorboard_and_csv(tmp_path):
         assert events[tag] == [(s, pytest.approx(scheduled[s], abs=1e-7)) for s in steps]
         assert history.history[tag] == [scheduled[4], scheduled[8], scheduled[12]]
         assert [float(row[tag]) for row in rows] == [scheduled[4], scheduled[8], scheduled[12]]
-        for weight, mask, threshold in wrapper.pruning_vars:
+        for weight, _, threshold in wrapper.pruning_vars:
             size = int(np.prod(weight.shape))
             tag = f"{weight.path}/sparsity"
             want = {s: expected_zero_fraction(size, schedule(last_pruned[s])[1]) for s in steps}
@@ -141,10 +161,16 @@ def test_summaries_default_logs_at_epoch_ends_and_keeps_one_file_per_fit(tmp_pat
 
 def test_summaries_log_m_over_n_as_the_scheduled_sparsity(tmp_path):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.0, 0, frequency=1), sparsity_m_by_n=(2, 4))
+    pruned = keras_prune.prune_low_magnitude(
+        model, ConstantSparsity(0.0, 0, frequency=1), sparsity_m_by_n=(2, 4)
+    )
     pruned.compile("sgd", "mse")
-    history = pruned.fit(np.ones((4, 8), "float32"), np.ones((4, 4), "float32"), verbose=0,
-                         callbacks=[keras_prune.PruningSummaries(tmp_path, update_freq="batch")])
+    history = pruned.fit(
+        np.ones((4, 8), "float32"),
+        np.ones((4, 4), "float32"),
+        verbose=0,
+        callbacks=[keras_prune.PruningSummaries(tmp_path, update_freq="batch")],
+    )
     wrapper = next(keras_prune.pruned_layers(pruned))
     assert history.history[f"{wrapper.path}/scheduled_sparsity"] == [0.5]
     assert history.history[f"{wrapper.pruning_vars[0][0].path}/sparsity"] == [0.5]
@@ -167,7 +193,12 @@ def test_summaries_warn_on_model_without_pruning(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     with pytest.warns(UserWarning, match="PruningSummaries: the model has no PruneLowMagnitude"):
-        model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[keras_prune.PruningSummaries(tmp_path)])
+        model.fit(
+            np.ones((4, 3)),
+            np.ones((4, 1)),
+            verbose=0,
+            callbacks=[keras_prune.PruningSummaries(tmp_path)],
+        )
     assert not (tmp_path / "metrics").exists()
 
 
@@ -193,4 +224,9 @@ def test_summaries_refuse_weights_that_would_share_a_tag(tmp_path):
     model(np.ones((1, 3), "float32"))
     model.compile("sgd", "mse")
     with pytest.raises(ValueError, match=r"same tags \['twin_layers/p/d/kernel/sparsity'"):
-        model.fit(np.ones((2, 3)), np.ones((2, 3)), verbose=0, callbacks=[keras_prune.PruningSummaries(tmp_path)])
+        model.fit(
+            np.ones((2, 3)),
+            np.ones((2, 3)),
+            verbose=0,
+            callbacks=[keras_prune.PruningSummaries(tmp_path)],
+        )

@@ -18,9 +18,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import BACKEND
 
 import keras_prune
-from conftest import BACKEND
+
+pytestmark = pytest.mark.slow  # trains models or starts Python processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -49,8 +51,12 @@ def run_worker(scenario, num_devices):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, str(WORKER), scenario, str(num_devices)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT:")]
     assert done.returncode == 0 and lines, (
         f"{scenario} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -99,7 +105,7 @@ def test_jax_model_parallel_mask_sharded_like_kernel_with_global_k():
     # In the compiled train step the sharded kernel is gathered whole (for the
     # global sort) only inside a cond branch, i.e. only on pruning steps.
     gathers = result["all_gathers"]
-    assert ["f32[24,32]"] == [shape for _, shape, _ in gathers if shape == "f32[24,32]"], gathers
+    assert [shape for _, shape, _ in gathers if shape == "f32[24,32]"] == ["f32[24,32]"], gathers
     assert all(in_branch for _, _, in_branch in gathers), gathers
 
 

@@ -31,26 +31,43 @@ RNN_WEIGHTS = ("cell.kernel", "cell.recurrent_kernel")
 # name: (make the layer, input shape, integer inputs?, attribute paths of the weights to prune)
 LAYERS = {
     "dense": (conv(L.Dense, 8), (6,), False, ("kernel",)),
-    "einsum_dense": (conv(L.EinsumDense, "ab,bc->ac", output_shape=8, bias_axes="c"), (6,), False, ("kernel",)),
+    "einsum_dense": (
+        conv(L.EinsumDense, "ab,bc->ac", output_shape=8, bias_axes="c"),
+        (6,),
+        False,
+        ("kernel",),
+    ),
     "conv1d": (conv(L.Conv1D, 4, 3), (8, 3), False, ("kernel",)),
     "conv2d": (conv(L.Conv2D, 4, 3), (6, 6, 2), False, ("kernel",)),
     "conv3d": (conv(L.Conv3D, 4, 2), (4, 4, 4, 2), False, ("kernel",)),
     "conv1d_transpose": (conv(L.Conv1DTranspose, 4, 3), (8, 3), False, ("kernel",)),
     "conv2d_transpose": (conv(L.Conv2DTranspose, 4, 3), (5, 5, 2), False, ("kernel",)),
     "conv3d_transpose": (conv(L.Conv3DTranspose, 3, 2), (3, 3, 3, 2), False, ("kernel",)),
-    "depthwise_conv1d": (conv(L.DepthwiseConv1D, 3, depth_multiplier=2), (8, 3), False, ("kernel",)),
-    "depthwise_conv2d": (conv(L.DepthwiseConv2D, 3, depth_multiplier=2), (6, 6, 3), False, ("kernel",)),
+    "depthwise_conv1d": (
+        conv(L.DepthwiseConv1D, 3, depth_multiplier=2),
+        (8, 3),
+        False,
+        ("kernel",),
+    ),
+    "depthwise_conv2d": (
+        conv(L.DepthwiseConv2D, 3, depth_multiplier=2),
+        (6, 6, 3),
+        False,
+        ("kernel",),
+    ),
     "separable_conv1d": (conv(L.SeparableConv1D, 6, 3), (8, 3), False, ("pointwise_kernel",)),
     "separable_conv2d": (conv(L.SeparableConv2D, 6, 3), (6, 6, 3), False, ("pointwise_kernel",)),
     "embedding": (lambda: L.Embedding(20, 8), (5,), True, ("embeddings",)),
     "multi_head_attention": (
-        conv(L.MultiHeadAttention, 2, 4), (5, 6), False,
+        conv(L.MultiHeadAttention, 2, 4),
+        (5, 6),
+        False,
         tuple(f"_{p}_dense.kernel" for p in ("query", "key", "value", "output")),
     ),
     "simple_rnn": (conv(L.SimpleRNN, 6), (5, 4), False, RNN_WEIGHTS),
     "lstm": (conv(L.LSTM, 6, unit_forget_bias=False), (5, 4), False, RNN_WEIGHTS),
     "gru": (conv(L.GRU, 6), (5, 4), False, RNN_WEIGHTS),
-}  # fmt: skip
+}
 
 
 def resolve(layer, path):
@@ -61,7 +78,11 @@ def resolve(layer, path):
 
 def data(shape, integer, n=BATCHES * BATCH_SIZE):
     rng = np.random.RandomState(0)
-    x = rng.randint(0, 20, (n, *shape)).astype("int32") if integer else rng.rand(n, *shape).astype("float32")
+    x = (
+        rng.randint(0, 20, (n, *shape)).astype("int32")
+        if integer
+        else rng.rand(n, *shape).astype("float32")
+    )
     return x, rng.rand(n, 1).astype("float32")
 
 
@@ -81,6 +102,7 @@ def assert_strip_predicts_the_same(pruned, x):
     return stripped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", LAYERS)
 def test_layer_trains_to_exactly_the_scheduled_sparsity(kind):
     make, shape, integer, weight_paths = LAYERS[kind]
@@ -107,8 +129,12 @@ def test_layer_trains_to_exactly_the_scheduled_sparsity(kind):
         assert np.count_nonzero(numpy(weight.value) * mask) == kept, weight.path
     pruned_ids = {id(w) for w in expected}
     others = [v for v in wrapper.layer.weights if id(v) not in pruned_ids]
-    assert len(others) == {"embedding": 0, "separable_conv1d": 2, "separable_conv2d": 2,
-                           "multi_head_attention": 4}.get(kind, 1)  # fmt: skip
+    assert len(others) == {
+        "embedding": 0,
+        "separable_conv1d": 2,
+        "separable_conv2d": 2,
+        "multi_head_attention": 4,
+    }.get(kind, 1)
     for variable in others:  # biases (initialised to ones), depthwise kernels
         assert np.count_nonzero(numpy(variable.value)) == math.prod(variable.shape), variable.path
 
@@ -136,10 +162,14 @@ def test_normalization_layers_are_left_alone(norm):
     assert all(not np.array_equal(a, b) for a, b in zip(after, before))
     masked = {id(w) for wrapper in kp.pruned_layers(pruned) for w, _, _ in wrapper.pruning_vars}
     assert not masked & {id(v) for v in norm_layer.weights}
-    assert [s for w in kp.pruned_layers(pruned) for _, s in w.mask_sparsity()] == [SPARSITY, SPARSITY]
+    assert [s for w in kp.pruned_layers(pruned) for _, s in w.mask_sparsity()] == [
+        SPARSITY,
+        SPARSITY,
+    ]
     assert_strip_predicts_the_same(pruned, x)
 
 
+@pytest.mark.slow
 def test_hand_wrapped_multi_input_layer_builds_through_the_wrapper():
     # tfmot style: layers wrapped inside the model definition; MultiHeadAttention
     # receives query, value and key through the wrapper, which builds it on them.
@@ -151,6 +181,14 @@ def test_hand_wrapped_multi_input_layer_builds_through_the_wrapper():
     x, y = data((5,), True)
     train(model, x, y)
     assert len(mha.pruning_vars) == 4  # query, key, value, output projections
-    sizes = [math.prod(w.shape) for wrapper in kp.pruned_layers(model) for w, _, _ in wrapper.pruning_vars]
-    kept = [int(numpy(m.value).sum()) for wrapper in kp.pruned_layers(model) for _, m, _ in wrapper.pruning_vars]
+    sizes = [
+        math.prod(w.shape)
+        for wrapper in kp.pruned_layers(model)
+        for w, _, _ in wrapper.pruning_vars
+    ]
+    kept = [
+        int(numpy(m.value).sum())
+        for wrapper in kp.pruned_layers(model)
+        for _, m, _ in wrapper.pruning_vars
+    ]
     assert kept == [round(n * 0.25) for n in sizes]

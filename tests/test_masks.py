@@ -39,8 +39,9 @@ def test_ties_keep_lower_flat_index():
     # k = 3 of 8: |w| = 2 four times; the first three by flat index win.
     mask = as_numpy(magnitude_mask(weight, 0.625))
     np.testing.assert_array_equal(mask, [[0, 1, 1, 0], [1, 0, 0, 0]])
-    np.testing.assert_array_equal(as_numpy(magnitude_mask(np.ones((4, 4), "float32"), 0.75)).ravel(),
-                                  [1, 1, 1, 1] + [0] * 12)  # fmt: skip
+    np.testing.assert_array_equal(
+        as_numpy(magnitude_mask(np.ones((4, 4), "float32"), 0.75)).ravel(), [1, 1, 1, 1] + [0] * 12
+    )
 
 
 def test_keep_count_rounds_half_to_even_in_float32():
@@ -66,10 +67,13 @@ def test_threshold_is_kth_largest_magnitude():
     assert float(as_numpy(threshold)) == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("pooling, expected", [
-    ("AVG", [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]),
-    ("MAX", [[0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "pooling, expected",
+    [
+        ("AVG", [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]),
+        ("MAX", [[0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]),
+    ],
+)
 def test_block_pruning(pooling, expected):
     weight = np.array(
         [[2.0, 2.0, 0.0, 5.0, 0.1], [2.0, 2.0, 0.0, 0.0, 0.1], [0.2, 0.2, 0.3, 0.3, 0.1]], "float32"
@@ -168,13 +172,16 @@ def test_top_k_mask_equals_stable_sort(name, weight, selection):
     """Exactly k kept, ties by lower flat index, at every k from 1 to n."""
     n = weight.size
     for k in sorted({1, 2, 3, n // 8, n // 2, n - 1, n} & set(range(1, n + 1))):
-        keep, threshold = top_k_mask(ops.convert_to_tensor(weight), ops.convert_to_tensor(k, "int32"))
+        keep, threshold = top_k_mask(
+            ops.convert_to_tensor(weight), ops.convert_to_tensor(k, "int32")
+        )
         expected = reference_keep(weight, k)
         np.testing.assert_array_equal(as_numpy(keep), expected, err_msg=f"{name} k={k}")
         kth = np.sort(np.abs(weight).ravel())[n - k]
         assert as_numpy(threshold).view(np.int32) == kth.view(np.int32), (name, k)
 
 
+@pytest.mark.slow
 def test_large_weight_mask_equals_stable_sort(selection):
     """Large enough to run as one XLA program on TensorFlow (>= 2**16 entries)
     and to take more than one chunk in the radix select (> 2**18)."""
@@ -182,7 +189,9 @@ def test_large_weight_mask_equals_stable_sort(selection):
     rows = 600 + _SELECTIONS.index(selection)
     weight = np.round(np.random.RandomState(3).randn(rows, 600), 2).astype("float32")  # ties
     for sparsity in (0.5, 0.875):
-        mask, threshold = compute_mask(ops.convert_to_tensor(weight), ops.convert_to_tensor(sparsity))
+        mask, threshold = compute_mask(
+            ops.convert_to_tensor(weight), ops.convert_to_tensor(sparsity)
+        )
         np.testing.assert_array_equal(as_numpy(mask), reference_mask(weight, sparsity))
         kth = np.sort(np.abs(weight).ravel())[int(as_numpy(ops.sum(mask))) * -1]
         assert as_numpy(threshold) == kth
@@ -212,7 +221,9 @@ class _MaskLayer(keras.layers.Layer):
         return ops.expand_dims(ops.reshape(mask, (-1,)), 0) + 0.0 * inputs[:, :1]
 
 
-@pytest.mark.parametrize("name, weight", _selection_cases()[:8], ids=[c[0] for c in _selection_cases()[:8]])
+@pytest.mark.parametrize(
+    "name, weight", _selection_cases()[:8], ids=[c[0] for c in _selection_cases()[:8]]
+)
 def test_same_mask_inside_compiled_function(name, weight):
     """The mask computed in a compiled predict step (XLA on TF, jax.jit) equals the sort."""
     sparsity = np.float32(0.6)

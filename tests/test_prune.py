@@ -16,6 +16,7 @@ def functional_cnn():
     return keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [small_cnn, functional_cnn])
 def test_model_is_wrapped_with_weights_kept(make):
     model = make()
@@ -26,7 +27,10 @@ def test_model_is_wrapped_with_weights_kept(make):
     wrapped = [layer for layer in pruned.layers if isinstance(layer, PruneLowMagnitude)]
     prunable = [layer for layer in model.layers if keras_prune.registry.supports(layer)]
     assert [w.layer.name for w in wrapped] == [layer.name for layer in prunable]
-    assert not any(isinstance(l, PruneLowMagnitude) and not keras_prune.registry.supports(l.layer) for l in pruned.layers)
+    assert not any(
+        isinstance(l, PruneLowMagnitude) and not keras_prune.registry.supports(l.layer)
+        for l in pruned.layers
+    )
     # Masks start at one: the pruned model computes what the original did.
     np.testing.assert_allclose(pruned.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
     # The original model is untouched by training the pruned one.
@@ -48,6 +52,7 @@ def test_layer_and_list_of_layers():
     assert default.pruning_schedule == ConstantSparsity(0.5, 0)
 
 
+@pytest.mark.slow
 def test_strip_pruning_exact_zeros_and_identical_predictions(tmp_path):
     x, y = small_images(64)
     pruned = keras_prune.prune_low_magnitude(small_cnn(), ConstantSparsity(0.8, 0, frequency=1))
@@ -57,16 +62,19 @@ def test_strip_pruning_exact_zeros_and_identical_predictions(tmp_path):
     assert not any(isinstance(layer, PruneLowMagnitude) for layer in stripped.layers)
     assert [layer.name for layer in stripped.layers] == [layer.name for layer in small_cnn_names()]
     for wrapper in keras_prune.pruned_layers(pruned):
-        (weight, mask, _), = wrapper.pruning_vars
+        ((weight, mask, _),) = wrapper.pruning_vars
         stripped_kernel = stripped.get_layer(wrapper.layer.name).kernel
-        np.testing.assert_array_equal(ops.convert_to_numpy(stripped_kernel),
-                                      ops.convert_to_numpy(weight) * ops.convert_to_numpy(mask))  # fmt: skip
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(stripped_kernel),
+            ops.convert_to_numpy(weight) * ops.convert_to_numpy(mask),
+        )
     expected = pruned.predict(x, verbose=0)
     np.testing.assert_array_equal(stripped.predict(x, verbose=0), expected)
     path = str(tmp_path / "stripped.keras")
     stripped.save(path)
     # A subprocess without keras_prune imported must load it.
-    import subprocess, sys  # noqa: E401
+    import subprocess  # noqa: E401
+    import sys
 
     code = f"import keras, sys; m = keras.saving.load_model({path!r}); assert 'keras_prune' not in sys.modules; print(type(m).__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -83,9 +91,23 @@ def small_cnn_names():
     "call, error, match",
     [
         (lambda: keras_prune.prune_low_magnitude("model"), TypeError, "to_prune"),
-        (lambda: keras_prune.prune_low_magnitude([keras.layers.Dense(2), 3]), TypeError, "to_prune"),
-        (lambda: keras_prune.prune_low_magnitude(keras.layers.Dense(2), pruning_schedule="constant"), TypeError, "pruning_schedule"),
-        (lambda: keras_prune.prune_low_magnitude(small_cnn(), sparsity_m_by_n=(2, 3)), ValueError, "sparsity_m_by_n"),
+        (
+            lambda: keras_prune.prune_low_magnitude([keras.layers.Dense(2), 3]),
+            TypeError,
+            "to_prune",
+        ),
+        (
+            lambda: keras_prune.prune_low_magnitude(
+                keras.layers.Dense(2), pruning_schedule="constant"
+            ),
+            TypeError,
+            "pruning_schedule",
+        ),
+        (
+            lambda: keras_prune.prune_low_magnitude(small_cnn(), sparsity_m_by_n=(2, 3)),
+            ValueError,
+            "sparsity_m_by_n",
+        ),
         (lambda: keras_prune.strip_pruning(keras.layers.Dense(2)), TypeError, "model"),
     ],
 )

@@ -3,8 +3,8 @@
 Each layer type is tested in tests/test_layers.py.
 """
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 from keras import ops
 
@@ -17,8 +17,14 @@ def every_step(sparsity=0.5):
 
 def train(model, x, y, batches=3, batch_size=4):
     model.compile("sgd", "mse")
-    model.fit(x[: batches * batch_size], y[: batches * batch_size], batch_size=batch_size,
-              epochs=1, verbose=0, shuffle=False)
+    model.fit(
+        x[: batches * batch_size],
+        y[: batches * batch_size],
+        batch_size=batch_size,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+    )
 
 
 def mask_zero_fraction(wrapper):
@@ -34,7 +40,9 @@ def test_shared_layer_steps_once_per_batch_and_has_one_mask():
     assert len(wrappers) == 1
     x = np.random.RandomState(0).rand(20, 4).astype("float32")
     train(pruned, x, x, batches=5)
-    assert int(ops.convert_to_numpy(wrappers[0].pruning_step.value)) == 5  # the first batch is step 1
+    assert (
+        int(ops.convert_to_numpy(wrappers[0].pruning_step.value)) == 5
+    )  # the first batch is step 1
     assert mask_zero_fraction(wrappers[0]) == [0.5]
 
 
@@ -53,6 +61,7 @@ class Blocks(keras.Model):
         return self.heads["out"](self.norm(x), training=training)
 
 
+@pytest.mark.slow
 def test_subclassed_model_is_pruned_as_a_new_instance_with_its_weights():
     model = Blocks()
     x = np.random.RandomState(0).rand(12, 4).astype("float32")
@@ -71,7 +80,9 @@ def test_subclassed_model_is_pruned_as_a_new_instance_with_its_weights():
     assert [mask_zero_fraction(w) for w in kp.pruned_layers(pruned)] == [[0.75]] * 3
     stripped = kp.strip_pruning(pruned)
     assert type(stripped) is Blocks and not list(kp.pruned_layers(stripped))
-    np.testing.assert_allclose(ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6
+    )
 
 
 def test_subclassed_model_without_training_argument_is_refused():
@@ -90,7 +101,9 @@ def test_subclassed_model_without_training_argument_is_refused():
 
 
 def test_nested_model_is_pruned_inside():
-    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6), keras.layers.Dense(6)], name="inner")
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6), keras.layers.Dense(6)], name="inner"
+    )
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
     x = np.random.RandomState(1).rand(12, 4).astype("float32")
@@ -102,15 +115,27 @@ def test_nested_model_is_pruned_inside():
     assert all(mask_zero_fraction(w) == [0.5] for w in kp.pruned_layers(pruned))
     stripped = kp.strip_pruning(pruned)
     assert not list(kp.pruned_layers(stripped))
-    np.testing.assert_allclose(ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("how", ["instance", "name", "class", "predicate"])
 def test_select(how):
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
-                              keras.layers.Flatten(), keras.layers.Dense(3, name="head")])
-    select = {"instance": model.layers[2], "name": "head", "class": keras.layers.Dense,
-              "predicate": lambda layer: layer.name.startswith("he")}[how]
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+    select = {
+        "instance": model.layers[2],
+        "name": "head",
+        "class": keras.layers.Dense,
+        "predicate": lambda layer: layer.name.startswith("he"),
+    }[how]
     pruned = kp.prune_low_magnitude(model, select=[select])
     assert [w.layer.name for w in kp.pruned_layers(pruned)] == ["head"]
 
@@ -132,19 +157,26 @@ def test_global_pruning_keeps_exact_k_with_one_threshold():
     model_weights = [w.kernel for w in model.layers]
     # One training batch with lr=0 prunes without moving the weights.
     pruned.compile(keras.optimizers.SGD(0.0), "mse")
-    pruned.fit(rng.rand(4, 10), rng.rand(4, 5), batch_size=4, verbose=0,
-               callbacks=[kp.UpdatePruningStep()])
+    pruned.fit(
+        rng.rand(4, 10), rng.rand(4, 5), batch_size=4, verbose=0, callbacks=[kp.UpdatePruningStep()]
+    )
     wrappers = list(kp.pruned_layers(pruned))
     masks = [ops.convert_to_numpy(m.value) for w in wrappers for _, m, _ in w.pruning_vars]
     kept = sum(int(m.sum()) for m in masks)
     assert kept == round(300 * 0.2)
     values = np.concatenate([np.abs(ops.convert_to_numpy(w.value)).ravel() for w in model_weights])
     expected = np.sort(values)[-kept:]
-    got = np.concatenate([np.abs(ops.convert_to_numpy(w.value)).ravel()[m.ravel() > 0]
-                          for w, m in zip(model_weights, masks)])
+    got = np.concatenate(
+        [
+            np.abs(ops.convert_to_numpy(w.value)).ravel()[m.ravel() > 0]
+            for w, m in zip(model_weights, masks)
+        ]
+    )
     np.testing.assert_allclose(np.sort(got), expected)
     assert masks[1].mean() > masks[0].mean()  # the large layer keeps more
-    thresholds = {float(ops.convert_to_numpy(t.value)) for w in wrappers for _, _, t in w.pruning_vars}
+    thresholds = {
+        float(ops.convert_to_numpy(t.value)) for w in wrappers for _, _, t in w.pruning_vars
+    }
     assert len(thresholds) == 1
 
 

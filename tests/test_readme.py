@@ -5,9 +5,12 @@ import re
 
 import keras
 import numpy as np
+import pytest
 
 import keras_prune
-from keras_prune import datasets
+from keras_prune.compare import datasets
+
+pytestmark = pytest.mark.slow  # trains models or starts Python processes
 
 README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
@@ -25,20 +28,29 @@ def replace(code, old, new):
 
 def test_quickstart_prunes_the_seed_cnn_to_the_target(monkeypatch, tmp_path):
     (x_train, y_train), (x_test, y_test) = datasets.load_dataset()
-    monkeypatch.setattr(datasets, "load_dataset", lambda: (
-        (x_train[:1000], y_train[:1000]), (x_test[:200], y_test[:200])))  # fmt: skip
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda: ((x_train[:1000], y_train[:1000]), (x_test[:200], y_test[:200])),
+    )
     monkeypatch.chdir(tmp_path)
     code = block("load_dataset()")
     # 4 steps per epoch: pruning from step 4 to 20, every 2 steps.
     code = replace(code, "250, 10, 0.2", "250, 5, 0.2")
-    code = replace(code, "validation_split=validation_split,", "validation_split=validation_split, verbose=0,")
+    code = replace(
+        code, "validation_split=validation_split,", "validation_split=validation_split, verbose=0,"
+    )
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     report = keras_prune.sparsity_report(namespace["final"])
     assert [row.sparsity for row in report] == [0.875] * 4
     x = x_test[:16]
-    np.testing.assert_allclose(keras.saving.load_model("pruned.keras").predict(x, verbose=0),
-                               namespace["final"].predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.saving.load_model("pruned.keras").predict(x, verbose=0),
+        namespace["final"].predict(x, verbose=0),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     assert (tmp_path / "pruned.kps").stat().st_size < 120_000
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
 

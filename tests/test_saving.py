@@ -5,19 +5,19 @@ import subprocess
 import sys
 import zipfile
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
+from conftest import BACKEND
 from keras import ops
 
 import keras_prune as kp
 
-from conftest import BACKEND
-
 
 def make_pruned():
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
     schedule = kp.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2)
     pruned = kp.prune_low_magnitude(model, schedule)
     pruned.compile(keras.optimizers.SGD(0.05), "mse")
@@ -30,15 +30,27 @@ def data():
 
 
 def state(model):
-    return [ops.convert_to_numpy(v.value) for w in kp.pruned_layers(model)
-            for v in [w.pruning_step] + [m for _, m, _ in w.pruning_vars]]
+    return [
+        ops.convert_to_numpy(v.value)
+        for w in kp.pruned_layers(model)
+        for v in [w.pruning_step] + [m for _, m, _ in w.pruning_vars]
+    ]
 
 
 def fit(model, x, y, epochs=1, **kwargs):
-    model.fit(x, y, batch_size=8, epochs=epochs, shuffle=False, verbose=0,
-              callbacks=[kp.UpdatePruningStep()] + kwargs.pop("callbacks", []), **kwargs)
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[kp.UpdatePruningStep()] + kwargs.pop("callbacks", []),
+        **kwargs,
+    )
 
 
+@pytest.mark.slow
 def test_resume_after_save_and_load_gives_identical_masks(tmp_path):
     x, y = data()
     keras.utils.set_random_seed(1)
@@ -60,6 +72,7 @@ def test_resume_after_save_and_load_gives_identical_masks(tmp_path):
     assert int(state(loaded)[0]) == 10
 
 
+@pytest.mark.slow
 def test_model_checkpoint_and_backup_and_restore(tmp_path):
     x, y = data()
     pruned = make_pruned()
@@ -72,9 +85,17 @@ def test_model_checkpoint_and_backup_and_restore(tmp_path):
 
     backup = str(tmp_path / "backup")
     with pytest.raises(RuntimeError, match="interrupted"):
-        fit(pruned, x, y, epochs=2, callbacks=[
-            keras.callbacks.ModelCheckpoint(checkpoint),
-            keras.callbacks.BackupAndRestore(backup), StopAfterFirstEpoch()])
+        fit(
+            pruned,
+            x,
+            y,
+            epochs=2,
+            callbacks=[
+                keras.callbacks.ModelCheckpoint(checkpoint),
+                keras.callbacks.BackupAndRestore(backup),
+                StopAfterFirstEpoch(),
+            ],
+        )
     saved = keras.saving.load_model(checkpoint)
     assert int(state(saved)[0]) == 5
     restarted = make_pruned()
@@ -82,6 +103,7 @@ def test_model_checkpoint_and_backup_and_restore(tmp_path):
     assert int(state(restarted)[0]) == 10  # resumed at epoch 1, not from scratch
 
 
+@pytest.mark.slow
 def test_stripped_model_loads_on_another_backend(tmp_path):
     x, y = data()
     pruned = make_pruned()
@@ -124,7 +146,8 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=".keras"):
         kp.save_model(model, str(tmp_path / "model.h5"))
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["good.keras", "notes.keras", "truncated.keras", "other.keras"])  # no temp files left
+        ["good.keras", "notes.keras", "truncated.keras", "other.keras"]
+    )  # no temp files left
 
 
 def test_strip_with_nothing_to_strip_is_an_equal_copy():

@@ -39,6 +39,7 @@ def test_reference_is_real_tfmot():
     assert len(CASES) > 1000
 
 
+@pytest.mark.slow
 def test_schedules_match_tfmot_exactly():
     """Every (schedule, step) of the tfmot 0.8.1 reference, bit for bit."""
     mismatches = []
@@ -52,8 +53,10 @@ def test_schedules_match_tfmot_exactly():
             # tfmot's eager value; in a tf.function grappler turns its x / span
             # into x * (1 / span), which differs in the last bit for some steps.
             expected_bits = int(row.get("sparsity_eager_bits", row["sparsity_bits"]), 16)
-            got = (bool(ops.convert_to_numpy(should_prune)),
-                   _float32_bits(ops.convert_to_numpy(sparsity)))  # fmt: skip
+            got = (
+                bool(ops.convert_to_numpy(should_prune)),
+                _float32_bits(ops.convert_to_numpy(sparsity)),
+            )
             if got != (row["should_prune"], expected_bits):
                 mismatches.append((name, kwargs, row, got))
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:3]}"
@@ -69,12 +72,19 @@ def test_schedule_inside_compiled_function():
     elif keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(lambda s: tf.map_fn(schedule, s, fn_output_signature=(tf.bool, tf.float32)),
-                         jit_compile=True)  # fmt: skip
+        fn = tf.function(
+            lambda s: tf.map_fn(schedule, s, fn_output_signature=(tf.bool, tf.float32)),
+            jit_compile=True,
+        )
     else:
         fn = lambda s: tuple(map(list, zip(*[schedule(int(x)) for x in s])))  # noqa: E731
     should, sparsity = fn(ops.convert_to_tensor(steps))
-    should = np.array([bool(x) for x in ops.convert_to_numpy(ops.stack(should) if isinstance(should, list) else should)])
+    should = np.array(
+        [
+            bool(x)
+            for x in ops.convert_to_numpy(ops.stack(should) if isinstance(should, list) else should)
+        ]
+    )
     sparsity = ops.convert_to_numpy(ops.stack(sparsity) if isinstance(sparsity, list) else sparsity)
     np.testing.assert_array_equal(np.flatnonzero(should), np.arange(10, 111, 10))
     np.testing.assert_allclose(sparsity[110:], 0.9, rtol=1e-6)
@@ -84,7 +94,12 @@ def test_schedule_inside_compiled_function():
 def test_begin_equals_end_gives_final_sparsity():
     # tfmot divides by zero here and returns NaN at step == begin.
     schedule = PolynomialDecay(0.2, 0.8, begin_step=50, end_step=50, frequency=10)
-    for step, prune, sparsity in [(49, False, 0.2), (50, True, 0.8), (51, False, 0.8), (60, False, 0.8)]:
+    for step, prune, sparsity in [
+        (49, False, 0.2),
+        (50, True, 0.8),
+        (51, False, 0.8),
+        (60, False, 0.8),
+    ]:
         should, value = schedule(step)
         assert bool(ops.convert_to_numpy(should)) is prune
         assert float(ops.convert_to_numpy(value)) == pytest.approx(sparsity, abs=1e-7)
@@ -183,6 +198,7 @@ class EveryOtherStep(PruningSchedule):
         return {}
 
 
+@pytest.mark.slow
 def test_user_schedule_trains_like_builtins():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
     pruned = keras_prune.prune_low_magnitude(model, pruning_schedule=EveryOtherStep())

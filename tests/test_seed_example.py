@@ -5,9 +5,12 @@ import runpy
 
 import keras
 import numpy as np
+import pytest
 
 import keras_prune
-from keras_prune import datasets
+from keras_prune.compare import datasets
+
+pytestmark = pytest.mark.slow  # trains models or starts Python processes
 
 EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "seed_constant_sparsity.py"
 
@@ -16,12 +19,18 @@ def test_seed_example_prunes_to_exact_target(monkeypatch, capsys):
     (x_train, y_train), (x_test, y_test) = datasets.load_dataset()
     small = lambda x: (np.rint(x[..., 0] * 255)).astype("uint8")  # noqa: E731
     # 500 images: 2 batches per epoch, 30 epochs, pruning at step 12 (0.2 * 60).
-    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: (
-        (small(x_train[:500]), y_train[:500]), (small(x_test[:200]), y_test[:200])))  # fmt: skip
+    monkeypatch.setattr(
+        keras.datasets.mnist,
+        "load_data",
+        lambda: ((small(x_train[:500]), y_train[:500]), (small(x_test[:200]), y_test[:200])),
+    )
     fitted = []
     original_fit = keras.Model.fit
-    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: fitted.append(self)
-                        or original_fit(self, *a, **{**k, "verbose": 0}))  # fmt: skip
+    monkeypatch.setattr(
+        keras.Model,
+        "fit",
+        lambda self, *a, **k: fitted.append(self) or original_fit(self, *a, **{**k, "verbose": 0}),
+    )
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     out = capsys.readouterr().out
     assert "Pruned CNN - Test loss:" in out and "Size of gzipped pruned Keras model:" in out

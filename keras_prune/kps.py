@@ -1,4 +1,4 @@
-"""Export: measuring and writing the files a pruned model is shipped as.
+"""The `.kps` file: a pruned model in keras_prune's own compact sparse format.
 
 `export(model, path)` writes a stripped pruned model to a compact sparse file
 and `load(path)` rebuilds it as a plain Keras model, without keras_prune's
@@ -33,15 +33,14 @@ import json
 import math
 import os
 import struct
-import tempfile
-import zipfile
 from typing import Any
 
 import keras
 import numpy as np
 import zstandard
 
-_FORMATS = ("h5", "keras")
+from keras_prune import _files
+from keras_prune.prune import pruned_layers, strip_pruning
 
 MAGIC = b"\x89KPS\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -50,33 +49,6 @@ _MANIFEST_LENGTH = struct.Struct("<I")
 _LEVEL = 19  # zstd level of the payload; 20-22 gain nothing measurable here.
 _QUANTIZE = (None, "int8")
 _INT8_MAX = 127
-
-
-def gzipped_model_size(model: keras.Model, file_format: str = "h5") -> int:
-    """Bytes of the saved `model` compressed with zip/deflate, as in tfmot's guide.
-
-    The model is saved without optimizer to a temporary `.h5` (the seed's
-    measure) or `.keras` file, which is then zipped with ZIP_DEFLATED. Strip
-    a pruned model first (`strip_pruning`) to measure what you would ship.
-
-    Example:
-
-    >>> keras_prune.gzipped_model_size(keras_prune.strip_pruning(pruned))
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a keras.Model; got {type(model).__name__}.")
-    if file_format not in _FORMATS:
-        raise ValueError(f"`file_format` must be one of {_FORMATS}; got {file_format!r}.")
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = os.path.join(tmp, f"model.{file_format}")
-        if file_format == "h5":
-            keras.saving.save_model(model, saved, include_optimizer=False)
-        else:
-            model.save(saved)
-        zipped = os.path.join(tmp, "model.zip")
-        with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.write(saved, arcname=os.path.basename(saved))
-        return os.path.getsize(zipped)
 
 
 def export(model: keras.Model, path: str | os.PathLike, quantize: str | None = None) -> int:
@@ -106,8 +78,6 @@ def export(model: keras.Model, path: str | os.PathLike, quantize: str | None = N
     >>> keras_prune.export(pruned, "model.kps", quantize="int8")
     >>> model = keras_prune.load("model.kps")
     """
-    from keras_prune.prune import pruned_layers, strip_pruning
-
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; got {type(model).__name__}.")
     if quantize not in _QUANTIZE:
@@ -139,7 +109,7 @@ def export(model: keras.Model, path: str | os.PathLike, quantize: str | None = N
     raw = b"".join([_MANIFEST_LENGTH.pack(len(manifest)), manifest, *sections])
     payload = zstandard.ZstdCompressor(level=_LEVEL).compress(raw)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
-    _write_atomically(path, header + payload)
+    _files.write_bytes(path, header + payload)
     return len(header) + len(payload)
 
 
@@ -196,21 +166,6 @@ def _check_path(path: Any) -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike; got {type(path).__name__}.")
     return os.fspath(path)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".kps-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def _read_payload(data: bytes, path: str) -> tuple[dict[str, Any], memoryview]:
@@ -327,7 +282,9 @@ def _quantize_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _byte_planes(values: np.ndarray) -> bytes:
     """Byte i of every little-endian value, for i = 0, 1, ...: exponents compress."""
     little = values.astype(values.dtype.newbyteorder("<"), copy=False)
-    return np.ascontiguousarray(little).view(np.uint8).reshape(-1, values.dtype.itemsize).T.tobytes()
+    return (
+        np.ascontiguousarray(little).view(np.uint8).reshape(-1, values.dtype.itemsize).T.tobytes()
+    )
 
 
 def _from_byte_planes(

@@ -1,6 +1,6 @@
 """PNG plots of a schedule comparison, drawn from its `results.json` dict.
 
-Matplotlib (the `plots` extra) is imported only when a plot is drawn, with
+Matplotlib (the `compare` extra) is imported only when a plot is drawn, with
 the non-interactive Agg backend, so the library does not need it otherwise.
 
 - `schedules.png`: the sparsity each schedule prescribes over the training
@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_prune.compare.results import label as run_label
+
 __all__ = ["write_plots"]
 
 _REQUIRED = ("schedule_points", "steps", "summary", "runs", "config")
@@ -33,19 +35,11 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError(
-            "plots need matplotlib: pip install 'keras-prune[plots]'"
-        ) from None
+        raise ImportError("plots need matplotlib: pip install 'keras-prune[compare]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _label(row: dict[str, Any], several: bool) -> str:
-    if row["schedule"] == "baseline" or not several:
-        return row["schedule"]
-    return f"{row['schedule']}@{row['sparsity']:g}"
 
 
 def _plot_schedules(plt: Any, results: dict[str, Any], path: str) -> None:
@@ -61,9 +55,13 @@ def _plot_schedules(plt: Any, results: dict[str, Any], path: str) -> None:
     for step, name in ((steps["begin_step"], "begin_step"), (end_step, "end_step")):
         axes.axvline(step, color="grey", linestyle=":", linewidth=1)
         axes.annotate(name, (step, 0.02), rotation=90, fontsize=8, color="grey")
-    axes.set(xlabel=f"training step (batch; {steps['per_epoch']} per epoch)",
-             ylabel="sparsity of the pruned weights", ylim=(0, 1), xlim=(0, end_step * 1.02),
-             title="Sparsity prescribed per step; markers: pruning steps")  # fmt: skip
+    axes.set(
+        xlabel=f"training step (batch; {steps['per_epoch']} per epoch)",
+        ylabel="sparsity of the pruned weights",
+        ylim=(0, 1),
+        xlim=(0, end_step * 1.02),
+        title="Sparsity prescribed per step; markers: pruning steps",
+    )
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -74,13 +72,18 @@ def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
     several = len(results["config"]["sparsities"]) > 1
     figure, axes = plt.subplots(figsize=(7, 4))
     for row in results["summary"]:
-        curves = np.array([
-            run["val_accuracy"] for run in results["runs"]
-            if run["schedule"] == row["schedule"] and run["sparsity"] == row["sparsity"]
-        ])  # fmt: skip
+        curves = np.array(
+            [
+                run["val_accuracy"]
+                for run in results["runs"]
+                if run["schedule"] == row["schedule"] and run["sparsity"] == row["sparsity"]
+            ]
+        )
         epochs = np.arange(1, curves.shape[1] + 1)
         mean = curves.mean(axis=0)
-        (line,) = axes.plot(epochs, mean, marker=".", label=_label(row, several))
+        (line,) = axes.plot(
+            epochs, mean, marker=".", label=run_label(row["schedule"], row["sparsity"], several)
+        )
         if len(curves) > 1:
             std = curves.std(axis=0, ddof=1)
             axes.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
@@ -94,13 +97,25 @@ def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
 def _plot_accuracy_vs_sparsity(plt: Any, results: dict[str, Any], path: str) -> None:
     figure, axes = plt.subplots(figsize=(7, 4))
     for name in results["config"]["schedules"]:
-        rows = sorted((r for r in results["summary"] if r["schedule"] == name), key=lambda r: r["sparsity"])
-        axes.errorbar([r["sparsity"] for r in rows], [r["test_accuracy"][0] for r in rows],
-                      yerr=[r["test_accuracy"][1] for r in rows], marker="o", capsize=3, label=name)  # fmt: skip
+        rows = sorted(
+            (r for r in results["summary"] if r["schedule"] == name), key=lambda r: r["sparsity"]
+        )
+        axes.errorbar(
+            [r["sparsity"] for r in rows],
+            [r["test_accuracy"][0] for r in rows],
+            yerr=[r["test_accuracy"][1] for r in rows],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
     for row in results["summary"]:
         if row["schedule"] == "baseline":
-            axes.axhline(row["test_accuracy"][0], color="black", linestyle="--", label="dense baseline")
-    axes.set(xlabel="target sparsity", ylabel="test accuracy", title="Test accuracy against sparsity")
+            axes.axhline(
+                row["test_accuracy"][0], color="black", linestyle="--", label="dense baseline"
+            )
+    axes.set(
+        xlabel="target sparsity", ylabel="test accuracy", title="Test accuracy against sparsity"
+    )
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -115,7 +130,9 @@ def write_plots(results: dict[str, Any], directory: str | os.PathLike[str]) -> l
     if not results["runs"]:
         raise ValueError("`results` holds no runs to plot.")
     if not isinstance(directory, (str, os.PathLike)):
-        raise TypeError(f"`directory` must be a str or os.PathLike; got {type(directory).__name__}.")
+        raise TypeError(
+            f"`directory` must be a str or os.PathLike; got {type(directory).__name__}."
+        )
     plt = _pyplot()
     os.makedirs(directory, exist_ok=True)
     drawings = [("schedules.png", _plot_schedules), ("val_accuracy.png", _plot_val_accuracy)]

@@ -1,16 +1,16 @@
 """The `keras-prune` command line (also `python -m keras_prune`).
 
 `keras-prune compare` runs the seed article's experiment (see
-`keras_prune.experiment`): the dense baseline and one pruned model per
+`keras_prune.compare.experiment`): the dense baseline and one pruned model per
 schedule and sparsity, for N seeds, then prints one table with a column
 per schedule and Welch's t-test between schedules. `--out DIR` writes
 `results.json`, `results.csv` and PNG plots. Bad input prints one line on
 stderr and exits with status 2.
 
 The Keras backend is chosen before Keras is imported: `--backend`, else
-`KERAS_BACKEND`, else tensorflow. When Keras was already imported with
-another backend (importing `keras_prune` imports it), the command runs
-again in a new Python process with the requested backend.
+`KERAS_BACKEND`, else tensorflow. Nothing this module imports at the top
+imports Keras (`import keras_prune` does not either), so the command reads
+its arguments first and then loads Keras once, with that backend.
 
 Example:
 
@@ -23,12 +23,13 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
+
+from keras_prune.compare.results import label as run_label
 
 __all__ = ["main"]
 
@@ -80,7 +81,9 @@ def _fraction(text: str) -> float:
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="keras-prune", description="Magnitude pruning experiments with keras-prune.")
+    parser = _Parser(
+        prog="keras-prune", description="Magnitude pruning experiments with keras-prune."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compare = commands.add_parser(
         "compare",
@@ -90,29 +93,78 @@ def _parser() -> _Parser:
         "size and speed.",
     )
     add = compare.add_argument
-    add("--schedules", type=_comma_list, default=["constant", "polynomial"], metavar="LIST",
+    add(
+        "--schedules",
+        type=_comma_list,
+        default=["constant", "polynomial"],
+        metavar="LIST",
         help="comma-separated: constant, polynomial, or package.module:callable called with "
         "keyword arguments sparsity, begin_step, end_step, frequency and returning a "
-        "keras_prune.PruningSchedule (default: constant,polynomial)")
-    add("--sparsity", type=_sparsities, default=[0.875], metavar="LIST",
-        help="target sparsity in [0, 1), or several comma-separated (default: 0.875)")
-    add("--epochs", type=_at_least(1), default=30, metavar="N", help="training epochs (default: 30)")
-    add("--batch-size", type=_at_least(1), default=250, metavar="N", help="batch size (default: 250)")
-    add("--begin-fraction", type=_fraction, default=0.2, metavar="F",
-        help="pruning begins at step int(F * end_step) (default: 0.2)")
-    add("--frequency", type=_at_least(1), default=100, metavar="N", help="prune every N steps (default: 100)")
-    add("--seeds", type=_at_least(1), default=1, metavar="N",
-        help="repeat every run with seeds 0..N-1; report mean ± std and Welch's t-test (default: 1)")
-    add("--dataset", choices=("mnist10k", "mnist", "fashion_mnist"), default="mnist10k",
-        help="mnist10k (embedded, 8000 train / 2000 test), mnist or fashion_mnist (default: mnist10k)")
+        "keras_prune.PruningSchedule (default: constant,polynomial)",
+    )
+    add(
+        "--sparsity",
+        type=_sparsities,
+        default=[0.875],
+        metavar="LIST",
+        help="target sparsity in [0, 1), or several comma-separated (default: 0.875)",
+    )
+    add(
+        "--epochs", type=_at_least(1), default=30, metavar="N", help="training epochs (default: 30)"
+    )
+    add(
+        "--batch-size",
+        type=_at_least(1),
+        default=250,
+        metavar="N",
+        help="batch size (default: 250)",
+    )
+    add(
+        "--begin-fraction",
+        type=_fraction,
+        default=0.2,
+        metavar="F",
+        help="pruning begins at step int(F * end_step) (default: 0.2)",
+    )
+    add(
+        "--frequency",
+        type=_at_least(1),
+        default=100,
+        metavar="N",
+        help="prune every N steps (default: 100)",
+    )
+    add(
+        "--seeds",
+        type=_at_least(1),
+        default=1,
+        metavar="N",
+        help="repeat every run with seeds 0..N-1; report mean ± std and Welch's t-test (default: 1)",
+    )
+    add(
+        "--dataset",
+        choices=("mnist10k", "mnist", "fashion_mnist"),
+        default="mnist10k",
+        help="mnist10k (embedded, 8000 train / 2000 test), mnist or fashion_mnist (default: mnist10k)",
+    )
     add("--data-dir", metavar="DIR", help="directory with the IDX files of mnist or fashion_mnist")
-    add("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    add(
+        "--backend",
+        choices=BACKENDS,
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
     add("--out", metavar="DIR", help="write results.json, results.csv and PNG plots to DIR")
-    add("--resume", action="store_true",
+    add(
+        "--resume",
+        action="store_true",
         help="keep the runs already in DIR/results.json (same settings; --seeds may be larger) "
-        "and train only the rest; needs --out")
-    add("--limit", type=_at_least(2), metavar="N",
-        help="use only the first N training and the first N test images (quick checks)")
+        "and train only the rest; needs --out",
+    )
+    add(
+        "--limit",
+        type=_at_least(2),
+        metavar="N",
+        help="use only the first N training and the first N test images (quick checks)",
+    )
     add("--quiet", action="store_true", help="no progress bars or per-run lines")
     return parser
 
@@ -164,11 +216,7 @@ def format_results(results: dict[str, Any]) -> str:
         f"seeds {min(min(s) for s in seeds)}..{max(max(s) for s in seeds)}",
         "",
     ]
-    headers = [
-        row["schedule"] if row["schedule"] == "baseline" or not several
-        else f"{row['schedule']}@{row['sparsity']:g}"
-        for row in summary
-    ]  # fmt: skip
+    headers = [run_label(row["schedule"], row["sparsity"], several) for row in summary]
     table: list[tuple[str, list[str]]] = [("", headers)]
     count = [len(row["seeds"]) for row in summary]
     table.append(("seeds", [str(n) for n in count]))
@@ -179,7 +227,9 @@ def format_results(results: dict[str, Any]) -> str:
     ):
         table.append((name, [_mean_std(row[key], digits, n) for row, n in zip(summary, count)]))
     for layer in summary[0]["layer_sparsity"]:
-        table.append((f"sparsity {layer}", [f"{row['layer_sparsity'][layer]:.2%}" for row in summary]))
+        table.append(
+            (f"sparsity {layer}", [f"{row['layer_sparsity'][layer]:.2%}" for row in summary])
+        )
     table.append(("sparsity total", [f"{row['total_sparsity'][0]:.2%}" for row in summary]))
     for key, name in (
         ("gzip_h5_bytes", "zipped .h5"),
@@ -188,10 +238,21 @@ def format_results(results: dict[str, Any]) -> str:
         ("export_int8_bytes", "export int8 .kps"),
     ):
         table.append((name, [_bytes(row[key], n) for row, n in zip(summary, count)]))
-    table.append(("compression vs dense .h5", [
-        f"{row['compression_ratio']:.2f}x" if row["compression_ratio"] else "-" for row in summary
-    ]))  # fmt: skip
-    table.append(("seconds per epoch", [_mean_std(row["seconds_per_epoch"], 2, n) for row, n in zip(summary, count)]))
+    table.append(
+        (
+            "compression vs dense .h5",
+            [
+                f"{row['compression_ratio']:.2f}x" if row["compression_ratio"] else "-"
+                for row in summary
+            ],
+        )
+    )
+    table.append(
+        (
+            "seconds per epoch",
+            [_mean_std(row["seconds_per_epoch"], 2, n) for row, n in zip(summary, count)],
+        )
+    )
     first = max(len(name) for name, _ in table)
     width = max(len(cell) for _, cells in table for cell in cells)
     for name, cells in table:
@@ -215,10 +276,11 @@ def format_results(results: dict[str, Any]) -> str:
             "The seed article's figures (full MNIST, tfmot, one run each): "
             + "; ".join(
                 f"{name} test accuracy {f['test_accuracy']}, loss {f['test_loss']}, zipped .h5 {f['gzip_h5_bytes']:,} B"
-                for name, f in figures.items() if name != "baseline"
+                for name, f in figures.items()
+                if name != "baseline"
             )
             + f"; baseline zipped .h5 {figures['baseline']['gzip_h5_bytes']:,} B.",
-        ]  # fmt: skip
+        ]
     warned = sorted({m for row in summary for m in row["warnings"]})
     if warned:
         lines += ["", *(f"warning: {m}" for m in warned)]
@@ -238,20 +300,30 @@ def _resume(comparison: Any, directory: str) -> None:
         raise ValueError(f"cannot resume from {path}: {error}") from None
     comparison.resume(previous)
     planned = len(comparison.planned_runs())
-    print(f"keras-prune: resuming {path}: {len(comparison.runs)} of {planned} runs done", file=sys.stderr)
+    print(
+        f"keras-prune: resuming {path}: {len(comparison.runs)} of {planned} runs done",
+        file=sys.stderr,
+    )
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from keras_prune import experiment
-    from keras_prune.datasets import DatasetUnavailableError
+    from keras_prune.compare import experiment
+    from keras_prune.compare.datasets import DatasetUnavailableError
 
     try:
         config = experiment.ExperimentConfig(
-            schedules=tuple(args.schedules), sparsities=tuple(args.sparsity), epochs=args.epochs,
-            batch_size=args.batch_size, begin_fraction=args.begin_fraction, frequency=args.frequency,
-            seeds=args.seeds, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,
+            schedules=tuple(args.schedules),
+            sparsities=tuple(args.sparsity),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            begin_fraction=args.begin_fraction,
+            frequency=args.frequency,
+            seeds=args.seeds,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            limit=args.limit,
             verbose=0 if args.quiet else 1,
-        )  # fmt: skip
+        )
         comparison, data = experiment.prepare(config)
         if args.resume:
             _resume(comparison, args.out)
@@ -268,22 +340,28 @@ def _run_compare(args: argparse.Namespace) -> int:
         if args.quiet:
             return
         run, done = comparison.runs[-1], len(comparison.runs)
-        label = experiment.schedule_label(run.schedule, run.sparsity, config)
+        label = run_label(run.schedule, run.sparsity, len(config.sparsities) > 1)
         left = planned - done
         eta = (time.perf_counter() - started) / (done - resumed) * left
         remaining = f"{left} run(s) left, about {_duration(eta)}" if left else "all runs done"
-        print(f"[{done}/{planned}] {label} seed {run.seed}: test accuracy {run.test_accuracy:.4f}, "
-              f"{_duration(seconds)}; {remaining}", flush=True)  # fmt: skip
+        print(
+            f"[{done}/{planned}] {label} seed {run.seed}: test accuracy {run.test_accuracy:.4f}, "
+            f"{_duration(seconds)}; {remaining}",
+            flush=True,
+        )
 
     try:
         comparison.run(data, on_run_end)
     except KeyboardInterrupt:
-        print(f"keras-prune: interrupted after {len(comparison.runs)} of {planned} runs", file=sys.stderr)
+        print(
+            f"keras-prune: interrupted after {len(comparison.runs)} of {planned} runs",
+            file=sys.stderr,
+        )
         return 130
     results = comparison.to_dict()
     print(format_results(results), flush=True)
     if args.out:
-        from keras_prune import plots
+        from keras_prune.compare import plots
 
         written = comparison.write(args.out) + plots.write_plots(results, args.out)
         print("\nwrote " + ", ".join(written))
@@ -308,8 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(problem)
     loaded = sys.modules.get("keras")
     if loaded is not None and loaded.backend.backend() != backend:
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        return subprocess.call([sys.executable, "-m", "keras_prune", *argv], env=env)
+        # Only a caller that imported Keras itself gets here: the command
+        # imports Keras after reading --backend.
+        return _error(
+            f"Keras is already imported with the {loaded.backend.backend()} backend in this "
+            f"process; run `keras-prune compare --backend {backend}` in a new process"
+        )
     os.environ["KERAS_BACKEND"] = backend
     # Keras logs a legacy-format notice through absl for every .h5 it saves.
     logging.getLogger("absl").setLevel(logging.ERROR)

@@ -1,4 +1,4 @@
-"""Tests for keras_prune.datasets: embedded MNIST, IDX reader, fallbacks, errors."""
+"""Tests for keras_prune.compare.datasets: embedded MNIST, IDX reader, fallbacks, errors."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_prune import datasets
-from keras_prune.datasets import DatasetUnavailableError, load_dataset, read_idx
+from keras_prune.compare import datasets
+from keras_prune.compare.datasets import DatasetUnavailableError, load_dataset, read_idx
 
-# sha256 of the C-order uint8 bytes of x then y in keras_prune/data/mnist10k.npz
-# (also in keras_prune/data/PROVENANCE.md and printed by tools/make_embedded_mnist.py).
+# sha256 of the C-order uint8 bytes of x then y in keras_prune/compare/data/mnist10k.npz
+# (also in keras_prune/compare/data/PROVENANCE.md and printed by tools/make_embedded_mnist.py).
 MNIST10K_SHA256 = "96bf27fde5a7c0748aef2d6e3c66df9044a034ac51abd5cff260afe6a11e17ab"
 DEBIAN = Path(datasets.DEBIAN_FASHION_MNIST_DIR)
 
@@ -52,7 +52,7 @@ def test_mnist10k_split_is_8000_2000_and_deterministic(embedded):
     assert x_train.dtype == x_test.dtype == np.float32
     assert y_train.shape == (8000,) and y_test.shape == (2000,)
     assert y_train.dtype == y_test.dtype == np.int64
-    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    assert x_train.min() >= 0.0 and x_train.max() <= 1.0
     assert set(np.unique(y_test)) == set(range(10))
     np.testing.assert_array_equal(y_train, embedded[1][:8000])
     np.testing.assert_array_equal(x_test[..., 0], embedded[0][8000:] / np.float32(255))
@@ -61,13 +61,17 @@ def test_mnist10k_split_is_8000_2000_and_deterministic(embedded):
 
 
 def _write_idx(path: Path, array: np.ndarray, code: int) -> None:
-    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
-@pytest.mark.parametrize(("dtype", "code"), [(np.uint8, 0x08), (np.int32, 0x0C), (np.float32, 0x0D)])
+@pytest.mark.parametrize(
+    ("dtype", "code"), [(np.uint8, 0x08), (np.int32, 0x0C), (np.float32, 0x0D)]
+)
 def test_read_idx_round_trip(tmp_path, suffix, dtype, code):
     array = (np.arange(2 * 3 * 4) * 7 % 251).astype(dtype).reshape(2, 3, 4)
     path = tmp_path / f"a-idx3{suffix}"
@@ -107,8 +111,12 @@ def test_read_idx_rejects_bad_magic_trailing_bytes_and_bad_gzip(tmp_path):
 
 def test_data_dir_with_idx_files(tmp_path):
     rng = np.random.default_rng(0)
-    for base, shape in [("train-images-idx3-ubyte.gz", (6, 28, 28)), ("train-labels-idx1-ubyte", (6,)),
-                        ("t10k-images-idx3-ubyte", (4, 28, 28)), ("t10k-labels-idx1-ubyte.gz", (4,))]:
+    for base, shape in [
+        ("train-images-idx3-ubyte.gz", (6, 28, 28)),
+        ("train-labels-idx1-ubyte", (6,)),
+        ("t10k-images-idx3-ubyte", (4, 28, 28)),
+        ("t10k-labels-idx1-ubyte.gz", (4,)),
+    ]:
         high = 256 if len(shape) == 3 else 10
         _write_idx(tmp_path / base, rng.integers(0, high, shape).astype(np.uint8), 0x08)
     (x_train, y_train), (x_test, y_test) = load_dataset("mnist", tmp_path, allow_download=False)
@@ -117,8 +125,10 @@ def test_data_dir_with_idx_files(tmp_path):
     assert x_train.max() <= 1.0 and y_test.max() < 10
 
 
-@pytest.mark.skipif(not (DEBIAN / "t10k-labels-idx1-ubyte.gz").is_file(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (DEBIAN / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_debian_fashion_mnist_is_read_without_download():
     (x_train, y_train), (x_test, y_test) = load_dataset("fashion_mnist", allow_download=False)
     assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
@@ -144,7 +154,10 @@ def test_missing_files_in_data_dir(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"name='cifar10'.*'mnist10k', 'mnist', 'fashion_mnist'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`name` must be one of 'mnist10k', 'mnist', 'fashion_mnist'; got 'cifar10'",
+    ):
         load_dataset("cifar10")
     with pytest.raises(ValueError, match="data_dir"):
         load_dataset("mnist10k", "/tmp")

@@ -13,7 +13,7 @@ import keras
 import pytest
 from PIL import Image
 
-from keras_prune import cli
+from keras_prune.compare import cli
 
 BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(*args, backend=BACKEND):
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, "-m", "keras_prune", *args], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "keras_prune", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
 
 
@@ -32,26 +36,61 @@ def tiny_comparison(tmp_path_factory):
     # 250 images: 200 train (4 steps of 50), 50 validation, 250 test; pruning
     # from step int(0.2 * 4) = 0 at every step up to 4, so both schedules
     # reach their target.
-    done = _run("compare", "--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1",
-                "--sparsity", "0.5,0.875", "--out", str(out))  # fmt: skip
+    done = _run(
+        "compare",
+        "--limit",
+        "250",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--frequency",
+        "1",
+        "--sparsity",
+        "0.5,0.875",
+        "--out",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done, out
 
 
+@pytest.mark.slow
 def test_compare_prints_the_table(tiny_comparison):
     done, _ = tiny_comparison
     out = done.stdout
     assert f"backend {BACKEND}" in out
     assert "mnist10k (200 train / 50 validation / 250 test images)" in out
     assert "1 epochs of 4 steps, batch 50, pruning steps 0..4 every 1" in out
-    for line in ("[1/5] baseline seed 0", "[5/5] polynomial@0.875 seed 0: test accuracy", "all runs done"):
+    for line in (
+        "[1/5] baseline seed 0",
+        "[5/5] polynomial@0.875 seed 0: test accuracy",
+        "all runs done",
+    ):
         assert line in out
-    header = next(line for line in out.splitlines() if "baseline" in line and "constant@0.5" in line)
-    assert header.split() == ["baseline", "constant@0.5", "constant@0.875", "polynomial@0.5", "polynomial@0.875"]
+    header = next(
+        line for line in out.splitlines() if "baseline" in line and "constant@0.5" in line
+    )
+    assert header.split() == [
+        "baseline",
+        "constant@0.5",
+        "constant@0.875",
+        "polynomial@0.5",
+        "polynomial@0.875",
+    ]
     total = next(line for line in out.splitlines() if line.startswith("sparsity total"))
     assert total.split()[2:] == ["0.00%", "50.00%", "87.50%", "50.00%", "87.50%"]
-    for label in ("test accuracy", "zipped .h5", "zipped .keras", "export float32 .kps", "export int8 .kps",
-                  "int8 test accuracy", "compression vs dense .h5", "seconds per epoch", "sparsity dense1/kernel"):
+    for label in (
+        "test accuracy",
+        "zipped .h5",
+        "zipped .keras",
+        "export float32 .kps",
+        "export int8 .kps",
+        "int8 test accuracy",
+        "compression vs dense .h5",
+        "seconds per epoch",
+        "sparsity dense1/kernel",
+    ):
         assert any(line.startswith(label) for line in out.splitlines()), label
     assert "constant - polynomial at sparsity 0.875: test accuracy difference" in out
     assert "no t-test (needs --seeds 2 or more" in out
@@ -67,7 +106,11 @@ def test_compare_writes_json_csv_and_pngs(tiny_comparison):
     assert results["steps"] == {"per_epoch": 4, "begin_step": 0, "end_step": 4}
     runs = results["runs"]
     assert [(r["schedule"], r["sparsity"]) for r in runs] == [
-        ("baseline", 0.0), ("constant", 0.5), ("constant", 0.875), ("polynomial", 0.5), ("polynomial", 0.875),
+        ("baseline", 0.0),
+        ("constant", 0.5),
+        ("constant", 0.875),
+        ("polynomial", 0.5),
+        ("polynomial", 0.875),
     ]
     for run in runs[1:]:
         for name, sparsity in run["layer_sparsity"].items():
@@ -97,11 +140,26 @@ def test_compare_writes_json_csv_and_pngs(tiny_comparison):
             assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_path):
     _, out = tiny_comparison
     (tmp_path / "results.json").write_text((out / "results.json").read_text())
-    done = _run("compare", "--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1",
-                "--sparsity", "0.5,0.875", "--out", str(tmp_path), "--resume")  # fmt: skip
+    done = _run(
+        "compare",
+        "--limit",
+        "250",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--frequency",
+        "1",
+        "--sparsity",
+        "0.5,0.875",
+        "--out",
+        str(tmp_path),
+        "--resume",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming" in done.stderr and "5 of 5 runs done" in done.stderr
     assert "[1/5]" not in done.stdout  # no run trained again
@@ -151,10 +209,15 @@ def test_missing_dataset_says_where_to_get_it(tmp_path, capsys):
     assert "--data-dir DIR" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bad_input_through_python_m_and_another_backend():
     other = "jax" if BACKEND != "jax" else "tensorflow"
     # keras is imported with BACKEND in the parent; --backend re-runs in a new process.
     done = _run("compare", "--backend", other, "--schedules", "cubic")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("keras-prune: error: unknown schedule 'cubic'")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("keras-prune: error: unknown schedule 'cubic'")
+    )
     assert done.stdout == ""

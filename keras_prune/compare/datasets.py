@@ -3,7 +3,7 @@
 Three datasets, all 28x28 greyscale in 10 classes:
 
 - ``"mnist10k"`` (default): 10 000 real MNIST digits shipped inside the
-  package (``keras_prune/data/mnist10k.npz``; see ``data/PROVENANCE.md``), so
+  package (``keras_prune/compare/data/mnist10k.npz``; see ``data/PROVENANCE.md``), so
   it works with no network.
 - ``"mnist"`` and ``"fashion_mnist"``: the full 60 000/10 000 sets, read from
   IDX files in ``data_dir``, else (Fashion-MNIST) from the Debian package
@@ -18,6 +18,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from keras_prune import _validation
 
 __all__ = [
     "DATASETS",
@@ -77,8 +79,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         >>> labels.shape, labels.dtype
         ((10000,), dtype('uint8'))
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"read_idx: path must be a str or os.PathLike, got {type(path).__name__}")
+    _validation.instance(path, "path", (str, os.PathLike), "a str or os.PathLike")
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
@@ -96,7 +97,9 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise ValueError(f"{path}: IDX file {what}: shape {shape} needs {expected} bytes, file has {len(raw)}")
+        raise ValueError(
+            f"{path}: IDX file {what}: shape {shape} needs {expected} bytes, file has {len(raw)}"
+        )
     data = np.frombuffer(raw, dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))  # native byte order, writable copy
 
@@ -131,20 +134,17 @@ def load_dataset(
         >>> x_train.shape, x_train.dtype, y_test.shape, y_test.dtype
         ((8000, 28, 28, 1), dtype('float32'), (2000,), dtype('int64'))
     """
-    if not isinstance(name, str):
-        raise TypeError(f"load_dataset: name must be a str, got {type(name).__name__}")
-    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        raise TypeError(
-            f"load_dataset: data_dir must be a str, os.PathLike or None, got {type(data_dir).__name__}"
-        )
-    if not isinstance(allow_download, bool):
-        raise TypeError(f"load_dataset: allow_download must be a bool, got {type(allow_download).__name__}")
-    if name not in DATASETS:
-        raise ValueError(f"load_dataset: name={name!r} is not one of {', '.join(map(repr, DATASETS))}")
+    _validation.instance(name, "name", str, "a str")
+    if data_dir is not None:
+        _validation.instance(data_dir, "data_dir", (str, os.PathLike), "a str, os.PathLike or None")
+    _validation.instance(allow_download, "allow_download", bool, "True or False")
+    _validation.one_of(name, "name", DATASETS)
 
     if name == "mnist10k":
         if data_dir is not None:
-            raise ValueError("load_dataset: data_dir is only used by 'mnist' and 'fashion_mnist', not 'mnist10k'")
+            raise ValueError(
+                f"`data_dir` is only used by 'mnist' and 'fashion_mnist', not 'mnist10k'; got {data_dir!r}."
+            )
         with np.load(_EMBEDDED) as archive:
             x, y = archive["x"], archive["y"]
         n = EMBEDDED_TRAIN
@@ -172,7 +172,9 @@ def load_dataset(
             reasons.append(f"keras.datasets.{name}.load_data() failed: {type(exc).__name__}: {exc}")
     else:
         reasons.append("download not allowed (allow_download=False)")
-    raise DatasetUnavailableError(f"{name} is not available: {'; '.join(reasons)}.\n{_where_from(name)}")
+    raise DatasetUnavailableError(
+        f"{name} is not available: {'; '.join(reasons)}.\n{_where_from(name)}"
+    )
 
 
 def _idx_dir(directory: Path) -> tuple[np.ndarray, ...] | str:
@@ -189,12 +191,16 @@ def _idx_dir(directory: Path) -> tuple[np.ndarray, ...] | str:
     return tuple(read_idx(p) for p in paths)
 
 
-def _prepare(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> Arrays:
+def _prepare(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Arrays:
     out = []
     for x, y in ((x_train, y_train), (x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (x.shape[0],):
-            raise ValueError(f"expected images (N, 28, 28) and labels (N,), got {x.shape} and {y.shape}")
+            raise ValueError(
+                f"expected images (N, 28, 28) and labels (N,), got {x.shape} and {y.shape}"
+            )
         out.append(((x.astype(np.float32) / np.float32(255.0))[..., None], y.astype(np.int64)))
     return out[0], out[1]
 
@@ -203,8 +209,12 @@ def _where_from(name: str) -> str:
     files = ", ".join(f"{b}[.gz]" for b in _IDX_FILES.values())
     lines = [f"To use {name} on this machine, any one of:"]
     if name == "fashion_mnist":
-        lines.append(f"  - apt-get install dataset-fashion-mnist (Debian/Ubuntu; files go to {DEBIAN_FASHION_MNIST_DIR})")
+        lines.append(
+            f"  - apt-get install dataset-fashion-mnist (Debian/Ubuntu; files go to {DEBIAN_FASHION_MNIST_DIR})"
+        )
     lines.append(f"  - pass --data-dir DIR (data_dir=DIR) where DIR holds the IDX files {files}")
-    lines.append(f"  - allow a download: keras.datasets.{name}.load_data() fetches and caches it in ~/.keras/datasets")
+    lines.append(
+        f"  - allow a download: keras.datasets.{name}.load_data() fetches and caches it in ~/.keras/datasets"
+    )
     lines.append("  - or use the embedded default, --dataset mnist10k, which needs no files.")
     return "\n".join(lines)

@@ -40,9 +40,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib
+import io
 import json
 import math
-import numbers
 import os
 import platform
 import statistics
@@ -55,12 +55,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_prune import stats
+from keras_prune import _files, _validation
 from keras_prune.callbacks import UpdatePruningStep, final_sparsity_shortfalls
-from keras_prune.datasets import DATASETS, load_dataset
-from keras_prune.export import export, gzipped_model_size, load
+from keras_prune.compare import results, stats
+from keras_prune.compare.datasets import DATASETS, load_dataset
+from keras_prune.compare.results import BASELINE, RunResult
+from keras_prune.kps import export, load
 from keras_prune.prune import prune_low_magnitude, strip_pruning
-from keras_prune.report import sparsity_report
+from keras_prune.report import gzipped_model_size, sparsity_report
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
 __all__ = [
@@ -78,7 +80,6 @@ __all__ = [
     "seed_model",
 ]
 
-BASELINE = "baseline"
 BUILTIN_SCHEDULES = ("constant", "polynomial")
 
 #: The seed article's published figures (full MNIST, tfmot, one run each).
@@ -92,23 +93,6 @@ SIGNIFICANCE_LEVEL = 0.05
 _NUM_CLASSES = 10
 
 Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def _whole(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-    return int(value)
-
-
-def _fraction(value: Any, name: str, low: float, high: float) -> float:
-    """A float in [low, high)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a number in [{low}, {high}); got {value!r}.")
-    if not low <= float(value) < high:
-        raise ValueError(f"`{name}` must be in [{low}, {high}); got {value!r}.")
-    return float(value)
 
 
 def schedule_factory(name: str) -> Callable[..., PruningSchedule]:
@@ -155,7 +139,9 @@ def make_schedule(
     return schedule
 
 
-def seed_model(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = _NUM_CLASSES) -> keras.Model:
+def seed_model(
+    input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = _NUM_CLASSES
+) -> keras.Model:
     """The seed article's ConvNet, with the Flatten its code leaves out."""
     return keras.Sequential(
         [
@@ -206,18 +192,17 @@ class ExperimentConfig:
                 raise ValueError("`schedules`: the baseline always runs; do not list it.")
             schedule_factory(schedule)
         object.__setattr__(
-            self, "sparsities", tuple(_fraction(s, "sparsity", 0.0, 1.0) for s in self.sparsities)
+            self, "sparsities", tuple(_validation.fraction(s, "sparsity") for s in self.sparsities)
         )
-        _whole(self.epochs, "epochs", 1)
-        _whole(self.batch_size, "batch_size", 1)
-        _whole(self.frequency, "frequency", 1)
-        _whole(self.seeds, "seeds", 1)
-        _fraction(self.begin_fraction, "begin_fraction", 0.0, 1.0)
-        _fraction(self.validation_split, "validation_split", 0.0, 1.0)
-        if self.dataset not in DATASETS:
-            raise ValueError(f"`dataset` must be one of {', '.join(DATASETS)}; got {self.dataset!r}.")
+        _validation.count(self.epochs, "epochs", 1)
+        _validation.count(self.batch_size, "batch_size", 1)
+        _validation.count(self.frequency, "frequency", 1)
+        _validation.count(self.seeds, "seeds", 1)
+        _validation.fraction(self.begin_fraction, "begin_fraction")
+        _validation.fraction(self.validation_split, "validation_split")
+        _validation.one_of(self.dataset, "dataset", DATASETS)
         if self.limit is not None:
-            _whole(self.limit, "limit", 2)
+            _validation.count(self.limit, "limit", 2)
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2; got {self.verbose!r}.")
 
@@ -230,34 +215,13 @@ def pruning_steps(num_train: int, config: ExperimentConfig) -> tuple[int, int, i
     does), and `begin_step = int(begin_fraction * end_step)`. The first
     training batch is pruning step 1, so `end_step` is the last batch.
     """
-    _whole(num_train, "num_train", 2)
+    _validation.count(num_train, "num_train", 2)
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
     num_fit = int(math.floor(num_train * (1.0 - config.validation_split)))
     steps_per_epoch = math.ceil(num_fit / config.batch_size)
     end_step = steps_per_epoch * config.epochs
     return steps_per_epoch, int(config.begin_fraction * end_step), end_step
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What one training run measured."""
-
-    schedule: str
-    sparsity: float
-    seed: int
-    test_accuracy: float
-    test_loss: float
-    int8_test_accuracy: float
-    layer_sparsity: dict[str, float]
-    total_sparsity: float
-    gzip_h5_bytes: int
-    gzip_keras_bytes: int
-    export_float32_bytes: int
-    export_int8_bytes: int
-    seconds_per_epoch: float
-    val_accuracy: list[float]
-    warnings: list[str]
 
 
 class _EpochTimer(keras.callbacks.Callback):
@@ -293,8 +257,8 @@ def run_once(
         raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
     if schedule != BASELINE:
         schedule_factory(schedule)
-        sparsity = _fraction(sparsity, "sparsity", 0.0, 1.0)
-    _whole(seed, "seed", 0)
+        sparsity = _validation.fraction(sparsity, "sparsity")
+    _validation.count(seed, "seed", 0)
     (x_train, y_train), (x_test, y_test) = data
     y_train = keras.utils.to_categorical(y_train, _NUM_CLASSES)
     y_test = keras.utils.to_categorical(y_test, _NUM_CLASSES)
@@ -308,25 +272,41 @@ def run_once(
         warnings.simplefilter("always")
         if schedule != BASELINE:
             _, begin_step, end_step = pruning_steps(len(x_train), config)
-            pruning_schedule = make_schedule(schedule, sparsity, begin_step, end_step, config.frequency)
+            pruning_schedule = make_schedule(
+                schedule, sparsity, begin_step, end_step, config.frequency
+            )
             model = prune_low_magnitude(model, pruning_schedule=pruning_schedule)
             callbacks.append(UpdatePruningStep())
         _compile(model)
         history = model.fit(
-            x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
-            validation_split=config.validation_split, callbacks=callbacks, verbose=config.verbose,
-        )  # fmt: skip
+            x_train,
+            y_train,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            validation_split=config.validation_split,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
     # UpdatePruningStep's own warnings (attributed to Keras's callback code)
     # are replaced by final_sparsity_shortfalls, asked directly.
-    messages = list(dict.fromkeys([
-        *(str(w.message) for w in caught
-          if issubclass(w.category, UserWarning) and f"keras_prune{os.sep}" in w.filename),
-        *(final_sparsity_shortfalls(model) if schedule != BASELINE else []),
-    ]))  # fmt: skip
+    messages = list(
+        dict.fromkeys(
+            [
+                *(
+                    str(w.message)
+                    for w in caught
+                    if issubclass(w.category, UserWarning) and f"keras_prune{os.sep}" in w.filename
+                ),
+                *(final_sparsity_shortfalls(model) if schedule != BASELINE else []),
+            ]
+        )
+    )
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
 
-    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=config.batch_size, verbose=0)
+    test_loss, test_accuracy = model.evaluate(
+        x_test, y_test, batch_size=config.batch_size, verbose=0
+    )
     if schedule != BASELINE:
         stripped = strip_pruning(model)
     else:  # an uncompiled copy, as strip_pruning returns: no optimizer in the .keras file
@@ -359,9 +339,16 @@ def run_once(
 
 
 _MEASURES = (
-    "test_accuracy", "test_loss", "int8_test_accuracy", "total_sparsity", "gzip_h5_bytes",
-    "gzip_keras_bytes", "export_float32_bytes", "export_int8_bytes", "seconds_per_epoch",
-)  # fmt: skip
+    "test_accuracy",
+    "test_loss",
+    "int8_test_accuracy",
+    "total_sparsity",
+    "gzip_h5_bytes",
+    "gzip_keras_bytes",
+    "export_float32_bytes",
+    "export_int8_bytes",
+    "seconds_per_epoch",
+)
 
 
 @dataclasses.dataclass
@@ -390,15 +377,23 @@ class Comparison:
         dense_bytes = stats.mean_std([r.gzip_h5_bytes for r in baseline])[0] if baseline else None
         rows = []
         for (schedule, sparsity), runs in groups.items():
-            row: dict[str, Any] = {"schedule": schedule, "sparsity": sparsity, "seeds": [r.seed for r in runs]}
+            row: dict[str, Any] = {
+                "schedule": schedule,
+                "sparsity": sparsity,
+                "seeds": [r.seed for r in runs],
+            }
             for measure in _MEASURES:
                 row[measure] = stats.mean_std([getattr(r, measure) for r in runs])
             row["layer_sparsity"] = {
                 name: stats.mean_std([r.layer_sparsity[name] for r in runs])[0]
                 for name in runs[0].layer_sparsity
             }
-            row["val_accuracy"] = [stats.mean_std(list(epoch))[0] for epoch in zip(*(r.val_accuracy for r in runs))]
-            row["compression_ratio"] = dense_bytes / row["gzip_h5_bytes"][0] if dense_bytes else None
+            row["val_accuracy"] = [
+                stats.mean_std(list(epoch))[0] for epoch in zip(*(r.val_accuracy for r in runs))
+            ]
+            row["compression_ratio"] = (
+                dense_bytes / row["gzip_h5_bytes"][0] if dense_bytes else None
+            )
             row["warnings"] = sorted({m for r in runs for m in r.warnings})
             rows.append(row)
         return rows
@@ -418,12 +413,18 @@ class Comparison:
                     if len(a) >= 2 and len(b) >= 2:
                         p = stats.welch_t_test(a, b)[2]
                         p_value = None if math.isnan(p) else p
-                    results.append({
-                        "sparsity": sparsity, "first": first, "second": second,
-                        "accuracy_difference": stats.mean_std(a)[0] - stats.mean_std(b)[0],
-                        "p_value": p_value,
-                        "significant": None if p_value is None else p_value < SIGNIFICANCE_LEVEL,
-                    })  # fmt: skip
+                    results.append(
+                        {
+                            "sparsity": sparsity,
+                            "first": first,
+                            "second": second,
+                            "accuracy_difference": stats.mean_std(a)[0] - stats.mean_std(b)[0],
+                            "p_value": p_value,
+                            "significant": None
+                            if p_value is None
+                            else p_value < SIGNIFICANCE_LEVEL,
+                        }
+                    )
         return results
 
     def planned_runs(self) -> list[tuple[str, float, int]]:
@@ -451,28 +452,37 @@ class Comparison:
         ```
         """
         if not isinstance(previous, Mapping) or not {"config", "data", "runs"} <= previous.keys():
-            raise ValueError("`previous` must be a comparison's results (with config, data and runs).")
+            raise ValueError(
+                "`previous` must be a comparison's results (with config, data and runs)."
+            )
+        results.check_format(previous)
         ours = json.loads(json.dumps(dataclasses.asdict(self.config)))
         differ = sorted(
-            key for key in ours.keys() | previous["config"].keys()
+            key
+            for key in ours.keys() | previous["config"].keys()
             if key not in ("seeds", "verbose") and ours.get(key) != previous["config"].get(key)
-        )  # fmt: skip
+        )
         if previous["data"] != self.data:
             differ.append("data")
         if differ:
             details = ", ".join(
-                f"data {previous['data']} vs {self.data}" if key == "data"
+                f"data {previous['data']} vs {self.data}"
+                if key == "data"
                 else f"{key} {previous['config'].get(key)!r} vs {ours.get(key)!r}"
                 for key in differ
-            )  # fmt: skip
-            raise ValueError(f"cannot resume: the earlier comparison differs in {details} (earlier vs now).")
+            )
+            raise ValueError(
+                f"cannot resume: the earlier comparison differs in {details} (earlier vs now)."
+            )
         planned = self.planned_runs()
-        runs = [RunResult(**run) for run in previous["runs"]][: len(planned)]
+        runs = [RunResult.from_dict(run) for run in previous["runs"]][: len(planned)]
         if [(r.schedule, r.sparsity, r.seed) for r in runs] != planned[: len(runs)]:
             raise ValueError("cannot resume: the earlier runs are not in this comparison's order.")
         self.runs = runs
 
-    def run(self, data: Data, on_run_end: Callable[[Comparison, float], None] | None = None) -> None:
+    def run(
+        self, data: Data, on_run_end: Callable[[Comparison, float], None] | None = None
+    ) -> None:
         """Trains the planned runs not yet in `runs`, appending each result.
 
         Seeds are 0, 1, ..., `config.seeds - 1`; all runs of one seed finish
@@ -480,7 +490,9 @@ class Comparison:
         complete seeds. `on_run_end(comparison, seconds)` follows every run.
         """
         if on_run_end is not None and not callable(on_run_end):
-            raise TypeError(f"`on_run_end` must be callable or None; got {type(on_run_end).__name__}.")
+            raise TypeError(
+                f"`on_run_end` must be callable or None; got {type(on_run_end).__name__}."
+            )
         for schedule, sparsity, seed in self.planned_runs()[len(self.runs) :]:
             start = time.perf_counter()
             self.runs.append(run_once(self.config, data, schedule, sparsity, seed))
@@ -489,6 +501,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format": results.FORMAT,
             "config": dataclasses.asdict(self.config),
             "environment": {
                 "backend": keras.backend.backend(),
@@ -509,24 +522,21 @@ class Comparison:
         """Writes `results.json` and `results.csv` (one row per run) to `directory`."""
         os.makedirs(directory, exist_ok=True)
         json_path = os.path.join(directory, "results.json")
-        with open(json_path, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=1)
+        # Written after every run: atomically, so that an interrupted
+        # comparison always leaves a results.json that --resume can read.
+        _files.write_text(json_path, json.dumps(self.to_dict(), indent=1))
         csv_path = os.path.join(directory, "results.csv")
         layers = list(self.runs[0].layer_sparsity) if self.runs else []
-        with open(csv_path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["schedule", "sparsity", "seed", *_MEASURES, *(f"sparsity:{n}" for n in layers)])
-            for run in self.runs:
-                writer.writerow([
-                    run.schedule, run.sparsity, run.seed, *(getattr(run, m) for m in _MEASURES),
-                    *(run.layer_sparsity.get(n, "") for n in layers),
-                ])  # fmt: skip
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(
+            ["schedule", "sparsity", "seed", *_MEASURES, *(f"sparsity:{n}" for n in layers)]
+        )
+        for run in self.runs:
+            row = [run.schedule, run.sparsity, run.seed, *(getattr(run, m) for m in _MEASURES)]
+            writer.writerow(row + [run.layer_sparsity.get(n, "") for n in layers])
+        _files.write_text(csv_path, table.getvalue())
         return [json_path, csv_path]
-
-
-def schedule_label(schedule: str, sparsity: float, config: ExperimentConfig) -> str:
-    """"constant", or "constant@0.875" when several sparsities are compared."""
-    return schedule if len(config.sparsities) == 1 or schedule == BASELINE else f"{schedule}@{sparsity:g}"
 
 
 def _pruning_points(schedule: PruningSchedule, end_step: int) -> list[tuple[int, float]]:
@@ -538,7 +548,10 @@ def _pruning_points(schedule: PruningSchedule, end_step: int) -> list[tuple[int,
     steps = np.arange(1, end_step + 1, dtype="int32")
     try:
         should_prune, sparsity = (keras.ops.convert_to_numpy(v) for v in schedule(steps))
-        should_prune, sparsity = np.broadcast_to(should_prune, steps.shape), np.broadcast_to(sparsity, steps.shape)
+        should_prune, sparsity = (
+            np.broadcast_to(should_prune, steps.shape),
+            np.broadcast_to(sparsity, steps.shape),
+        )
     except Exception:  # a user schedule written for scalar steps only
         pairs = [schedule(int(step)) for step in steps]
         should_prune = np.array([bool(keras.ops.convert_to_numpy(p)) for p, _ in pairs])
@@ -551,7 +564,7 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
     so that a missing dataset or a bad schedule fails fast.
 
     Returns the empty comparison and the data for `Comparison.run`. Raises
-    `keras_prune.datasets.DatasetUnavailableError` when the dataset's files
+    `keras_prune.compare.datasets.DatasetUnavailableError` when the dataset's files
     are missing, ValueError/TypeError for a schedule that cannot be built.
     """
     if not isinstance(config, ExperimentConfig):
@@ -563,11 +576,12 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
     steps_per_epoch, begin_step, end_step = pruning_steps(len(x_train), config)
     num_fit = int(math.floor(len(x_train) * (1.0 - config.validation_split)))
     points = {
-        schedule_label(name, s, config): _pruning_points(
+        results.label(name, s, len(config.sparsities) > 1): _pruning_points(
             make_schedule(name, s, begin_step, end_step, config.frequency), end_step
         )
-        for name in config.schedules for s in config.sparsities
-    }  # fmt: skip
+        for name in config.schedules
+        for s in config.sparsities
+    }
     comparison = Comparison(
         config=config,
         data={"train": num_fit, "validation": len(x_train) - num_fit, "test": len(x_test)},

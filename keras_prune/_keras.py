@@ -1,0 +1,119 @@
+"""The one door to Keras internals.
+
+keras_prune needs a few things that Keras 3 has no public API for. Every
+use of an underscored Keras name goes through a function here, with the
+reason it is needed and the Keras versions it was checked on, so that a
+Keras release that changes one breaks this module's tests
+(`tests/test_keras.py`) and CI's keras-nightly smoke run, not a user's
+training. Everything else in keras_prune uses public Keras only.
+
+Checked on Keras 3.8 to 3.15 and keras-nightly 3.16.dev (the smoke run in
+`.ci/run`). Each name below exists since Keras 3.0 unless it says otherwise.
+
+Example:
+
+```python
+from keras_prune import _keras
+layers = _keras.flatten_layers(model)   # every layer at any depth
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+# Since 3.0: the scope `keras.StatelessScope` opens. Public is the class,
+# not the function that returns the current one.
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+# Since 3.0: the class of `keras.Model(inputs, outputs)`, which Keras does not
+# export (`keras.Model.__new__` returns it).
+from keras.src.models.functional import Functional
+
+
+def current_stateless_scope() -> Any:
+    """The innermost open `keras.StatelessScope`, or None.
+
+    JAX's trainer runs a forward pass inside one scope (`stateless_call`)
+    without a model-level call context; the scope then identifies the pass.
+    """
+    return get_stateless_scope()
+
+
+def call_context(layer: keras.layers.Layer) -> Any:
+    """The `CallContext` of the forward pass `layer` is being called in.
+
+    `Layer._get_call_context()` (3.0): Keras opens one per outermost layer
+    call and passes it down; its `entry_layer` is that outermost layer.
+    """
+    return layer._get_call_context()
+
+
+def flatten_layers(
+    layer: keras.layers.Layer, include_self: bool = False
+) -> list[keras.layers.Layer]:
+    """Every layer inside `layer` at any depth, in tracking order.
+
+    `Layer._flatten_layers` (3.0): the only walk that reaches the sublayers
+    of custom layers and nested models alike (`Model.layers` lists one level
+    of a model only).
+    """
+    return list(layer._flatten_layers(include_self=include_self, recursive=True))
+
+
+def is_functional(model: keras.Model) -> bool:
+    """True for a model built as `keras.Model(inputs, outputs)` (not a subclass)."""
+    return type(model) is Functional
+
+
+def tracked_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers `model` tracks as its own (`Layer._layers`, 3.0), attributes included."""
+    return model._layers
+
+
+def replace_tracked_layer(
+    model: keras.Model, old: keras.layers.Layer, new: keras.layers.Layer
+) -> None:
+    """Makes `model` track `new` in place of `old`.
+
+    Setting the attribute would track `new` in addition to `old`. Replacing
+    it in `Layer._layers` and the tracker's `stored_ids` (3.0) keeps
+    `model.layers` and `model.weights` exact.
+    """
+    layers = model._layers
+    for i, layer in enumerate(layers):
+        if layer is old:
+            layers[i] = new
+            stored = model._tracker.stored_ids.get("layers", set())
+            stored.discard(id(old))
+            stored.add(id(new))
+
+
+def is_tracking_attribute(name: str) -> bool:
+    """True for attributes that hold Keras's (or TensorFlow's) tracking state, not the user's layers."""
+    return name in ("_layers", "_tracker") or name.startswith("_self_")
+
+
+def own_variables(model: keras.Model) -> list[keras.Variable]:
+    """Variables `model` created itself (`add_weight` in a subclass), not its layers'.
+
+    `_trainable_variables` and `_non_trainable_variables` (3.0); the public
+    `model.variables` includes every sublayer's.
+    """
+    return model._trainable_variables + model._non_trainable_variables
+
+
+def variable_layout(variable: keras.Variable) -> Any:
+    """The sharding layout a `keras.distribution` gave `variable` (`_layout`, 3.0), or None."""
+    return getattr(variable, "_layout", None)
+
+
+def track_variable(layer: keras.layers.Layer, variable: keras.Variable) -> None:
+    """Adds a variable made with `keras.Variable(...)` to `layer`'s weights.
+
+    `Layer._track_variable` (3.0) is what `add_weight` calls; `add_weight`
+    takes no sharding layout, which a mask must share with its weight.
+    """
+    layer._track_variable(variable)

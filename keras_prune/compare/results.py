@@ -1,0 +1,85 @@
+"""What a comparison records: one `RunResult` per run, and `results.json`'s format.
+
+`results.json` carries `"format": FORMAT`. Version 1 (keras-prune 0.1.0)
+had no such key; its runs have the same fields, so it is still read and
+resumed. A field added to `RunResult` later must have a default, which the
+runs of older files take (`RunResult.from_dict`); a file of a newer format
+than this code knows is refused with a message saying so.
+
+Example:
+
+```python
+run = RunResult.from_dict(json.load(open("out/results.json"))["runs"][0])
+label(run.schedule, run.sparsity, several=True)   # 'constant@0.875'
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+#: The version of `results.json` this code writes.
+FORMAT = 2
+BASELINE = "baseline"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one training run measured (add new fields with a default)."""
+
+    schedule: str
+    sparsity: float
+    seed: int
+    test_accuracy: float
+    test_loss: float
+    int8_test_accuracy: float
+    layer_sparsity: dict[str, float]
+    total_sparsity: float
+    gzip_h5_bytes: int
+    gzip_keras_bytes: int
+    export_float32_bytes: int
+    export_int8_bytes: int
+    seconds_per_epoch: float
+    val_accuracy: list[float]
+    warnings: list[str]
+
+    @classmethod
+    def from_dict(cls, run: Mapping[str, Any]) -> RunResult:
+        """The run saved as `run` in a `results.json` of any format up to `FORMAT`.
+
+        Fields the file lacks take their defaults; keys this code does not
+        know are ignored. A required field that is missing raises ValueError.
+        """
+        if not isinstance(run, Mapping):
+            raise ValueError(f"a run must be a JSON object; got {type(run).__name__}.")
+        fields = dataclasses.fields(cls)
+        missing = [
+            f.name
+            for f in fields
+            if f.name not in run
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ValueError(f"a saved run lacks {', '.join(missing)}.")
+        return cls(**{f.name: run[f.name] for f in fields if f.name in run})
+
+
+def check_format(results: Mapping[str, Any]) -> int:
+    """The format version of loaded `results.json` contents; raises if this code cannot read it."""
+    version = results.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"results.json has an invalid format version {version!r}.")
+    if version > FORMAT:
+        raise ValueError(
+            f"results.json has format {version}, written by a newer keras-prune; this one "
+            f"reads formats 1 to {FORMAT}. Upgrade keras-prune to resume it."
+        )
+    return version
+
+
+def label(schedule: str, sparsity: float, several: bool) -> str:
+    """A run's column name: "constant", or "constant@0.875" when `several` sparsities are compared."""
+    return schedule if schedule == BASELINE or not several else f"{schedule}@{sparsity:g}"

@@ -1,0 +1,100 @@
+"""Every function of keras_prune._keras, the door to Keras internals, on real layers.
+
+When a Keras release renames or changes one of the internals, a test here
+fails (CI runs this file against keras-nightly too) before any user's
+training does.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_prune import _keras
+
+ENTRY_LAYERS: list[int] = []  # ids, not layers: a list attribute of a layer would track them
+
+
+class Block(keras.layers.Layer):
+    """A custom layer holding sublayers, as KerasHub's blocks do."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = keras.layers.Dense(3, name="inner")
+        self.norm = keras.layers.LayerNormalization(name="norm")
+
+    def call(self, x):
+        ENTRY_LAYERS.append(id(_keras.call_context(self).entry_layer))
+        return self.norm(self.inner(x))
+
+
+class Scaled(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.block = Block(name="block")
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+    def call(self, x, training=None):
+        return self.block(x) * self.scale
+
+
+def test_flatten_layers_reaches_sublayers_of_custom_layers_and_nested_models():
+    inner = keras.Sequential([keras.Input((4,)), Block(name="block")], name="inner_model")
+    model = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, name="head")])
+    names = [
+        layer.name
+        for layer in _keras.flatten_layers(model)
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    assert sorted(names) == ["block", "head", "inner", "inner_model", "norm"]
+    assert _keras.flatten_layers(model, include_self=True)[0] is model
+
+
+def test_is_functional_tells_functional_models_from_the_rest():
+    inputs = keras.Input((4,))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert _keras.is_functional(functional)
+    assert not _keras.is_functional(sequential) and not _keras.is_functional(Scaled())
+
+
+def test_call_context_names_the_outermost_layer_of_the_pass():
+    model = Scaled()
+    model(np.ones((2, 4), "float32"))
+    assert ENTRY_LAYERS[-1] == id(model)
+
+
+def test_current_stateless_scope_is_the_open_scope():
+    assert _keras.current_stateless_scope() is None
+    with keras.StatelessScope() as scope:
+        assert _keras.current_stateless_scope() is scope
+
+
+def test_tracked_layers_and_their_replacement_keep_weights_exact():
+    model = Scaled()
+    model(np.ones((2, 4), "float32"))
+    assert model.block in _keras.tracked_layers(model)
+    other = Block(name="other")
+    other(np.ones((2, 4), "float32"))
+    _keras.replace_tracked_layer(model, model.block, other)
+    assert other in _keras.tracked_layers(model) and model.block not in _keras.tracked_layers(model)
+    assert {id(v) for v in model.weights} == {id(v) for v in other.weights} | {id(model.scale)}
+    assert _keras.is_tracking_attribute("_layers") and not _keras.is_tracking_attribute("block")
+
+
+def test_own_variables_are_the_models_own():
+    model = Scaled()
+    model(np.ones((2, 4), "float32"))
+    assert [v.name for v in _keras.own_variables(model)] == ["scale"]
+
+
+def test_track_variable_adds_a_variable_and_layout_is_none_without_distribution():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    holder = keras.layers.Layer(name="holder")  # not built yet, as a wrapper adding masks
+    extra = keras.Variable(np.zeros((3, 2), "float32"), trainable=False, name="extra")
+    _keras.track_variable(holder, extra)
+    assert any(v is extra for v in holder.non_trainable_weights)
+    assert _keras.variable_layout(layer.kernel) is None
+    np.testing.assert_array_equal(ops.convert_to_numpy(extra), np.zeros((3, 2)))
