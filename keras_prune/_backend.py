@@ -7,11 +7,14 @@ Everything else in keras_prune is `keras.ops`. Three things are not in it:
   steps that do not prune, instead of running an `ops.cond` whose other
   branch copies every mask onto itself.
 * A selection primitive. `keras.ops` can only sort (`ops.top_k`,
-  `ops.sort`: O(n log n)). For a weight that lives in host memory under
-  eager torch, the whole mask is computed with numpy on a zero-copy view of
-  the tensor: `numpy.partition` (introselect, linear) is 3–5x faster than
-  the `keras.ops` radix select, which eager torch runs as a dozen separate
-  weight-sized kernels, and numpy's temporaries avoid torch's page faults.
+  `ops.sort`: O(n log n)). For a weight in host memory in eager code
+  (torch's default, `run_eagerly=True` on TensorFlow and JAX), the whole
+  mask is computed with numpy on the tensor's memory: `numpy.partition`
+  (introselect, linear) is 3–5x faster than the `keras.ops` radix select,
+  which eager code runs as dozens of separate weight-sized kernels (eager
+  JAX compiles each on first use), and numpy's temporaries avoid torch's
+  page faults. On eager torch the mask is even rewritten in place.
+* Keeping the mask update out of `torch.compile` (`eager`).
 * Fusion. Keras compiles a TensorFlow train step on a CPU as a plain graph
   (`jit_compile="auto"` means no XLA there), which runs every op of the
   radix select as its own weight-sized kernel. Compiling just the mask
@@ -49,8 +52,17 @@ def is_concrete(x: Any) -> bool:
 
 
 def host_selectable(flat: Any) -> bool:
-    """True if `top_k_mask_on_host` should select in `flat` (eager torch on CPU)."""
-    return keras.backend.backend() == "torch" and is_concrete(flat) and flat.device.type == "cpu"
+    """True if `top_k_mask_on_host` should select in `flat`: a concrete tensor on a CPU."""
+    if not is_concrete(flat):
+        return False
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return flat.device.type == "cpu"
+    if backend == "jax":
+        return all(device.platform == "cpu" for device in flat.devices())
+    if backend == "tensorflow":
+        return "CPU" in flat.device
+    return False
 
 
 def known_false(pred: Any) -> bool:
@@ -69,18 +81,61 @@ def cond(pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]) -> 
     return keras.ops.cond(pred, true_fn, false_fn)
 
 
+def host_updatable(weight: Any, mask: Any) -> bool:
+    """True if `update_mask_on_host` may rewrite `mask` from `weight` in place.
+
+    Eager torch, float32 contiguous tensors on the CPU. (The caller also
+    makes sure they are the variables' storage, not values of a
+    `keras.StatelessScope`.)
+    """
+    return (
+        keras.backend.backend() == "torch"
+        and is_concrete(weight)
+        and all(
+            t.device.type == "cpu" and str(t.dtype) == "torch.float32" and t.is_contiguous()
+            for t in (weight, mask)
+        )
+    )
+
+
+def update_mask_on_host(weight: Any, mask: Any, k: int) -> float:
+    """Rewrites `mask` in place with the top-k mask of |weight * mask|; returns the threshold.
+
+    The mask `masks.top_k_mask` computes (k kept, ties by flat index), by
+    `numpy.partition`, for tensors `host_updatable` accepts. Everything runs
+    on numpy views of the two tensors' storage: no torch tensor is made
+    (torch's CPU allocator maps and page-faults each fresh weight-sized
+    tensor anew, ~40 ms per 64 MB, while numpy's large arrays sit on
+    transparent huge pages) and the mask is not copied into its variable.
+    """
+    w = weight.detach().numpy().reshape(-1)  # views: shares memory with the tensors
+    m = mask.detach().numpy().reshape(-1)
+    scratch = np.empty(w.shape, np.float32)
+    bits = scratch.view(np.int32)
+
+    def magnitude_bits() -> np.ndarray:
+        np.multiply(w, m, out=scratch)
+        return np.bitwise_and(bits, 0x7FFFFFFF, out=bits)
+
+    threshold, at_least = _kth_largest_pattern(magnitude_bits(), k)
+    magnitude_bits()  # again: the selection reordered them
+    np.greater_equal(bits, threshold, out=m)
+    if at_least > k:  # ties at the threshold: keep the first ones by flat index
+        ties = np.flatnonzero(bits == threshold)
+        m[ties[k - at_least + ties.size :]] = 0
+    return float(np.int32(threshold).view(np.float32))
+
+
 def top_k_mask_on_host(flat: Any, k: Any, dtype: str) -> tuple[Any, Any]:
-    """`masks.top_k_mask` of an eager torch CPU tensor, by `numpy.partition`.
+    """`masks.top_k_mask` of a concrete CPU tensor (`host_selectable`), by `numpy.partition`.
 
     `flat` is 1-D float32. Returns the mask (in `dtype` where numpy has it,
-    else bool) and the k-th largest magnitude's int32 bit pattern. Every
-    temporary is a numpy array on a zero-copy view: numpy puts large arrays
-    on transparent huge pages, while torch's CPU allocator maps and
+    else bool) and the k-th largest magnitude's int32 bit pattern, as
+    tensors. Every temporary is a numpy array: numpy puts large arrays on
+    transparent huge pages, while torch's CPU allocator maps and
     page-faults each fresh weight-sized tensor anew (~40 ms per 64 MB).
     """
-    import torch
-
-    values = flat.detach().numpy().view(np.int32)  # shares memory with `flat`
+    values = keras.ops.convert_to_numpy(flat).view(np.int32)  # no copy on torch and JAX
     bits = np.bitwise_and(values, 0x7FFFFFFF)  # magnitudes, ordered as ints
     kept = int(k)
     threshold, at_least = _kth_largest_pattern(bits, kept)
@@ -91,7 +146,7 @@ def top_k_mask_on_host(flat: Any, k: Any, dtype: str) -> tuple[Any, Any]:
     if at_least > kept:  # ties at the threshold: keep the first ones by flat index
         ties = np.flatnonzero(bits == threshold)
         keep[ties[kept - at_least + ties.size :]] = 0
-    return torch.from_numpy(keep), torch.tensor(threshold, dtype=torch.int32)
+    return keras.ops.convert_to_tensor(keep), keras.ops.convert_to_tensor(np.int32(threshold))
 
 
 def _kth_largest_pattern(bits: np.ndarray, kept: int) -> tuple[int, int]:
@@ -111,6 +166,21 @@ def _kth_largest_pattern(bits: np.ndarray, kept: int) -> tuple[int, int]:
     bits.partition(rank)
     threshold = int(bits[rank])
     return threshold, kept + int(np.count_nonzero(bits[:rank] == threshold))
+
+
+def eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, run eagerly even inside `torch.compile` (Keras's `jit_compile=True` on torch).
+
+    Dynamo would otherwise trace the mask update into the compiled train
+    step: its radix select and conditionals take minutes to compile for a
+    small CNN, where eager torch selects with numpy in milliseconds. Other
+    backends trace `fn` into their compiled step as usual.
+    """
+    if keras.backend.backend() != "torch":
+        return fn
+    import torch
+
+    return torch.compiler.disable(fn)
 
 
 def fused(fn: Callable[..., Any], min_size: int = 2**16) -> Callable[..., Any]:

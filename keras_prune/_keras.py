@@ -28,6 +28,9 @@ import keras
 # not the function that returns the current one.
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
+# Since 3.0: the scope a layer's call opens under a mixed precision policy.
+from keras.src.backend.common.variables import AutocastScope
+
 # Since 3.0: the class of `keras.Model(inputs, outputs)`, which Keras does not
 # export (`keras.Model.__new__` returns it).
 from keras.src.models.functional import Functional
@@ -40,6 +43,20 @@ def current_stateless_scope() -> Any:
     without a model-level call context; the scope then identifies the pass.
     """
     return get_stateless_scope()
+
+
+def full_precision() -> AutocastScope:
+    """A scope in which variables read at their own dtype, whatever the dtype policy.
+
+    Under a mixed policy (`mixed_float16`, `mixed_bfloat16`) Keras opens an
+    `AutocastScope` for every layer call, in which reading a float32
+    variable gives a float16 copy. A mask update must rank the float32
+    weights (else float16 creates ties that float32 training has not), and
+    on the torch backend it must not assign at all inside that scope:
+    `Variable.assign` copies into `self.value`, the float16 copy, so the
+    update is lost (Keras 3.15). `AutocastScope(None)` (3.0) casts nothing.
+    """
+    return AutocastScope(None)
 
 
 def call_context(layer: keras.layers.Layer) -> Any:

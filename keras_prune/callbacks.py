@@ -17,6 +17,7 @@ from keras import ops
 from keras_prune import _tfevents, global_pruning
 from keras_prune.masks import keep_count
 from keras_prune.prune import pruned_layers
+from keras_prune.schedules import pruning_points
 from keras_prune.wrapper import PruneLowMagnitude
 
 
@@ -39,8 +40,12 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        global_pruning.link(pruned_layers(self.model))
-        if not any(True for _ in pruned_layers(self.model)):
+        wrappers = list(pruned_layers(self.model))
+        global_pruning.link(wrappers)
+        # The first pruning step of this run (a resumed model starts past 1).
+        steps = [int(ops.convert_to_numpy(w.pruning_step.value)) for w in wrappers]
+        self._first_step = min(steps, default=0) + 1
+        if not wrappers:
             warnings.warn(
                 "UpdatePruningStep: the model has no PruneLowMagnitude layers; "
                 "nothing will be pruned. Call keras_prune.prune_low_magnitude first.",
@@ -49,7 +54,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
             )
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        for message in final_sparsity_shortfalls(self.model):
+        for message in final_sparsity_shortfalls(self.model, self._first_step):
             warnings.warn(message, UserWarning, stacklevel=2)
 
 
@@ -214,16 +219,26 @@ def _pruning_values(wrappers: Iterable[PruneLowMagnitude]) -> dict[int, list[tup
     return by_step
 
 
-def final_sparsity_shortfalls(model: keras.layers.Layer) -> list[str]:
-    """Messages for every pruned weight below its schedule's final sparsity.
+def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) -> list[str]:
+    """Messages for every pruned weight (or global group) below its schedule's final sparsity.
 
     The final sparsity is the schedule's `end_sparsity()` (m/n with
     `sparsity_m_by_n`); schedules whose `end_sparsity()` is None are skipped.
     A weight falls short when its mask keeps more than the count that
-    sparsity prescribes (one block of slack for block pruning).
+    sparsity prescribes (one block of slack for block pruning); a global
+    pruning group when all its weights together do. Each message names the
+    cause, told apart with the schedule's pruning steps among those of the
+    run being checked, `first_step` to the wrapper's current step:
+
+    * training stopped before the schedule's `end_step`;
+    * no pruning step fell inside the run, or the last one prescribes less
+      than the final sparsity (a schedule problem: begin, end, frequency);
+    * the last pruning step ran but the mask keeps more than it prescribes:
+      the update had no effect, an internal failure, reported with the
+      training configuration (backend, dtype policy, compilation).
     """
     messages = []
-    for layer in pruned_layers(model):
+    for layer, paths, size, kept in _pruned_units(model):
         schedule = layer.pruning_schedule
         target = schedule.end_sparsity()
         if layer.sparsity_m_by_n is not None:
@@ -231,25 +246,75 @@ def final_sparsity_shortfalls(model: keras.layers.Layer) -> list[str]:
             target = m / n
         if target is None:
             continue
-        step = int(ops.convert_to_numpy(layer.pruning_step))
         block = math.prod(layer.block_size)
-        for weight, mask, _ in layer.pruning_vars:
-            size = math.prod(weight.shape)
-            kept = int(ops.convert_to_numpy(ops.sum(mask.value)))
-            allowed = int(ops.convert_to_numpy(keep_count(size, target)))
-            if kept <= allowed + (block - 1 if block > 1 else 0):
-                continue
-            end_step = getattr(schedule, "end_step", -1)
+        slack = block - 1 if block > 1 else 0
+        allowed = int(ops.convert_to_numpy(keep_count(size, target)))
+        if kept <= allowed + slack:
+            continue
+        step = int(ops.convert_to_numpy(layer.pruning_step))
+        end_step = getattr(schedule, "end_step", None)
+        points = pruning_points(schedule, min(first_step, step + 1), step)
+        if end_step is not None and step < end_step:
             reason = (
                 f"training stopped at pruning step {step}, before the schedule's "
                 f"end_step={end_step}; train longer or lower end_step"
-                if step < end_step
-                else "the schedule never pruned to it; check begin_step, end_step "
-                "and frequency (end_step - begin_step should be a multiple of frequency)"
             )
-            messages.append(
-                f"Pruning ended below the scheduled final sparsity for "
-                f"{weight.path}: {kept} of {size} weights kept, {kept - allowed} more "
-                f"than {target:.2%} sparsity allows ({reason})."
+        elif not points:
+            reason = (
+                f"no pruning step of the schedule fell inside this training run "
+                f"(steps {first_step}..{step}), so the schedule never pruned to it; check "
+                "begin_step, end_step and frequency"
             )
+        else:
+            last_step, last_sparsity = points[-1]
+            if layer.sparsity_m_by_n is not None:
+                last_sparsity = target
+            if kept > int(ops.convert_to_numpy(keep_count(size, last_sparsity))) + slack:
+                reason = (
+                    f"the schedule pruned at step {last_step} to {last_sparsity:.2%}, but the "
+                    "mask keeps more than that: the mask update had no effect. This is an "
+                    f"internal failure of keras-prune under {_configuration(model)}; please "
+                    "report it"
+                )
+            else:
+                reason = (
+                    f"the schedule's last pruning step, {last_step}, prescribes only "
+                    f"{last_sparsity:.3%}, so the schedule never pruned to it; check "
+                    "begin_step, end_step and frequency (end_step - begin_step should be a "
+                    "multiple of frequency)"
+                )
+        messages.append(
+            f"Pruning ended below the scheduled final sparsity for {paths}: {kept} of "
+            f"{size} weights kept, {kept - allowed} more than {target:.2%} sparsity "
+            f"allows ({reason})."
+        )
     return messages
+
+
+def _pruned_units(model: keras.layers.Layer) -> list[tuple[PruneLowMagnitude, str, int, int]]:
+    """(a wrapper, weight path(s), size, weights kept) per pruned weight or global group."""
+    units: list[tuple[PruneLowMagnitude, str, int, int]] = []
+    groups: dict[str, list[tuple[PruneLowMagnitude, str, int, int]]] = {}
+    for layer in pruned_layers(model):
+        for weight, mask, _ in layer.pruning_vars:
+            kept = int(ops.convert_to_numpy(ops.sum(ops.cast(mask.value, "float32"))))
+            unit = (layer, weight.path, math.prod(weight.shape), kept)
+            if layer.global_group is None:
+                units.append(unit)
+            else:
+                groups.setdefault(layer.global_group, []).append(unit)
+    for name, members in groups.items():
+        paths = f"the global pruning group {name!r} ({', '.join(m[1] for m in members)})"
+        units.append((members[0][0], paths, sum(m[2] for m in members), sum(m[3] for m in members)))
+    return units
+
+
+def _configuration(model: keras.layers.Layer) -> str:
+    """The training configuration a bug report needs."""
+    policy = keras.config.dtype_policy().name
+    compiled = ", ".join(
+        f"{name}={getattr(model, name)!r}"
+        for name in ("run_eagerly", "jit_compile", "steps_per_execution")
+        if hasattr(model, name)
+    )
+    return f"backend {keras.backend.backend()}, dtype policy {policy}, {compiled}"

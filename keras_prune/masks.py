@@ -18,7 +18,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_prune import _backend, _validation
+from keras_prune import _backend, _keras, _validation
 
 POOLING_TYPES = ("AVG", "MAX")
 
@@ -133,7 +133,7 @@ def top_k_mask(scores: Any, k: Any, dtype: str = "bool") -> tuple[Any, Any]:
     on a CPU computes the same mask with `numpy.partition` (see `_backend`).
     """
     flat = ops.cast(ops.reshape(scores, (-1,)), "float32")
-    if _backend.host_selectable(flat):
+    if _backend.host_selectable(flat) and _backend.is_concrete(k):
         keep, threshold = _backend.top_k_mask_on_host(flat, k, dtype)
     else:
         keep, threshold = _radix_top_k(flat, k)
@@ -236,6 +236,46 @@ def compute_mask(
         k = keep_count(math.prod(weight.shape), sparsity)
         keep, threshold = top_k_mask(weight, k, keras.backend.standardize_dtype(weight.dtype))
     return ops.cast(keep, weight.dtype), ops.cast(threshold, weight.dtype)
+
+
+def update(
+    weight: keras.Variable,
+    mask: keras.Variable,
+    threshold: keras.Variable,
+    should_prune: Any,
+    sparsity: Any,
+    block_size: tuple[int, int] = (1, 1),
+    block_pooling_type: str = "AVG",
+    sparsity_m_by_n: tuple[int, int] | None = None,
+) -> None:
+    """Recomputes `mask` and `threshold` from the masked `weight` if `should_prune`.
+
+    The wrapper's pruning step for one weight: `compute_mask` of
+    `weight * mask` (so pruned weights stay pruned) under the graph's
+    conditional. An unstructured mask of a float32 weight in eager torch on
+    a CPU is rewritten in place by numpy instead (`_backend.update_mask_on_host`,
+    the same mask), which saves a weight-sized product and a copy.
+    """
+    unstructured = sparsity_m_by_n is None and tuple(block_size) == (1, 1)
+    if (
+        unstructured
+        and _backend.host_updatable(weight.value, mask.value)
+        and _keras.current_stateless_scope() is None
+    ):
+        if bool(ops.convert_to_numpy(should_prune)):
+            k = int(ops.convert_to_numpy(keep_count(math.prod(weight.shape), sparsity)))
+            threshold.assign(_backend.update_mask_on_host(weight.value, mask.value, k))
+        return
+
+    def prune() -> tuple[Any, Any]:
+        masked = ops.stop_gradient(ops.multiply(weight.value, mask.value))
+        return compute_mask(masked, sparsity, block_size, block_pooling_type, sparsity_m_by_n)
+
+    new_mask, new_threshold = _backend.cond(
+        should_prune, prune, lambda: (mask.value, threshold.value)
+    )
+    mask.assign(new_mask)
+    threshold.assign(new_threshold)
 
 
 def normalize_options(

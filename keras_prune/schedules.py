@@ -256,3 +256,32 @@ class PolynomialDecay(PruningSchedule):
             "power": self.power,
             "frequency": self.frequency,
         }
+
+
+def pruning_points(schedule: PruningSchedule, first: int, last: int) -> list[tuple[int, float]]:
+    """The steps in [first, last] at which `schedule` prunes, with the sparsity it prescribes.
+
+    The schedule is called once on all the steps; one that takes only scalar
+    steps is called step by step.
+
+    Example:
+
+    >>> pruning_points(ConstantSparsity(0.5, 0, frequency=4), 1, 10)
+    [(4, 0.5), (8, 0.5)]
+    """
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(f"`schedule` must be a PruningSchedule; got {type(schedule).__name__}.")
+    first = _validation.whole_number(first, "first", minimum=0)
+    last = _validation.whole_number(last, "last", minimum=first - 1)
+    steps = np.arange(first, last + 1, dtype="int32")
+    if not steps.size:
+        return []
+    try:
+        should_prune, sparsity = (ops.convert_to_numpy(v) for v in schedule(steps))
+        should_prune = np.broadcast_to(should_prune, steps.shape)
+        sparsity = np.broadcast_to(sparsity, steps.shape)
+    except Exception:  # a user schedule written for scalar steps only
+        pairs = [schedule(int(step)) for step in steps]
+        should_prune = np.array([bool(ops.convert_to_numpy(p)) for p, _ in pairs])
+        sparsity = np.array([float(ops.convert_to_numpy(v)) for _, v in pairs])
+    return [(int(steps[i]), float(sparsity[i])) for i in np.flatnonzero(should_prune)]

@@ -190,6 +190,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """
         if not _forward_pass.first_call(self, ("step", id(self))):
             return
+        with _keras.full_precision():  # float32 masks under a mixed policy (see _keras)
+            self._advance_and_prune()
+
+    @_backend.eager
+    def _advance_and_prune(self) -> None:
+        """The body of `_update_masks`, with variables read at their own dtype."""
         step = ops.add(self.pruning_step.value, 1)
         self.pruning_step.assign(step)
         if self.global_group is not None:
@@ -201,23 +207,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if _backend.known_false(should_prune):  # eager torch: most steps cost nothing more
             return
         for weight, mask, threshold in self.pruning_vars:
-
-            def prune(weight=weight, mask=mask):
-                masked = ops.stop_gradient(ops.multiply(weight.value, mask.value))
-                return masks.compute_mask(
-                    masked,
-                    sparsity,
-                    self.block_size,
-                    self.block_pooling_type,
-                    self.sparsity_m_by_n,
-                )
-
-            def keep(mask=mask, threshold=threshold):
-                return mask.value, threshold.value
-
-            new_mask, new_threshold = _backend.cond(should_prune, prune, keep)
-            mask.assign(new_mask)
-            threshold.assign(new_threshold)
+            masks.update(
+                weight,
+                mask,
+                threshold,
+                should_prune,
+                sparsity,
+                self.block_size,
+                self.block_pooling_type,
+                self.sparsity_m_by_n,
+            )
 
     def _schedule_at(self, step: Any) -> tuple[Any, Any]:
         """`pruning_schedule(step)`, evaluated once per forward pass in eager code.

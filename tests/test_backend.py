@@ -38,10 +38,13 @@ def test_fused_compiles_large_inputs_on_tensorflow_only():
     assert seen == [True, keras.backend.backend() != "tensorflow"]
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the host path is for eager torch")
+def _on_cpu(x):
+    return x.cpu() if keras.backend.backend() == "torch" else x  # also on a GPU machine
+
+
 def test_top_k_mask_on_host_keeps_the_first_ties_and_writes_the_dtype():
     def select(values, k, dtype="float32"):
-        flat = ops.convert_to_tensor(np.array(values, "float32")).cpu()  # also on a GPU machine
+        flat = _on_cpu(ops.convert_to_tensor(np.array(values, "float32")))
         keep, threshold = _backend.top_k_mask_on_host(flat, k, dtype)
         assert keras.backend.standardize_dtype(keep.dtype) == dtype
         return ops.convert_to_numpy(keep).tolist(), np.int32(threshold).view(np.float32)
@@ -53,8 +56,53 @@ def test_top_k_mask_on_host_keeps_the_first_ties_and_writes_the_dtype():
     assert select([0, 7, 0, 0, -2, 0, 9], 5) == ([1, 1, 1, 0, 1, 0, 1], 0)
     assert select([0, 0, 0], 1, "float16") == ([1, 0, 0], 0)
     # numpy has no bfloat16: the mask comes back as bool for top_k_mask to cast.
-    keep, _ = _backend.top_k_mask_on_host(ops.ones((3,)).cpu(), 2, "bfloat16")
+    keep, _ = _backend.top_k_mask_on_host(_on_cpu(ops.ones((3,))), 2, "bfloat16")
     assert keras.backend.standardize_dtype(keep.dtype) == "bool"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the host path is for eager torch")
+@pytest.mark.parametrize("case", ["dense", "pruned_before", "ties"])
+def test_update_mask_on_host_rewrites_the_mask_like_a_stable_sort(case):
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal(5000).astype("float32")
+    mask = np.ones(5000, "float32")
+    if case == "pruned_before":
+        mask[rng.random(5000) < 0.6] = 0
+    if case == "ties":
+        weight = np.round(weight, 1)
+    k = 900
+    masked = np.abs(weight * mask)
+    order = np.argsort(-masked, kind="stable")  # the independent reference: a full sort
+    expected = np.zeros(5000, "float32")
+    expected[order[:k]] = 1
+    w = ops.convert_to_tensor(weight).cpu()
+    m = ops.convert_to_tensor(mask).cpu()
+    assert _backend.host_updatable(w, m)
+    storage = m.data_ptr()
+    threshold = _backend.update_mask_on_host(w, m, k)
+    assert m.data_ptr() == storage  # rewritten in place
+    np.testing.assert_array_equal(ops.convert_to_numpy(m), expected)
+    assert threshold == masked[order[k - 1]]
+    np.testing.assert_array_equal(ops.convert_to_numpy(w), weight)  # the weight is untouched
+    assert not _backend.host_updatable(w, ops.convert_to_tensor(mask, "float16").cpu())
+
+
+def test_eager_keeps_a_function_out_of_torch_compile():
+    seen = []
+
+    def double(x):
+        seen.append(_backend.is_concrete(x))
+        return x * 2
+
+    eager = _backend.eager(double)
+    if keras.backend.backend() != "torch":
+        assert eager is double  # traced into the compiled step as usual
+        return
+    import torch
+
+    compiled = torch.compile(lambda x: eager(x) + 1)
+    np.testing.assert_array_equal(ops.convert_to_numpy(compiled(torch.ones(3))), [3, 3, 3])
+    assert seen == [True]  # ran eagerly, inside the compiled function
 
 
 def test_known_false_only_for_a_concrete_false():

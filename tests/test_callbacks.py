@@ -32,12 +32,32 @@ def test_warns_when_training_stops_before_end_step():
 @pytest.mark.slow
 def test_warns_when_schedule_never_prunes():
     # 12 training steps; pruning would begin at step 100.
-    with pytest.warns(UserWarning, match="never pruned to it; check begin_step"):
+    with pytest.warns(
+        UserWarning,
+        match=r"no pruning step of the schedule fell inside this training run \(steps 1..12\)",
+    ):
         pruned = train(ConstantSparsity(0.5, begin_step=100), epochs=3)
     messages = final_sparsity_shortfalls(pruned)
     assert len(messages) == 4
     assert "72 of 72 weights kept, 36 more than 50.00% sparsity allows" in messages[0]
     assert keras_prune.sparsity_report(pruned).total_sparsity == 0
+
+
+@pytest.mark.slow
+def test_tells_a_schedule_that_stops_short_from_a_mask_update_without_effect():
+    # PolynomialDecay to 0.8 over steps 0..10 every 4: the last pruning step is 8.
+    with pytest.warns(UserWarning, match=r"last pruning step, 8, prescribes only 79\.\d+%"):
+        pruned = train(PolynomialDecay(0.0, 0.8, begin_step=0, end_step=10, frequency=4), epochs=3)
+    assert all("internal failure" not in m for m in final_sparsity_shortfalls(pruned))
+    # A mask that pruning steps left untouched is an internal failure, named as one.
+    wrapper = next(keras_prune.pruned_layers(pruned))
+    wrapper.pruning_vars[0][1].assign(np.ones(wrapper.pruning_vars[0][1].shape, "float32"))
+    (message,) = [
+        m for m in final_sparsity_shortfalls(pruned) if wrapper.pruning_vars[0][0].path in m
+    ]
+    assert "the schedule pruned at step 8" in message and "the mask update had no effect" in message
+    assert "internal failure of keras-prune under backend " + keras.backend.backend() in message
+    assert "dtype policy float32" in message and "steps_per_execution=1" in message
 
 
 @pytest.mark.slow
@@ -48,6 +68,21 @@ def test_silent_when_final_sparsity_is_reached(recwarn):
     ]
     assert final_sparsity_shortfalls(pruned) == []
     assert keras_prune.sparsity_report(pruned).total_sparsity == pytest.approx(0.8, abs=1e-3)
+
+
+def test_a_global_group_is_checked_as_a_whole(recwarn):
+    # Global pruning leaves layers at different sparsities; only the total must reach 0.8.
+    pruned = train(ConstantSparsity(0.8, 0, frequency=2), epochs=1, global_pruning=True)
+    assert final_sparsity_shortfalls(pruned) == []
+    report = keras_prune.sparsity_report(pruned)
+    assert report.total_sparsity == pytest.approx(0.8, abs=1e-3)
+    assert len({round(row.sparsity, 3) for row in report}) > 1
+    wrapper = next(keras_prune.pruned_layers(pruned))
+    wrapper.pruning_vars[0][1].assign(np.ones(wrapper.pruning_vars[0][1].shape, "float32"))
+    (message,) = final_sparsity_shortfalls(pruned)
+    assert message.startswith(
+        "Pruning ended below the scheduled final sparsity for the global pruning group 'global'"
+    )
 
 
 def test_m_by_n_target_is_m_over_n():

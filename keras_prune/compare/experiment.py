@@ -63,7 +63,12 @@ from keras_prune.compare.results import BASELINE, RunResult
 from keras_prune.kps import export, load
 from keras_prune.prune import prune_low_magnitude, strip_pruning
 from keras_prune.report import gzipped_model_size, sparsity_report
-from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_prune.schedules import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PruningSchedule,
+    pruning_points,
+)
 
 __all__ = [
     "BASELINE",
@@ -539,26 +544,6 @@ class Comparison:
         return [json_path, csv_path]
 
 
-def _pruning_points(schedule: PruningSchedule, end_step: int) -> list[tuple[int, float]]:
-    """The steps in [1, end_step] at which `schedule` prunes, with its sparsity there.
-
-    The schedule is called once on all steps; one that only takes scalar
-    steps is called step by step.
-    """
-    steps = np.arange(1, end_step + 1, dtype="int32")
-    try:
-        should_prune, sparsity = (keras.ops.convert_to_numpy(v) for v in schedule(steps))
-        should_prune, sparsity = (
-            np.broadcast_to(should_prune, steps.shape),
-            np.broadcast_to(sparsity, steps.shape),
-        )
-    except Exception:  # a user schedule written for scalar steps only
-        pairs = [schedule(int(step)) for step in steps]
-        should_prune = np.array([bool(keras.ops.convert_to_numpy(p)) for p, _ in pairs])
-        sparsity = np.array([float(keras.ops.convert_to_numpy(s)) for _, s in pairs])
-    return [(int(steps[i]), float(sparsity[i])) for i in np.flatnonzero(should_prune)]
-
-
 def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
     """Loads the data and builds every schedule once, before any training,
     so that a missing dataset or a bad schedule fails fast.
@@ -576,8 +561,8 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
     steps_per_epoch, begin_step, end_step = pruning_steps(len(x_train), config)
     num_fit = int(math.floor(len(x_train) * (1.0 - config.validation_split)))
     points = {
-        results.label(name, s, len(config.sparsities) > 1): _pruning_points(
-            make_schedule(name, s, begin_step, end_step, config.frequency), end_step
+        results.label(name, s, len(config.sparsities) > 1): pruning_points(
+            make_schedule(name, s, begin_step, end_step, config.frequency), 1, end_step
         )
         for name in config.schedules
         for s in config.sparsities

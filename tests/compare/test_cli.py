@@ -212,7 +212,7 @@ def test_missing_dataset_says_where_to_get_it(tmp_path, capsys):
 @pytest.mark.slow
 def test_bad_input_through_python_m_and_another_backend():
     other = "jax" if BACKEND != "jax" else "tensorflow"
-    # keras is imported with BACKEND in the parent; --backend re-runs in a new process.
+    # The child reads --backend before it imports Keras: no second process.
     done = _run("compare", "--backend", other, "--schedules", "cubic")
     assert done.returncode == 2
     assert (
@@ -221,3 +221,12 @@ def test_bad_input_through_python_m_and_another_backend():
         .startswith("keras-prune: error: unknown schedule 'cubic'")
     )
     assert done.stdout == ""
+
+
+def test_another_backend_in_a_process_that_imported_keras_is_one_line(capsys):
+    other = "jax" if BACKEND != "jax" else "tensorflow"
+    assert cli.main(["compare", "--backend", other]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"Keras is already imported with the {BACKEND} backend" in err
+    assert f"keras-prune compare --backend {other}` in a new process" in err
