@@ -81,20 +81,23 @@ def cond(pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]) -> 
     return keras.ops.cond(pred, true_fn, false_fn)
 
 
-def host_updatable(weight: Any, mask: Any) -> bool:
-    """True if `update_mask_on_host` may rewrite `mask` from `weight` in place.
+def host_updatable(weight: keras.Variable, mask: keras.Variable) -> bool:
+    """True if `update_mask_on_host` may rewrite the variable `mask` from `weight` in place.
 
-    Eager torch, float32 contiguous tensors on the CPU. (The caller also
-    makes sure they are the variables' storage, not values of a
-    `keras.StatelessScope`.)
+    Eager torch, float32 contiguous tensors on the CPU. The values are read
+    only on eager torch, so a traced step gets no extra variable reads. (The
+    caller also makes sure the values are the variables' storage, not those
+    of a `keras.StatelessScope`.)
     """
-    return (
-        keras.backend.backend() == "torch"
-        and is_concrete(weight)
-        and all(
-            t.device.type == "cpu" and str(t.dtype) == "torch.float32" and t.is_contiguous()
-            for t in (weight, mask)
-        )
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    if torch.compiler.is_compiling():
+        return False
+    return all(
+        t.device.type == "cpu" and str(t.dtype) == "torch.float32" and t.is_contiguous()
+        for t in (weight.value, mask.value)
     )
 
 

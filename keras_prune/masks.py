@@ -259,8 +259,8 @@ def update(
     unstructured = sparsity_m_by_n is None and tuple(block_size) == (1, 1)
     if (
         unstructured
-        and _backend.host_updatable(weight.value, mask.value)
         and _keras.current_stateless_scope() is None
+        and _backend.host_updatable(weight, mask)
     ):
         if bool(ops.convert_to_numpy(should_prune)):
             k = int(ops.convert_to_numpy(keep_count(math.prod(weight.shape), sparsity)))

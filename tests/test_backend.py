@@ -75,16 +75,15 @@ def test_update_mask_on_host_rewrites_the_mask_like_a_stable_sort(case):
     order = np.argsort(-masked, kind="stable")  # the independent reference: a full sort
     expected = np.zeros(5000, "float32")
     expected[order[:k]] = 1
-    w = ops.convert_to_tensor(weight).cpu()
-    m = ops.convert_to_tensor(mask).cpu()
+    w, m = keras.Variable(weight), keras.Variable(mask, trainable=False)
     assert _backend.host_updatable(w, m)
-    storage = m.data_ptr()
-    threshold = _backend.update_mask_on_host(w, m, k)
-    assert m.data_ptr() == storage  # rewritten in place
+    storage = m.value.data_ptr()
+    threshold = _backend.update_mask_on_host(w.value, m.value, k)
+    assert m.value.data_ptr() == storage  # rewritten in place
     np.testing.assert_array_equal(ops.convert_to_numpy(m), expected)
     assert threshold == masked[order[k - 1]]
     np.testing.assert_array_equal(ops.convert_to_numpy(w), weight)  # the weight is untouched
-    assert not _backend.host_updatable(w, ops.convert_to_tensor(mask, "float16").cpu())
+    assert not _backend.host_updatable(w, keras.Variable(mask, dtype="float16"))
 
 
 def test_eager_keeps_a_function_out_of_torch_compile():

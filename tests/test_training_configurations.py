@@ -94,7 +94,7 @@ def _model():
 def _unsupported(policy, compilation, how):
     """Keras's own limits: why the case cannot run on this backend, or None."""
     if BACKEND == "torch" and how == "steps_per_execution":
-        return "Keras's torch trainer runs one step per execution"
+        return "Keras's torch trainer runs one step per execution and says so"
     return None
 
 
@@ -142,7 +142,7 @@ def test_configuration_prunes_to_the_schedule(policy, compilation, how):
     )
     reason = _unsupported(policy, compilation, how)
     if reason:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="`steps_per_execution` must be 1"):
             pruned.fit(**fit_args, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
         assert all(
             int(ops.convert_to_numpy(w.pruning_step)) == 0
