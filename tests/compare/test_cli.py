@@ -30,27 +30,17 @@ def _run(*args, backend=BACKEND):
     )
 
 
+# 250 images: 200 train (4 steps of 50), 50 validation, 250 test; pruning
+# from step int(0.2 * 4) = 0 at every step up to 4, so both schedules reach
+# their target.
+TINY = ["--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1"]
+TINY += ["--sparsity", "0.5,0.875"]
+
+
 @pytest.fixture(scope="module")
 def tiny_comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    # 250 images: 200 train (4 steps of 50), 50 validation, 250 test; pruning
-    # from step int(0.2 * 4) = 0 at every step up to 4, so both schedules
-    # reach their target.
-    done = _run(
-        "compare",
-        "--limit",
-        "250",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--frequency",
-        "1",
-        "--sparsity",
-        "0.5,0.875",
-        "--out",
-        str(out),
-    )
+    done = _run("compare", *TINY, "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     return done, out
 
@@ -146,16 +136,7 @@ def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_pat
     (tmp_path / "results.json").write_text((out / "results.json").read_text())
     done = _run(
         "compare",
-        "--limit",
-        "250",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--frequency",
-        "1",
-        "--sparsity",
-        "0.5,0.875",
+        *TINY,
         "--out",
         str(tmp_path),
         "--resume",
