@@ -129,8 +129,9 @@ def top_k_mask(scores: Any, k: Any, dtype: str = "bool") -> tuple[Any, Any]:
     `scores` are magnitudes: their float32 absolute values are ranked (see
     `_magnitude_bits`). Ties at the threshold are broken by flat index,
     lower index first, so exactly k entries are kept, as by a stable sort by
-    descending score. The threshold is the k-th largest score. Eager torch
-    on a CPU computes the same mask with `numpy.partition` (see `_backend`).
+    descending score. The threshold is the k-th largest score. Eager code
+    on a CPU (any backend) computes the same mask with `numpy.partition`
+    (see `_backend`).
     """
     flat = ops.cast(ops.reshape(scores, (-1,)), "float32")
     if _backend.host_selectable(flat) and _backend.is_concrete(k):
