@@ -43,7 +43,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         wrappers = list(pruned_layers(self.model))
         global_pruning.link(wrappers)
         # The first pruning step of this run (a resumed model starts past 1).
-        steps = [int(ops.convert_to_numpy(w.pruning_step.value)) for w in wrappers]
+        steps = [int(ops.convert_to_numpy(w.pruning_step)) for w in wrappers]
         self._first_step = min(steps, default=0) + 1
         if not wrappers:
             warnings.warn(
@@ -297,7 +297,7 @@ def _pruned_units(model: keras.layers.Layer) -> list[tuple[PruneLowMagnitude, st
     groups: dict[str, list[tuple[PruneLowMagnitude, str, int, int]]] = {}
     for layer in pruned_layers(model):
         for weight, mask, _ in layer.pruning_vars:
-            kept = int(ops.convert_to_numpy(ops.sum(ops.cast(mask.value, "float32"))))
+            kept = int(ops.convert_to_numpy(ops.sum(mask.value)))
             unit = (layer, weight.path, math.prod(weight.shape), kept)
             if layer.global_group is None:
                 units.append(unit)
