@@ -2,7 +2,8 @@
 """What a mask update costs inside `model.fit`, against numpy.partition of the same weight.
 
     python benchmarks/mask_update_in_fit.py [--backends tensorflow,jax,torch]
-        [--sizes 1024,2048,4096] [--groups 12] [--out benchmarks/results/mask_update_in_fit.json]
+        [--sizes 1024,2048,4096] [--groups 12] [--selections callback,radix]
+        [--out benchmarks/results/mask_update_in_fit.json]
 
 For each backend (one child process each) and each size n, one pruned
 `Dense(n, use_bias=False)` on n inputs (an n x n float32 kernel: 1 M, 4 M,
@@ -19,6 +20,12 @@ way the numpy reference of `mask_update.py` does (abs, `numpy.partition` at
 the same k, `>=`) on the same weight. Reported per size: medians and
 ranges of both over the groups (after warm-up), and their ratio.
 
+`--selections callback,radix` runs each size once per way a traced
+TensorFlow or JAX step can select on a CPU, alternating: numpy through a
+host callback (the default) and the radix select in XLA (what an
+accelerator or a TensorFlow step with `jit_compile=True` runs). Torch
+selects eagerly with numpy either way.
+
 The weight is random normal, fixed by the seed: with SGD's tiny updates the
 mask is the same at every group.
 """
@@ -26,6 +33,7 @@ mask is the same at every group.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -44,12 +52,16 @@ WARMUP_GROUPS = 2
 OUT = os.path.join(HERE, "results", "mask_update_in_fit.json")
 
 
-def child(size: int, groups: int) -> dict:
+def child(size: int, groups: int, selection: str) -> dict:
     import keras
     import numpy as np
     from keras import ops
 
     import keras_prune
+    from keras_prune import _backend
+
+    if selection == "radix":
+        _backend.host_callable = lambda x: False
 
     class EveryOtherStep(keras_prune.PruningSchedule):
         """Step 4i+1: sparsity 0 (mask reset); 4i+3: `SPARSITY`; even steps: no pruning."""
@@ -109,6 +121,7 @@ def child(size: int, groups: int) -> dict:
     ratios = [u / r for u, r in zip(updates, numpy_times)]
     return {
         "size": n,
+        "selection": selection,
         "shape": [size, size],
         "mask_update_in_fit": _common.stats(updates),
         "numpy_partition": _common.stats(numpy_times),
@@ -124,17 +137,19 @@ def main() -> None:
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--sizes", default="1024,2048,4096")
     parser.add_argument("--groups", type=int, default=12)
+    parser.add_argument("--selections", default="callback")
     parser.add_argument("--out", default=OUT)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(int(args.child), args.groups)))
+        print(json.dumps(child(int(args.child), args.groups, args.selections)))
         return
     results = {"machine": _common.machine_info(), "command": " ".join(sys.argv), "runs": {}}
     for backend in args.backends.split(","):
-        for size in args.sizes.split(","):
+        for size, selection in itertools.product(args.sizes.split(","), args.selections.split(",")):
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
             cmd = [sys.executable, __file__, "--child", size, "--groups", str(args.groups)]
+            cmd += ["--selections", selection]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if done.returncode:
                 sys.exit(f"{backend} {size}: {done.stderr[-3000:]}")
@@ -142,7 +157,7 @@ def main() -> None:
             results["runs"].setdefault(backend, []).append(run)
             update, ref = run["mask_update_in_fit"], run["numpy_partition"]
             print(
-                f"{backend:<10} {run['size']:>9,} entries: update in fit {update['median_s'] * 1e3:7.1f} ms "
+                f"{backend:<10} {selection:<8} {run['size']:>9,} entries: update in fit {update['median_s'] * 1e3:7.1f} ms "
                 f"({update['min_s'] * 1e3:.1f}-{update['max_s'] * 1e3:.1f}), numpy.partition "
                 f"{ref['median_s'] * 1e3:6.1f} ms ({ref['min_s'] * 1e3:.1f}-{ref['max_s'] * 1e3:.1f}), "
                 f"ratio {run['ratio_of_medians']:.2f}x (per group {run['ratio_per_group']['min_s']:.2f}-"

@@ -13,7 +13,8 @@ Everything else in keras_prune is `keras.ops`. Three things are not in it:
   (introselect, linear) is 3–5x faster than the `keras.ops` radix select,
   which eager code runs as dozens of separate weight-sized kernels (eager
   JAX compiles each on first use), and numpy's temporaries avoid torch's
-  page faults. On eager torch the mask is even rewritten in place.
+  page faults. On eager torch the mask is even rewritten in place. A
+  plain TensorFlow graph on a CPU calls numpy too (`tf.numpy_function`).
 * Keeping the mask update out of `torch.compile` (`eager`).
 * Fusion. Keras compiles a TensorFlow train step on a CPU as a plain graph
   (`jit_compile="auto"` means no XLA there), which runs every op of the
@@ -120,12 +121,7 @@ def update_mask_on_host(weight: Any, mask: Any, k: int) -> float:
         np.multiply(w, m, out=scratch)
         return np.bitwise_and(bits, 0x7FFFFFFF, out=bits)
 
-    threshold, at_least = _kth_largest_pattern(magnitude_bits(), k)
-    magnitude_bits()  # again: the selection reordered them
-    np.greater_equal(bits, threshold, out=m)
-    if at_least > k:  # ties at the threshold: keep the first ones by flat index
-        ties = np.flatnonzero(bits == threshold)
-        m[ties[k - at_least + ties.size :]] = 0
+    threshold = _select_top_k(magnitude_bits, k, m)
     return float(np.int32(threshold).view(np.float32))
 
 
@@ -138,18 +134,112 @@ def top_k_mask_on_host(flat: Any, k: Any, dtype: str) -> tuple[Any, Any]:
     transparent huge pages, while torch's CPU allocator maps and
     page-faults each fresh weight-sized tensor anew (~40 ms per 64 MB).
     """
-    values = keras.ops.convert_to_numpy(flat).view(np.int32)  # no copy on torch and JAX
-    bits = np.bitwise_and(values, 0x7FFFFFFF)  # magnitudes, ordered as ints
-    kept = int(k)
+    values = keras.ops.convert_to_numpy(flat)  # no copy on torch and JAX
+    keep, threshold = _top_k_mask_numpy(values, int(k), _mask_dtype(dtype))
+    return keras.ops.convert_to_tensor(keep), keras.ops.convert_to_tensor(threshold)
+
+
+# Measured inside model.fit (benchmarks/mask_update_in_fit.py): from 2**24
+# entries on, TensorFlow's XLA radix select beat the callback (2.0x against
+# 2.2-2.3x numpy.partition's time); below, the callback won (1.2-1.8x
+# against 1.7-2.5x).
+_CALLBACK_MAX_SIZE = 2**24
+
+
+def host_callable(x: Any) -> bool:
+    """True if a traced step selects in `x` with numpy, by `kth_largest_by_callback`.
+
+    TensorFlow in a plain graph (Keras's default on a CPU) on a machine
+    with CPUs only, for weights under `_CALLBACK_MAX_SIZE` entries. XLA
+    cannot compile a `tf.numpy_function`, so a step compiled with
+    `jit_compile=True` keeps the radix select, as do accelerators. JAX
+    keeps it too: under `jax.jit` the radix select was faster than a
+    `jax.pure_callback` at every size measured (1.3x against 2.3x
+    numpy.partition's time at 1 M entries, 2.2x against 2.7x at 16.8 M),
+    since XLA copies the callback's operand and its CPU backend page-faults
+    each fresh weight-sized buffer.
+    """
+    if keras.backend.backend() != "tensorflow" or is_concrete(x):
+        return False
+    import tensorflow as tf
+
+    # `get_enclosing_xla_context` is TensorFlow's own way to ask whether the
+    # graph being traced will be XLA-compiled (exported as
+    # `tf.__internal__`, which Keras 2 used for the same question).
+    return (
+        math.prod(x.shape) < _CALLBACK_MAX_SIZE
+        and tf.__internal__.get_enclosing_xla_context() is None
+        and all(device.device_type == "CPU" for device in tf.config.list_logical_devices())
+    )
+
+
+def kth_largest_by_callback(flat: Any, k: Any) -> tuple[Any, Any]:
+    """The k-th largest magnitude's bit pattern in a traced `flat` (`host_callable`), by numpy.
+
+    Also returns `cut`, the flat index of the first entry equal to the
+    threshold that does not fit among the k kept (the size of `flat` when
+    all do): the mask is `magnitude >= threshold` before `cut` and `>`
+    from it on. The graph hands the 1-D float32 `flat` to numpy
+    (`tf.numpy_function`) and gets two integers back: one introselect
+    pass, where a plain graph would launch the radix select as an XLA
+    program (`fused`), and no weight-sized result to copy back.
+    """
+    import tensorflow as tf
+
+    def host(values: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        threshold, cut = _threshold_and_cut(values, int(kept))
+        return np.asarray(threshold, np.int32), np.asarray(cut, np.int32)
+
+    k = keras.ops.convert_to_tensor(k, "int32")
+    threshold, cut = tf.numpy_function(host, [flat, k], [tf.int32, tf.int32], stateful=False)
+    threshold.set_shape(())
+    cut.set_shape(())
+    return threshold, cut
+
+
+def _threshold_and_cut(values: np.ndarray, kept: int) -> tuple[int, int]:
+    """`kth_largest_by_callback` of the 1-D float32 `values`, in numpy."""
+    source = values.view(np.int32)
+    bits = np.bitwise_and(source, 0x7FFFFFFF)
     threshold, at_least = _kth_largest_pattern(bits, kept)
-    np.bitwise_and(values, 0x7FFFFFFF, out=bits)  # again: the selection reordered them
+    if at_least == kept:
+        return threshold, source.size
+    ties = np.flatnonzero(np.bitwise_and(source, 0x7FFFFFFF, out=bits) == threshold)
+    return threshold, int(ties[kept - at_least + ties.size])
+
+
+def _mask_dtype(dtype: str) -> np.dtype:
+    """The mask's numpy dtype: `dtype` where numpy has it, else bool (for the caller to cast)."""
+    return np.dtype(dtype) if dtype in ("float16", "float32", "float64", "bool") else np.dtype(bool)
+
+
+def _top_k_mask_numpy(values: np.ndarray, kept: int, dtype: np.dtype) -> tuple[Any, Any]:
+    """Mask (in `dtype`) of the `kept` largest |values| (1-D float32), and the threshold's pattern."""
+    source = values.view(np.int32)
+    bits = np.empty(source.shape, np.int32)
+
+    def magnitude_bits() -> np.ndarray:  # magnitudes, ordered as ints
+        return np.bitwise_and(source, 0x7FFFFFFF, out=bits)
+
     # The mask goes straight into its final dtype, with no bool temporary.
-    out_dtype = np.dtype(dtype) if dtype in ("float16", "float32", "float64", "bool") else np.bool_
-    keep = np.greater_equal(bits, threshold, out=np.empty(bits.shape, out_dtype))
-    if at_least > kept:  # ties at the threshold: keep the first ones by flat index
+    keep = np.empty(source.shape, dtype)
+    return keep, np.asarray(_select_top_k(magnitude_bits, kept, keep), np.int32)
+
+
+def _select_top_k(magnitude_bits: Callable[[], np.ndarray], kept: int, out: np.ndarray) -> int:
+    """Writes into `out` the mask of the `kept` largest of `magnitude_bits()`; returns the k-th.
+
+    `magnitude_bits` computes the int32 magnitude patterns afresh (the
+    selection reorders them). Ties at the threshold: the first ones by flat
+    index are kept, so exactly `kept` entries are.
+    """
+    threshold, at_least = _kth_largest_pattern(magnitude_bits(), kept)
+    bits = magnitude_bits()
+    np.greater_equal(bits, threshold, out=out)
+    if at_least > kept:
         ties = np.flatnonzero(bits == threshold)
-        keep[ties[kept - at_least + ties.size :]] = 0
-    return keras.ops.convert_to_tensor(keep), keras.ops.convert_to_tensor(np.int32(threshold))
+        out[ties[kept - at_least + ties.size :]] = 0
+    return threshold
 
 
 def _kth_largest_pattern(bits: np.ndarray, kept: int) -> tuple[int, int]:
@@ -191,7 +281,9 @@ def fused(fn: Callable[..., Any], min_size: int = 2**16) -> Callable[..., Any]:
 
     Only calls whose first argument has at least `min_size` entries are
     compiled: XLA takes about a second per new shape on a CPU, more than the
-    plain graph's separate kernels cost for a small weight. Tensor arguments
+    plain graph's separate kernels cost for a small weight. Nor are calls
+    in a graph that may call numpy (`host_callable`), where the selection
+    is numpy's and XLA could not compile it. Tensor arguments
     are traced; Python arguments (tuples, strings) select one compiled
     program per value. Inside a train step that is already XLA-compiled the
     program is inlined.
@@ -204,6 +296,8 @@ def fused(fn: Callable[..., Any], min_size: int = 2**16) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(x: Any, *args: Any, **kwargs: Any) -> Any:
-        return (compiled if math.prod(x.shape) >= min_size else fn)(x, *args, **kwargs)
+        if math.prod(x.shape) >= min_size and not host_callable(x):
+            return compiled(x, *args, **kwargs)
+        return fn(x, *args, **kwargs)
 
     return call

@@ -129,17 +129,32 @@ def top_k_mask(scores: Any, k: Any, dtype: str = "bool") -> tuple[Any, Any]:
     `scores` are magnitudes: their float32 absolute values are ranked (see
     `_magnitude_bits`). Ties at the threshold are broken by flat index,
     lower index first, so exactly k entries are kept, as by a stable sort by
-    descending score. The threshold is the k-th largest score. Eager code
-    on a CPU (any backend) computes the same mask with `numpy.partition`
-    (see `_backend`).
+    descending score. The threshold is the k-th largest score. On a CPU,
+    eager code and (through a host callback) JAX's and TensorFlow's traced
+    steps compute the same mask with `numpy.partition` (see `_backend`);
+    XLA-compiled TensorFlow steps and accelerators use the radix select.
     """
     flat = ops.cast(ops.reshape(scores, (-1,)), "float32")
     if _backend.host_selectable(flat) and _backend.is_concrete(k):
         keep, threshold = _backend.top_k_mask_on_host(flat, k, dtype)
+    elif _backend.host_callable(flat):
+        threshold, cut = _backend.kth_largest_by_callback(flat, k)
+        bits = _magnitude_bits(flat)
+        keep = ops.cond(
+            ops.greater_equal(cut, flat.shape[0]),
+            lambda: ops.greater_equal(bits, threshold),
+            lambda: _keep_before_cut(bits, threshold, cut),
+        )
     else:
         keep, threshold = _radix_top_k(flat, k)
     threshold = ops.view(ops.reshape(threshold, (1,)), "float32")[0]
     return ops.reshape(ops.cast(keep, dtype), ops.shape(scores)), threshold
+
+
+def _keep_before_cut(bits: Any, threshold: Any, cut: Any) -> Any:
+    """Magnitude patterns `bits` >= `threshold` before the flat index `cut`, > it from there on."""
+    first = ops.arange(bits.shape[0], dtype="int32") < cut
+    return ops.where(first, ops.greater_equal(bits, threshold), ops.greater(bits, threshold))
 
 
 def _radix_top_k(flat: Any, k: Any) -> tuple[Any, Any]:
@@ -169,9 +184,7 @@ def _radix_top_k(flat: Any, k: Any) -> tuple[Any, Any]:
             return ties[-1], ops.where(here, position, cut)
 
         _, cut = _fold_chunks(flat, find_cut, (zero, zero))
-        bits = _magnitude_bits(flat)
-        first = ops.arange(flat.shape[0], dtype="int32") < cut
-        return ops.where(first, ops.greater_equal(bits, threshold), ops.greater(bits, threshold))
+        return _keep_before_cut(_magnitude_bits(flat), threshold, cut)
 
     return ops.cond(ops.equal(at_least, k), without_ties, break_ties), threshold
 

@@ -155,6 +155,7 @@ def selection(request, monkeypatch):
     """Each way `top_k_mask` can select here: keras.ops, or numpy.partition in eager code."""
     if request.param.startswith("radix"):
         monkeypatch.setattr(_backend, "host_selectable", lambda flat: False)
+        monkeypatch.setattr(_backend, "host_callable", lambda flat: False)
     if request.param == "radix_chunks":
         monkeypatch.setattr(masks, "_CHUNK", 1000)
     return request.param
@@ -220,15 +221,33 @@ class _MaskLayer(keras.layers.Layer):
         return ops.expand_dims(ops.reshape(mask, (-1,)), 0) + 0.0 * inputs[:, :1]
 
 
+@pytest.mark.parametrize("step", ["default", "radix_select", "xla"])
 @pytest.mark.parametrize(
     "name, weight", _selection_cases()[:8], ids=[c[0] for c in _selection_cases()[:8]]
 )
-def test_same_mask_inside_compiled_function(name, weight):
-    """The mask computed in a compiled predict step (XLA on TF, jax.jit) equals the sort."""
+def test_same_mask_inside_compiled_function(name, weight, step, monkeypatch):
+    """The mask computed in a predict step (eager torch, tf.function, XLA, jax.jit) equals the sort.
+
+    A plain TensorFlow graph on a CPU selects with numpy through
+    `tf.numpy_function`; "radix_select" makes it use the radix select,
+    which XLA steps (TensorFlow's `jit_compile=True`, every JAX step) run.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow" and step != {"torch": "default", "jax": "xla"}[backend]:
+        pytest.skip(f"{backend} has one kind of predict step (torch.compile is not the default)")
+    if step == "radix_select":
+        monkeypatch.setattr(_backend, "host_callable", lambda flat: False)
+    jit_compile = step == "xla"
     sparsity = np.float32(0.6)
     model = keras.Sequential([keras.Input((1,)), _MaskLayer(weight, sparsity)])
-    # XLA on TF: "auto" would give a plain graph on CPU, which the wrapper
-    # tests already train with. torch.compile is not Keras's default.
-    model.compile(jit_compile=keras.backend.backend() != "torch")
+    model.compile(jit_compile=jit_compile)
+    calls = []  # in the predict step, not in the model's symbolic build above
+    by_callback = _backend.kth_largest_by_callback
+    monkeypatch.setattr(
+        _backend,
+        "kth_largest_by_callback",
+        lambda *args: calls.append(1) or by_callback(*args),
+    )
     mask = model.predict(np.zeros((1, 1), "float32"), verbose=0)[0]
     np.testing.assert_array_equal(mask.reshape(weight.shape), reference_mask(weight, sparsity))
+    assert bool(calls) == (backend == "tensorflow" and step == "default")
