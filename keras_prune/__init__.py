@@ -46,7 +46,7 @@ _EXPORTS = {
     "save_model": "saving",
     "PruningSummaries": "callbacks",
     "UpdatePruningStep": "callbacks",
-    "export": "kps",
+    "export": "runtimes",
     "load": "kps",
     "gzipped_model_size": "report",
 }
@@ -55,11 +55,12 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
-    from keras_prune.kps import export, load
+    from keras_prune.kps import load
     from keras_prune.masks import magnitude_mask
     from keras_prune.prune import prune_low_magnitude, pruned_layers, strip_pruning
     from keras_prune.registry import PrunableLayer, get_prunable_weights, register_prunable
     from keras_prune.report import SparsityReport, gzipped_model_size, sparsity_report
+    from keras_prune.runtimes import export
     from keras_prune.saving import load_model, prune_scope, save_model
     from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
     from keras_prune.wrapper import PruneLowMagnitude

@@ -16,6 +16,8 @@ Everything else in keras_prune is `keras.ops`. Three things are not in it:
   page faults. On eager torch the mask is even rewritten in place. A
   plain TensorFlow graph on a CPU calls numpy too (`tf.numpy_function`).
 * Keeping the mask update out of `torch.compile` (`eager`).
+* The LiteRT converter's options (`tf.lite.Optimize`), for
+  `convert_for_runtime`: Keras's `model.export` takes them as they are.
 * Fusion. Keras compiles a TensorFlow train step on a CPU as a plain graph
   (`jit_compile="auto"` means no XLA there), which runs every op of the
   radix select as its own weight-sized kernel. Compiling just the mask
@@ -301,3 +303,25 @@ def fused(fn: Callable[..., Any], min_size: int = 2**16) -> Callable[..., Any]:
         return fn(x, *args, **kwargs)
 
     return call
+
+
+def convert_for_runtime(model: keras.Model, path: str, fmt: str, quantize: str | None) -> None:
+    """Writes `model` as a LiteRT ("tflite") or ONNX ("onnx") file; TensorFlow backend only.
+
+    Both go through `keras.Model.export`. LiteRT gets the converter's
+    options by name (`tf.lite.Optimize`, the one part not in Keras):
+    sparse weight encoding always, plus int8 weights (dynamic-range
+    quantization) or float16 weights.
+    """
+    if fmt == "onnx":
+        model.export(path, format="onnx", verbose=False)
+        return
+    import tensorflow as tf
+
+    optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    options: dict[str, Any] = {}
+    if quantize in ("int8", "float16"):
+        optimizations.insert(0, tf.lite.Optimize.DEFAULT)
+    if quantize == "float16":
+        options["target_spec"] = {"supported_types": [tf.float16]}
+    model.export(path, format="litert", verbose=False, optimizations=optimizations, **options)

@@ -27,6 +27,7 @@ LAYERS = [
     {"wrapper"},
     {"prune", "report", "saving"},
     {"callbacks", "kps"},
+    {"runtimes"},
     {"__init__"},
 ]
 APP_LAYERS = [

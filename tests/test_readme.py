@@ -52,6 +52,7 @@ def test_quickstart_prunes_the_seed_cnn_to_the_target(monkeypatch, tmp_path):
         atol=1e-6,
     )
     assert (tmp_path / "pruned.kps").stat().st_size < 120_000
+    assert 150_000 < (tmp_path / "pruned.tflite").stat().st_size < 190_000  # "~174 KB"
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
 
 

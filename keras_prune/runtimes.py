@@ -1,0 +1,289 @@
+"""Files that devices run: LiteRT (`.tflite`) and ONNX (`.onnx`), checked by their own runtimes.
+
+`export(model, path)` picks the format from `path`'s suffix:
+
+| suffix | format | `quantize` |
+|---|---|---|
+| `.kps` | keras_prune's compact sparse file (`kps.export`) | None, "int8" |
+| `.tflite` | LiteRT, zeros stored sparse (the converter's `EXPERIMENTAL_SPARSITY`) | None, "float16", "int8" |
+| `.onnx` | ONNX (dense: ONNX has no sparse weight encoding) | None |
+
+The model is stripped of its pruning wrappers first. TensorFlow converts
+both formats (`keras.Model.export`), in this process on the TensorFlow
+backend and in a TensorFlow-backend child process on JAX and torch, so a
+model trained on any backend exports. The file is written under a
+temporary name, then run by its runtime (`ai-edge-litert`, `onnxruntime`)
+on a few inputs; only if its predictions match the Keras model's (within
+`TOLERANCE` of the largest output) is it renamed to `path`. Otherwise,
+or if anything fails, no file is left.
+
+Example:
+
+>>> keras_prune.export(pruned, "model.tflite", quantize="int8")
+174360
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_prune import _backend, _files, kps
+from keras_prune.prune import pruned_layers, strip_pruning
+
+QUANTIZE = {".kps": (None, "int8"), ".tflite": (None, "float16", "int8"), ".onnx": (None,)}
+
+# Largest allowed |runtime - Keras| as a fraction of the largest |Keras output|:
+# float32 differs by the order of operations only; float16 weights keep 11
+# bits; int8 weights with int8 activations quantized on the fly (LiteRT's
+# dynamic-range kernels) lose most.
+TOLERANCE = {None: 1e-4, "float16": 1e-2, "int8": 5e-2}
+
+_RUNTIME = {".tflite": "ai_edge_litert", ".onnx": "onnxruntime"}
+_PIP = {
+    "ai_edge_litert": "ai-edge-litert",
+    "onnxruntime": "onnxruntime",
+    "tensorflow": "tensorflow-cpu",
+}
+_CHECK_BATCH = 4
+
+
+def export(
+    model: keras.Model,
+    path: str | os.PathLike,
+    quantize: str | None = None,
+    check_inputs: Any = None,
+) -> int:
+    """Writes `model`, stripped of pruning, as the file `path`'s suffix names; returns its size.
+
+    Args:
+        model: a built Sequential or Functional model, pruned or not.
+        path: the file to write: `.kps`, `.tflite` or `.onnx`.
+        quantize: None, or "int8" (`.kps`, `.tflite`) or "float16"
+            (`.tflite`): the weights' storage. Zeros stay exact zeros.
+        check_inputs: inputs (an array, or a list for several model inputs)
+            on which a `.tflite` or `.onnx` file must predict what the Keras
+            model predicts. Default: 4 samples drawn uniformly from [0, 1)
+            (0 or 1 for integer inputs), which needs every input dimension
+            but the batch to be known.
+
+    Returns:
+        The number of bytes written.
+
+    Example:
+
+    >>> keras_prune.export(pruned, "model.tflite")       # float32, sparse-encoded
+    >>> keras_prune.export(pruned, "model_int8.tflite", quantize="int8")
+    >>> keras_prune.export(pruned, "model.onnx")
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; got {type(model).__name__}.")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike; got {type(path).__name__}.")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"`path` must be a file name; {path!r} is a directory.")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in QUANTIZE:
+        raise ValueError(
+            f"`path` must end in one of {sorted(QUANTIZE)} (the format); got {path!r}."
+        )
+    if quantize not in QUANTIZE[suffix]:
+        raise ValueError(
+            f"`quantize` for a {suffix} file must be one of {QUANTIZE[suffix]}; got {quantize!r}."
+        )
+    if suffix == ".kps":
+        if check_inputs is not None:
+            raise ValueError("`check_inputs` applies to .tflite and .onnx files; .kps is exact.")
+        return kps.export(model, path, quantize)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise ValueError(f"`path`: {directory!r} is not a writable directory.")
+    if not model.built:
+        raise ValueError("`model` must be built (call it on data or give it an Input) to export.")
+    for module in (_RUNTIME[suffix], "tensorflow"):
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(
+                f"Writing a {suffix} file needs `{module}`: pip install {_PIP[module]}"
+            )
+    if any(True for _ in pruned_layers(model)):
+        model = strip_pruning(model)
+    inputs = _inputs(model, check_inputs)
+    outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
+    expected = [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(outputs)]
+    with tempfile.TemporaryDirectory() as scratch, _files.atomic_path(path, suffix) as temporary:
+        _convert(model, temporary, suffix, quantize, inputs, scratch)
+        try:
+            outputs = _run(temporary, suffix, inputs, os.path.basename(path))
+        except (RuntimeError, ValueError) as error:  # the runtime refused the file
+            raise ValueError(
+                f"the written {suffix} file does not run in {_PIP[_RUNTIME[suffix]]} "
+                f"({_named_layers(model, str(error))}): {_first_line(error)}; nothing was written."
+            ) from error
+        _compare(expected, outputs, quantize, suffix)
+    return os.path.getsize(path)
+
+
+def _inputs(model: keras.Model, check_inputs: Any) -> list[np.ndarray]:
+    """The check's inputs, one array per model input, in the model's input dtypes."""
+    specs = model.inputs
+    if check_inputs is None:
+        rng = np.random.default_rng(0)
+        arrays = []
+        for spec in specs:
+            if any(d is None for d in spec.shape[1:]):
+                raise ValueError(
+                    f"`check_inputs`: the model input {spec.name!r} has shape {spec.shape}, "
+                    "with unknown dimensions besides the batch; pass inputs to check with."
+                )
+            shape = (_CHECK_BATCH, *spec.shape[1:])
+            if "int" in str(spec.dtype):
+                arrays.append(rng.integers(0, 2, shape).astype(spec.dtype))
+            else:
+                arrays.append(rng.random(shape).astype(spec.dtype))
+        return arrays
+    given = list(check_inputs) if isinstance(check_inputs, (list, tuple)) else [check_inputs]
+    if len(given) != len(specs):
+        raise ValueError(
+            f"`check_inputs` must give one array per model input ({len(specs)}); got {len(given)}."
+        )
+    return [np.asarray(x, dtype=spec.dtype) for x, spec in zip(given, specs)]
+
+
+def _convert(
+    model: keras.Model,
+    path: str,
+    suffix: str,
+    quantize: str | None,
+    inputs: list[np.ndarray],
+    scratch: str,
+) -> None:
+    """Writes the file with TensorFlow's converter, in a TensorFlow-backend process."""
+    fmt = suffix[1:]
+    if keras.backend.backend() == "tensorflow":
+        try:
+            _backend.convert_for_runtime(model, path, fmt, quantize)
+        except Exception as error:  # the converters raise their own types (ConverterError, ...)
+            raise ValueError(
+                f"TensorFlow could not convert the model to {suffix} "
+                f"({_named_layers(model, str(error))}): {_first_line(error)}"
+            ) from error
+        return
+    saved, arrays = os.path.join(scratch, "model.keras"), os.path.join(scratch, "inputs.npz")
+    model.save(saved)
+    np.savez(arrays, *inputs)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    command = [
+        sys.executable,
+        "-m",
+        "keras_prune.runtimes",
+        saved,
+        arrays,
+        path,
+        fmt,
+        str(quantize),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise ValueError(
+            f"TensorFlow could not convert the model to {suffix} "
+            f"({_named_layers(model, done.stderr)}): {' | '.join(lines[-3:])}"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def _named_layers(model: keras.Model, message: str) -> str:
+    """The model's layers that the converter's op locations name ("model/layer_1/op")."""
+    names = [
+        layer.name
+        for layer in model.layers
+        if re.search(rf"(^|[/\"' ]){re.escape(layer.name)}(_\d+)?/", message)
+    ]
+    return "layers named in the error: " + ", ".join(names) if names else "no layer named"
+
+
+def _run(path: str, suffix: str, inputs: list[np.ndarray], name: str) -> list[np.ndarray]:
+    """The file's predictions on `inputs`, by its own runtime."""
+    if suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        names = [node.name for node in session.get_inputs()]
+        return list(session.run(None, dict(zip(names, inputs))))
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        return _run_litert(Interpreter(model_path=path), inputs)
+    except RuntimeError as error:  # XNNPack, LiteRT's default CPU delegate, refused a kernel
+        outputs = _run_litert(
+            Interpreter(
+                model_path=path,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            ),
+            inputs,
+        )
+        warnings.warn(
+            f"{name}: LiteRT's default XNNPack delegate cannot run this file "
+            f"({str(error).splitlines()[0][:120]}); it runs with LiteRT's builtin kernels: "
+            "Interpreter(..., experimental_op_resolver_type="
+            "OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES). Sparse int8 weights do this.",
+            stacklevel=3,
+        )
+        return outputs
+
+
+def _run_litert(interpreter: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    runner = interpreter.get_signature_runner()
+    names = list(runner.get_input_details())
+    outputs = runner(**dict(zip(names, inputs)))
+    # Keras names the outputs output_0, output_1, ...: in the model's order.
+    return [outputs[name] for name in sorted(outputs, key=lambda n: int(n.rsplit("_", 1)[-1]))]
+
+
+def _compare(
+    expected: list[np.ndarray], outputs: list[np.ndarray], quantize: str | None, suffix: str
+) -> None:
+    if len(outputs) != len(expected):
+        raise ValueError(
+            f"the {suffix} file has {len(outputs)} outputs, the model {len(expected)}; "
+            "nothing was written."
+        )
+    for index, (want, got) in enumerate(zip(expected, outputs)):
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        allowed = TOLERANCE[quantize] * max(scale, 1e-6)
+        error = float(np.max(np.abs(np.asarray(got, "float64") - want))) if want.size else 0.0
+        if got.shape != want.shape or not error <= allowed:
+            raise ValueError(
+                f"the {suffix} file (quantize={quantize!r}) predicts output {index} differently "
+                f"from the Keras model: max |difference| {error:.3g}, allowed {allowed:.3g} "
+                f"({TOLERANCE[quantize]} of the largest output); nothing was written."
+            )
+
+
+def _main(argv: list[str]) -> None:
+    """The child process of `_convert`: converts a saved model on the TensorFlow backend."""
+    saved, arrays, path, fmt, quantize = argv
+    model = keras.saving.load_model(saved, compile=False)
+    with np.load(arrays) as data:
+        inputs = [data[f"arr_{i}"] for i in range(len(data.files))]
+    model(inputs[0] if len(inputs) == 1 else inputs)  # Keras exports called models only
+    with contextlib.redirect_stdout(sys.stderr):
+        _backend.convert_for_runtime(model, path, fmt, None if quantize == "None" else quantize)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

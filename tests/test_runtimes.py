@@ -1,0 +1,179 @@
+"""`keras_prune.export` to LiteRT and ONNX files, checked here with the runtimes themselves.
+
+On JAX and torch the conversion runs in a TensorFlow-backend child process
+(about 10 s each), so those backends export fewer files here.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_prune
+from keras_prune import runtimes
+from keras_prune.compare.datasets import load_dataset
+from keras_prune.compare.experiment import seed_model
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tensorflow")
+
+import onnxruntime  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
+
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+
+
+def run_litert(path, x):
+    """The file's predictions by LiteRT's builtin kernels (which run every file written here)."""
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    runner = interpreter.get_signature_runner()
+    (name,) = runner.get_input_details()
+    return runner(**{name: x})["output_0"]
+
+
+def run_onnx(path, x):
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def pruned_cnn():
+    """A small CNN pruned to 75 % by training, its pruned (masked) model and inputs."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(4),
+        ]
+    )
+    schedule = keras_prune.ConstantSparsity(0.75, begin_step=0, frequency=2)
+    pruned = keras_prune.prune_low_magnitude(model, schedule)
+    pruned.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 12, 12, 1), dtype=np.float32)
+    y = rng.random((64, 4), dtype=np.float32)
+    callbacks = [keras_prune.UpdatePruningStep()]
+    pruned.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=callbacks)
+    assert keras_prune.sparsity_report(pruned).total_sparsity == pytest.approx(0.75, abs=0.01)
+    return pruned, x[:8]
+
+
+FORMATS = [("m.tflite", None, 1e-5), ("m.onnx", None, 1e-5)]
+if ON_TENSORFLOW:  # in-process conversion: every format and quantization
+    FORMATS += [("m8.tflite", "int8", 0.05), ("m16.tflite", "float16", 0.01)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, quantize, tolerance", FORMATS, ids=[f[0] for f in FORMATS])
+def test_file_predicts_what_the_pruned_model_predicts(
+    pruned_cnn, tmp_path, name, quantize, tolerance
+):
+    pruned, x = pruned_cnn
+    path = tmp_path / name
+    size = keras_prune.export(pruned, path, quantize=quantize)
+    assert size == os.path.getsize(path)
+    assert os.listdir(tmp_path) == [name]  # no temporary left beside it
+    expected = keras.ops.convert_to_numpy(pruned(x, training=False))  # masked, not stripped
+    run = run_onnx if name.endswith(".onnx") else run_litert
+    got = run(path, x)
+    assert np.max(np.abs(got - expected)) <= tolerance * np.max(np.abs(expected))
+
+
+@pytest.mark.slow
+def test_seed_cnn_files_are_small_and_int8_keeps_its_accuracy(tmp_path):
+    """The issue's sizes for the seed CNN at 87.5 %, and int8 accuracy within 0.3 points."""
+    (x_train, y_train), (x_test, y_test) = load_dataset("mnist10k")
+    keras.utils.set_random_seed(0)
+    schedule = keras_prune.PolynomialDecay(0.5, 0.875, begin_step=0, end_step=150, frequency=50)
+    pruned = keras_prune.prune_low_magnitude(seed_model(), schedule)
+    pruned.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    pruned.fit(
+        x_train[:6400],
+        y_train[:6400],
+        batch_size=64,
+        epochs=2,
+        verbose=0,
+        callbacks=[keras_prune.UpdatePruningStep()],
+    )
+    float_size = keras_prune.export(pruned, tmp_path / "m.tflite")
+    with pytest.warns(UserWarning, match="XNNPack"):  # sparse int8 needs the builtin kernels
+        int8_size = keras_prune.export(pruned, tmp_path / "m8.tflite", quantize="int8")
+    assert float_size <= 340_000
+    assert int8_size <= 180_000
+    x, y = x_test[:1000], y_test[:1000]
+    float_accuracy = np.mean(np.argmax(run_litert(tmp_path / "m.tflite", x), -1) == y)
+    int8_accuracy = np.mean(np.argmax(run_litert(tmp_path / "m8.tflite", x), -1) == y)
+    assert float_accuracy > 0.9
+    assert abs(float_accuracy - int8_accuracy) <= 0.003
+
+
+def test_bad_arguments_name_the_argument(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="`path` must end in one of.*got '.*m.h5'"):
+        keras_prune.export(model, tmp_path / "m.h5")
+    with pytest.raises(ValueError, match="`path` must end in one of"):
+        keras_prune.export(model, tmp_path / "model")
+    with pytest.raises(ValueError, match=r"`quantize` for a .onnx file must be one of \(None,\)"):
+        keras_prune.export(model, tmp_path / "m.onnx", quantize="int8")
+    with pytest.raises(ValueError, match="`quantize` for a .kps file"):
+        keras_prune.export(model, tmp_path / "m.kps", quantize="float16")
+    with pytest.raises(ValueError, match="`quantize` for a .tflite file"):
+        keras_prune.export(model, tmp_path / "m.tflite", quantize="int4")
+    with pytest.raises(ValueError, match="`path`.*not a writable directory"):
+        keras_prune.export(model, tmp_path / "missing" / "m.tflite")
+    with pytest.raises(ValueError, match="`check_inputs` must give one array per model input"):
+        keras_prune.export(model, tmp_path / "m.tflite", check_inputs=[np.zeros((2, 4))] * 2)
+    with pytest.raises(ValueError, match="`check_inputs` applies to .tflite"):
+        keras_prune.export(model, tmp_path / "m.kps", check_inputs=np.zeros((2, 4)))
+    ragged = keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="`check_inputs`: the model input .* unknown dimensions"):
+        keras_prune.export(ragged, tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_missing_runtime_is_named_before_any_work(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    real = runtimes.importlib.util.find_spec
+    monkeypatch.setattr(
+        runtimes.importlib.util,
+        "find_spec",
+        lambda name: None if name == "onnxruntime" else real(name),
+    )
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        keras_prune.export(model, tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ON_TENSORFLOW, reason="in-process conversion; the child is tested above")
+def test_a_file_that_predicts_otherwise_is_not_written(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"old")
+    run = runtimes._run
+    monkeypatch.setattr(runtimes, "_run", lambda *args: [y + 1.0 for y in run(*args)])
+    with pytest.raises(ValueError, match="predicts output 0 differently.*nothing was written"):
+        keras_prune.export(model, path)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ON_TENSORFLOW, reason="in-process conversion keeps this test quick")
+def test_a_layer_litert_cannot_convert_is_named(tmp_path):
+    inputs = keras.Input((4,))
+    odd = keras.layers.Lambda(keras.ops.erfinv, name="odd_layer")(keras.layers.Dense(4)(inputs))
+    with pytest.raises(
+        ValueError, match=r"could not convert .* \(layers named in the error: odd_layer\)"
+    ):
+        keras_prune.export(keras.Model(inputs, odd), tmp_path / "m.tflite")
+    assert os.listdir(tmp_path) == []
