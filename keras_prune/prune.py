@@ -62,6 +62,8 @@ def _unwrapped_weights(wrapper: PruneLowMagnitude) -> list[Any]:
 
 
 def _copy_weights(original: keras.layers.Layer, new: keras.layers.Layer) -> None:
+    if not isinstance(original, keras.layers.Layer):
+        return  # an op of the graph, such as `x + y`: no weights
     if isinstance(original, keras.Model) or original is new:
         return  # nested models are transformed, weights included, recursively
     if isinstance(original, PruneLowMagnitude) and not isinstance(new, PruneLowMagnitude):
@@ -351,6 +353,8 @@ def _prune_model(model: keras.Model, options: dict[str, Any], selection: _Select
     plain = _is_plain_model(model)
 
     def wrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
+        if not isinstance(layer, keras.layers.Layer):  # an op such as `x + y` (MobileNetV3)
+            return _clone_layer(layer) if plain else layer
         if isinstance(layer, PruneLowMagnitude):
             return PruneLowMagnitude.from_config(layer.get_config()) if plain else layer
         if isinstance(layer, keras.Model):

@@ -184,3 +184,20 @@ def test_pruning_a_pruned_layer_raises():
     wrapper = kp.prune_low_magnitude(keras.layers.Dense(2))
     with pytest.raises(ValueError, match="already pruned"):
         kp.PruneLowMagnitude(wrapper)
+
+
+def test_functional_model_with_ops_on_keras_tensors_prunes_and_strips():
+    """`x + y` on Keras tensors is an op, not a layer (MobileNetV3's hard swish, residuals)."""
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(6, name="hidden")(inputs)
+    mixed = hidden * keras.ops.relu(hidden + 3.0) + inputs
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(mixed))
+    x = np.random.default_rng(0).random((8, 6), dtype=np.float32)
+    pruned = kp.prune_low_magnitude(model, every_step())
+    assert sorted(w.layer.name for w in kp.pruned_layers(pruned)) == ["head", "hidden"]
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), 1e-6)
+    train(pruned, x, np.zeros((8, 2), "float32"))
+    stripped = kp.strip_pruning(pruned)
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
