@@ -36,6 +36,8 @@ _EXPORTS = {
     "get_prunable_weights": "registry",
     "register_prunable": "registry",
     "PruneLowMagnitude": "wrapper",
+    "PruningPolicy": "policy",
+    "PruneForLatencyOnXNNPack": "policy",
     "prune_low_magnitude": "prune",
     "pruned_layers": "prune",
     "strip_pruning": "prune",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
     from keras_prune.kps import load
     from keras_prune.masks import magnitude_mask
+    from keras_prune.policy import PruneForLatencyOnXNNPack, PruningPolicy
     from keras_prune.prune import prune_low_magnitude, pruned_layers, strip_pruning
     from keras_prune.registry import PrunableLayer, get_prunable_weights, register_prunable
     from keras_prune.report import SparsityReport, gzipped_model_size, sparsity_report

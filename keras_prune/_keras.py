@@ -134,3 +134,23 @@ def track_variable(layer: keras.layers.Layer, variable: keras.Variable) -> None:
     takes no sharding layout, which a mask must share with its weight.
     """
     layer._track_variable(variable)
+
+
+def producers(operation: Any) -> list[Any]:
+    """The operations whose outputs `operation` consumes in a Functional/Sequential graph.
+
+    `Operation._inbound_nodes` and `Node.parent_nodes` (3.0): Keras keeps
+    the graph of a model's layers and ops (`x + y` on Keras tensors is an
+    op too) in nodes and has no public walk over it.
+    """
+    return [parent.operation for node in operation._inbound_nodes for parent in node.parent_nodes]
+
+
+def consumers(operation: Any) -> list[Any]:
+    """The operations that consume `operation`'s outputs (`Operation._outbound_nodes`, 3.0)."""
+    return [node.operation for node in operation._outbound_nodes]
+
+
+def source_operation(tensor: Any) -> Any:
+    """The operation that produced the Keras tensor `tensor` (`_keras_history`, 3.0)."""
+    return tensor._keras_history.operation

@@ -25,6 +25,7 @@ from keras import ops
 
 from keras_prune import _keras, registry
 from keras_prune.global_pruning import link as link_groups
+from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -265,6 +266,7 @@ def prune_low_magnitude(
     *,
     select: Any = None,
     global_pruning: bool = False,
+    pruning_policy: PruningPolicy | None = None,
     **kwargs: Any,
 ) -> Any:
     """Wraps a layer, a list of layers or a model for magnitude pruning.
@@ -295,6 +297,9 @@ def prune_low_magnitude(
         global_pruning: rank all selected weights together and keep the
             largest `1 - sparsity` of them with one threshold, instead of
             pruning every weight to the same sparsity.
+        pruning_policy: for a model, a `PruningPolicy` (e.g.
+            `PruneForLatencyOnXNNPack()`): it checks the model first and
+            then decides, with `select`, which layers are pruned.
         **kwargs: passed to `PruneLowMagnitude` (e.g. `name`) for a layer.
 
     Example:
@@ -309,6 +314,11 @@ def prune_low_magnitude(
     """
     if not isinstance(global_pruning, bool):
         raise TypeError(f"`global_pruning` must be True or False; got {global_pruning!r}.")
+    if pruning_policy is not None and not isinstance(pruning_policy, PruningPolicy):
+        raise TypeError(
+            "`pruning_policy` must be a keras_prune.PruningPolicy (e.g. "
+            f"PruneForLatencyOnXNNPack()) or None; got {type(pruning_policy).__name__}."
+        )
     options = dict(
         pruning_schedule=pruning_schedule or ConstantSparsity(0.5, 0),
         block_size=block_size,
@@ -322,14 +332,17 @@ def prune_low_magnitude(
     if isinstance(to_prune, keras.Model):
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for a model: {sorted(kwargs)}.")
+        if pruning_policy is not None:
+            pruning_policy.ensure_model_supports_pruning(to_prune)
         selection = _Selection(select)
-        pruned = _prune_model(to_prune, options, selection)
+        pruned = _prune_model(to_prune, options, selection, pruning_policy)
         selection.check_all_used()
         link_groups(pruned_layers(pruned))
         return pruned
-    if select is not None:
+    if select is not None or pruning_policy is not None:
         raise ValueError(
-            "`select` applies to models; for a layer or a list, pass the layers to prune."
+            "`select` and `pruning_policy` apply to models; for a layer or a list, "
+            "pass the layers to prune."
         )
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **options, **kwargs)
@@ -348,7 +361,12 @@ def prune_low_magnitude(
     )
 
 
-def _prune_model(model: keras.Model, options: dict[str, Any], selection: _Selection) -> keras.Model:
+def _prune_model(
+    model: keras.Model,
+    options: dict[str, Any],
+    selection: _Selection,
+    policy: PruningPolicy | None = None,
+) -> keras.Model:
     _check_training_argument(model)
     plain = _is_plain_model(model)
 
@@ -359,9 +377,8 @@ def _prune_model(model: keras.Model, options: dict[str, Any], selection: _Select
             return PruneLowMagnitude.from_config(layer.get_config()) if plain else layer
         if isinstance(layer, keras.Model):
             inner = _Selection(None) if selection(original) else selection
-            pruned = _prune_model(layer, options, inner)
-            return pruned
-        chosen = selection(original)
+            return _prune_model(layer, options, inner, policy)
+        chosen = selection(original) and (policy is None or policy.allow_pruning(original))
         if chosen and registry.supports(layer):
             return PruneLowMagnitude(_clone_layer(layer) if plain else layer, **options)
         if chosen and layer.weights and not registry.is_known(layer):

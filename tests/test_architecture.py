@@ -25,6 +25,7 @@ LAYERS = [
     {"masks", "schedules", "registry", "_forward_pass"},
     {"global_pruning"},
     {"wrapper"},
+    {"policy"},
     {"prune", "report", "saving"},
     {"callbacks", "kps"},
     {"runtimes"},
@@ -47,6 +48,9 @@ PRIVATE_KERAS = (
     "._layers",
     "._tracker",
     "_query_dense",
+    "_inbound_nodes",
+    "_outbound_nodes",
+    "_keras_history",
 )
 
 

@@ -98,3 +98,20 @@ def test_track_variable_adds_a_variable_and_layout_is_none_without_distribution(
     assert any(v is extra for v in holder.non_trainable_weights)
     assert _keras.variable_layout(layer.kernel) is None
     np.testing.assert_array_equal(ops.convert_to_numpy(extra), np.zeros((3, 2)))
+
+
+def test_graph_walk_finds_producers_and_consumers_of_layers_and_ops():
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 1, name="conv")
+    x = conv(inputs)
+    y = x + x  # an op, not a layer
+    pool = keras.layers.GlobalAveragePooling2D(name="pool")
+    model = keras.Model(inputs, pool(y))
+    input_layer = _keras.source_operation(model.inputs[0])
+    assert isinstance(input_layer, keras.layers.InputLayer)
+    assert _keras.consumers(input_layer) == [conv]
+    (add,) = _keras.consumers(conv)
+    assert type(add).__name__ == "Add" and not isinstance(add, keras.layers.Layer)
+    assert _keras.producers(add) == [conv, conv]
+    assert _keras.consumers(add) == [pool]
+    assert _keras.source_operation(model.outputs[0]) is pool
