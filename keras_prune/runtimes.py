@@ -111,11 +111,9 @@ def export(
         raise ValueError(f"`path`: {directory!r} is not a writable directory.")
     if not model.built:
         raise ValueError("`model` must be built (call it on data or give it an Input) to export.")
-    for module in (_RUNTIME[suffix], "tensorflow"):
-        if importlib.util.find_spec(module) is None:
-            raise ImportError(
-                f"Writing a {suffix} file needs `{module}`: pip install {_PIP[module]}"
-            )
+    lacking = missing(suffix)
+    if lacking:
+        raise ImportError(f"Writing a {suffix} file needs {lacking}")
     if any(True for _ in pruned_layers(model)):
         model = strip_pruning(model)
     inputs = _inputs(model, check_inputs)
@@ -132,6 +130,44 @@ def export(
             ) from error
         _compare(expected, outputs, quantize, suffix)
     return os.path.getsize(path)
+
+
+def missing(suffix: str) -> str | None:
+    """What writing a `suffix` (".tflite", ".onnx") file lacks here, as a pip line; None if nothing."""
+    for module in (_RUNTIME[suffix], "tensorflow"):
+        if importlib.util.find_spec(module) is None:
+            return f"`{module}`: pip install {_PIP[module]}"
+    return None
+
+
+def run(path: str | os.PathLike, inputs: Any) -> list[np.ndarray]:
+    """The outputs of the `.tflite` or `.onnx` file `path` on `inputs`, by its own runtime.
+
+    `inputs` is an array, or a list of arrays for several model inputs.
+    LiteRT runs the file with its builtin kernels, which run every file
+    `export` writes (XNNPack refuses sparse int8 ones).
+
+    Example:
+
+    >>> probabilities, = keras_prune.runtimes.run("model.tflite", x_test)
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _RUNTIME:
+        raise ValueError(f"`path` must end in .tflite or .onnx; got {path!r}.")
+    arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    arrays = [np.asarray(x) for x in arrays]
+    if suffix == ".onnx":
+        return _run(path, suffix, arrays, os.path.basename(path))
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    return _run_litert(
+        Interpreter(
+            model_path=path,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        ),
+        arrays,
+    )
 
 
 def _inputs(model: keras.Model, check_inputs: Any) -> list[np.ndarray]:

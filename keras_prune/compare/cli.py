@@ -165,6 +165,12 @@ def _parser() -> _Parser:
         metavar="N",
         help="use only the first N training and the first N test images (quick checks)",
     )
+    add(
+        "--tflite",
+        action=argparse.BooleanOptionalAction,
+        help="measure sparse float32 and int8 .tflite files and the int8 file's accuracy "
+        "in LiteRT (default: when TensorFlow and ai-edge-litert are installed)",
+    )
     add("--quiet", action="store_true", help="no progress bars or per-run lines")
     return parser
 
@@ -192,12 +198,16 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
-def _mean_std(pair: Sequence[float], digits: int, seeds: int) -> str:
+def _mean_std(pair: Sequence[float] | None, digits: int, seeds: int) -> str:
+    if pair is None:
+        return "-"  # not measured (e.g. no .tflite without TensorFlow and LiteRT)
     mean, std = pair
     return f"{mean:.{digits}f}" if seeds == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _bytes(pair: Sequence[float], seeds: int) -> str:
+def _bytes(pair: Sequence[float] | None, seeds: int) -> str:
+    if pair is None:
+        return "-"
     mean, std = pair
     return f"{mean:,.0f} B" if seeds == 1 else f"{mean:,.0f} ± {std:,.0f} B"
 
@@ -224,6 +234,7 @@ def format_results(results: dict[str, Any]) -> str:
         ("test_accuracy", "test accuracy", 4),
         ("test_loss", "test loss", 4),
         ("int8_test_accuracy", "int8 test accuracy", 4),
+        ("tflite_int8_test_accuracy", "int8 .tflite test accuracy", 4),
     ):
         table.append((name, [_mean_std(row[key], digits, n) for row, n in zip(summary, count)]))
     for layer in summary[0]["layer_sparsity"]:
@@ -236,6 +247,8 @@ def format_results(results: dict[str, Any]) -> str:
         ("gzip_keras_bytes", "zipped .keras"),
         ("export_float32_bytes", "export float32 .kps"),
         ("export_int8_bytes", "export int8 .kps"),
+        ("tflite_float32_bytes", "sparse float32 .tflite"),
+        ("tflite_int8_bytes", "sparse int8 .tflite"),
     ):
         table.append((name, [_bytes(row[key], n) for row, n in zip(summary, count)]))
     table.append(
@@ -307,9 +320,16 @@ def _resume(comparison: Any, directory: str) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from keras_prune import runtimes
     from keras_prune.compare import experiment
     from keras_prune.compare.datasets import DatasetUnavailableError
 
+    tflite = args.tflite
+    if tflite is None:
+        lacking = runtimes.missing(".tflite")
+        tflite = lacking is None
+        if lacking:
+            print(f"keras-prune: no .tflite measures: they need {lacking}", file=sys.stderr)
     try:
         config = experiment.ExperimentConfig(
             schedules=tuple(args.schedules),
@@ -323,6 +343,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             limit=args.limit,
             verbose=0 if args.quiet else 1,
+            tflite=tflite,
         )
         comparison, data = experiment.prepare(config)
         if args.resume:

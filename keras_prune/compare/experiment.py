@@ -55,7 +55,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_prune import _files, _validation
+from keras_prune import _files, _validation, runtimes
 from keras_prune.callbacks import UpdatePruningStep, final_sparsity_shortfalls
 from keras_prune.compare import results, stats
 from keras_prune.compare.datasets import DATASETS, load_dataset
@@ -183,6 +183,7 @@ class ExperimentConfig:
     limit: int | None = None
     validation_split: float = 0.2
     verbose: int = 1
+    tflite: bool = False
 
     def __post_init__(self) -> None:
         for name in ("schedules", "sparsities"):
@@ -210,6 +211,11 @@ class ExperimentConfig:
             _validation.count(self.limit, "limit", 2)
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2; got {self.verbose!r}.")
+        if not isinstance(self.tflite, bool):
+            raise TypeError(f"`tflite` must be True or False; got {self.tflite!r}.")
+        lacking = runtimes.missing(".tflite") if self.tflite else None
+        if lacking:
+            raise ValueError(f"`tflite`: measuring .tflite files needs {lacking}")
 
 
 def pruning_steps(num_train: int, config: ExperimentConfig) -> tuple[int, int, int]:
@@ -318,10 +324,13 @@ def run_once(
         stripped = keras.models.clone_model(model)
         stripped.set_weights(model.get_weights())
     report = sparsity_report(stripped)
+    tflite: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         float32_bytes = export(stripped, os.path.join(tmp, "float32.kps"))
         int8_bytes = export(stripped, os.path.join(tmp, "int8.kps"), quantize="int8")
         int8_model = load(os.path.join(tmp, "int8.kps"))
+        if config.tflite:
+            tflite = _measure_tflite(stripped, tmp, x_test, y_test)
     _compile(int8_model)
     _, int8_accuracy = int8_model.evaluate(x_test, y_test, batch_size=config.batch_size, verbose=0)
     return RunResult(
@@ -340,7 +349,29 @@ def run_once(
         seconds_per_epoch=statistics.median(timer.seconds),
         val_accuracy=[float(v) for v in history.history["val_accuracy"]],
         warnings=messages,
+        **tflite,
     )
+
+
+def _measure_tflite(
+    model: keras.Model, directory: str, x_test: np.ndarray, y_test: np.ndarray
+) -> dict[str, Any]:
+    """Sizes of `model` as sparse float32 and int8 `.tflite` files, and the int8 file's accuracy.
+
+    The accuracy is LiteRT's own (builtin kernels), on the whole test set.
+    """
+    float32 = runtimes.export(model, os.path.join(directory, "float32.tflite"))
+    path = os.path.join(directory, "int8.tflite")
+    with warnings.catch_warnings():  # that XNNPack refuses sparse int8 is known (docs/export.md)
+        warnings.filterwarnings("ignore", message=".*XNNPack", category=UserWarning)
+        int8 = runtimes.export(model, path, quantize="int8")
+    (probabilities,) = runtimes.run(path, x_test)
+    accuracy = float(np.mean(np.argmax(probabilities, -1) == np.argmax(y_test, -1)))
+    return {
+        "tflite_float32_bytes": float32,
+        "tflite_int8_bytes": int8,
+        "tflite_int8_test_accuracy": accuracy,
+    }
 
 
 _MEASURES = (
@@ -353,6 +384,9 @@ _MEASURES = (
     "export_float32_bytes",
     "export_int8_bytes",
     "seconds_per_epoch",
+    "tflite_float32_bytes",
+    "tflite_int8_bytes",
+    "tflite_int8_test_accuracy",
 )
 
 
@@ -387,8 +421,9 @@ class Comparison:
                 "sparsity": sparsity,
                 "seeds": [r.seed for r in runs],
             }
-            for measure in _MEASURES:
-                row[measure] = stats.mean_std([getattr(r, measure) for r in runs])
+            for measure in _MEASURES:  # None where a run did not measure it (no .tflite)
+                values = [getattr(r, measure) for r in runs]
+                row[measure] = None if None in values else stats.mean_std(values)
             row["layer_sparsity"] = {
                 name: stats.mean_std([r.layer_sparsity[name] for r in runs])[0]
                 for name in runs[0].layer_sparsity
@@ -465,7 +500,8 @@ class Comparison:
         differ = sorted(
             key
             for key in ours.keys() | previous["config"].keys()
-            if key not in ("seeds", "verbose") and ours.get(key) != previous["config"].get(key)
+            if key not in ("seeds", "verbose", "tflite")
+            and ours.get(key) != previous["config"].get(key)
         )
         if previous["data"] != self.data:
             differ.append("data")

@@ -44,6 +44,10 @@ class RunResult:
     seconds_per_epoch: float
     val_accuracy: list[float]
     warnings: list[str]
+    # Sparse .tflite files (None: not measured, e.g. without TensorFlow or LiteRT).
+    tflite_float32_bytes: int | None = None
+    tflite_int8_bytes: int | None = None
+    tflite_int8_test_accuracy: float | None = None
 
     @classmethod
     def from_dict(cls, run: Mapping[str, Any]) -> RunResult:

@@ -34,7 +34,7 @@ def _run(*args, backend=BACKEND):
 # from step int(0.2 * 4) = 0 at every step up to 4, so both schedules reach
 # their target.
 TINY = ["--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1"]
-TINY += ["--sparsity", "0.5,0.875"]
+TINY += ["--sparsity", "0.5,0.875", "--no-tflite"]  # .tflite: test_experiment's tiny runs
 
 
 @pytest.fixture(scope="module")
