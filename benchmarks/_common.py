@@ -65,3 +65,13 @@ def reset_peak_rss() -> None:
     """Resets VmHWM to the current RSS (Linux >= 4.0, /proc/self/clear_refs)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def write_results(path: str, results: dict[str, Any]) -> None:
+    """Writes a benchmark's results as indented JSON (making its folder) and says where."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=1)
+    print(f"wrote {path}")

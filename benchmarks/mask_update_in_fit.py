@@ -166,10 +166,7 @@ def main() -> None:
                 f"{run['mask_agrees_with_numpy']:.6f}",
                 flush=True,
             )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(results, handle, indent=1)
-    print(f"wrote {args.out}")
+    _common.write_results(args.out, results)
 
 
 if __name__ == "__main__":
