@@ -50,10 +50,18 @@ QUANTIZE = {".kps": (None, "int8"), ".tflite": (None, "float16", "int8"), ".onnx
 TOLERANCE = {None: 1e-4, "float16": 1e-2, "int8": 5e-2}
 
 _RUNTIME = {".tflite": "ai_edge_litert", ".onnx": "onnxruntime"}
+# What writing each format needs: its runtime, TensorFlow (the converter) and,
+# for ONNX, the dependencies of Keras's ONNX exporter.
+_NEEDS = {
+    ".tflite": ("ai_edge_litert", "tensorflow"),
+    ".onnx": ("onnxruntime", "tensorflow", "tf2onnx", "onnx"),
+}
 _PIP = {
     "ai_edge_litert": "ai-edge-litert",
     "onnxruntime": "onnxruntime",
     "tensorflow": "tensorflow-cpu",
+    "tf2onnx": "tf2onnx",
+    "onnx": "onnx",
 }
 _CHECK_BATCH = 4
 
@@ -134,7 +142,7 @@ def export(
 
 def missing(suffix: str) -> str | None:
     """What writing a `suffix` (".tflite", ".onnx") file lacks here, as a pip line; None if nothing."""
-    for module in (_RUNTIME[suffix], "tensorflow"):
+    for module in _NEEDS[suffix]:
         if importlib.util.find_spec(module) is None:
             return f"`{module}`: pip install {_PIP[module]}"
     return None

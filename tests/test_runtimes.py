@@ -143,13 +143,14 @@ def test_bad_arguments_name_the_argument(tmp_path):
 def test_a_missing_runtime_is_named_before_any_work(tmp_path, monkeypatch):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     real = runtimes.importlib.util.find_spec
-    monkeypatch.setattr(
-        runtimes.importlib.util,
-        "find_spec",
-        lambda name: None if name == "onnxruntime" else real(name),
-    )
-    with pytest.raises(ImportError, match="pip install onnxruntime"):
-        keras_prune.export(model, tmp_path / "m.onnx")
+    for module in ("onnxruntime", "tf2onnx"):
+        monkeypatch.setattr(
+            runtimes.importlib.util,
+            "find_spec",
+            lambda name, module=module: None if name == module else real(name),
+        )
+        with pytest.raises(ImportError, match=f"`{module}`: pip install {module}$"):
+            keras_prune.export(model, tmp_path / "m.onnx")
     assert os.listdir(tmp_path) == []
 
 
