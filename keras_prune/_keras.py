@@ -147,7 +147,7 @@ def producers(operation: Any) -> list[Any]:
 
 
 def consumers(operation: Any) -> list[Any]:
-    """The operations that consume `operation`'s outputs (`Operation._outbound_nodes`, 3.0)."""
+    """The operations that consume `operation`'s outputs, once per use (`_outbound_nodes`, 3.0)."""
     return [node.operation for node in operation._outbound_nodes]
 
 
