@@ -130,9 +130,10 @@ def top_k_mask(scores: Any, k: Any, dtype: str = "bool") -> tuple[Any, Any]:
     `_magnitude_bits`). Ties at the threshold are broken by flat index,
     lower index first, so exactly k entries are kept, as by a stable sort by
     descending score. The threshold is the k-th largest score. On a CPU,
-    eager code and (through a host callback) JAX's and TensorFlow's traced
-    steps compute the same mask with `numpy.partition` (see `_backend`);
-    XLA-compiled TensorFlow steps and accelerators use the radix select.
+    eager code and (through a host callback) TensorFlow's plain-graph steps
+    compute the same mask with `numpy.partition` (see `_backend`); XLA
+    steps (every JAX step, TensorFlow's `jit_compile=True`) and
+    accelerators use the radix select.
     """
     flat = ops.cast(ops.reshape(scores, (-1,)), "float32")
     if _backend.host_selectable(flat) and _backend.is_concrete(k):
