@@ -51,6 +51,8 @@ _EXPORTS = {
     "export": "runtimes",
     "load": "kps",
     "gzipped_model_size": "report",
+    "Sensitivity": "sensitivity",
+    "sensitivity": "sensitivity",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from keras_prune.runtimes import export
     from keras_prune.saving import load_model, prune_scope, save_model
     from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+    from keras_prune.sensitivity import Sensitivity, sensitivity
     from keras_prune.wrapper import PruneLowMagnitude
 
 

@@ -75,7 +75,9 @@ class PruningSummaries(keras.callbacks.Callback):
     * `{weight.path}/threshold`: the magnitude threshold of the last mask
       update (0 before the first one).
     * `{wrapper.path}/scheduled_sparsity`: the sparsity the pruning schedule
-      prescribes at the current step (m/n with `sparsity_m_by_n`).
+      prescribes at the current step (m/n with `sparsity_m_by_n`), the
+      model's total: a sparsity distribution other than "uniform" spreads it
+      unevenly over the weights, whose own sparsities are logged above.
 
     Each value is logged at the wrapper's `pruning_step`, the number of
     training batches it has seen (`optimizer.iterations` in a fresh `fit`).
@@ -238,7 +240,7 @@ def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) ->
       training configuration (backend, dtype policy, compilation).
     """
     messages = []
-    for layer, paths, size, kept in _pruned_units(model):
+    for layer, paths, size, kept, factor in _pruned_units(model):
         schedule = layer.pruning_schedule
         target = schedule.end_sparsity()
         if layer.sparsity_m_by_n is not None:
@@ -246,6 +248,7 @@ def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) ->
             target = m / n
         if target is None:
             continue
+        target *= factor
         block = math.prod(layer.block_size)
         slack = block - 1 if block > 1 else 0
         allowed = int(ops.convert_to_numpy(keep_count(size, target)))
@@ -267,6 +270,7 @@ def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) ->
             )
         else:
             last_step, last_sparsity = points[-1]
+            last_sparsity *= factor
             if layer.sparsity_m_by_n is not None:
                 last_sparsity = target
             if kept > int(ops.convert_to_numpy(keep_count(size, last_sparsity))) + slack:
@@ -291,21 +295,27 @@ def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) ->
     return messages
 
 
-def _pruned_units(model: keras.layers.Layer) -> list[tuple[PruneLowMagnitude, str, int, int]]:
-    """(a wrapper, weight path(s), size, weights kept) per pruned weight or global group."""
-    units: list[tuple[PruneLowMagnitude, str, int, int]] = []
-    groups: dict[str, list[tuple[PruneLowMagnitude, str, int, int]]] = {}
+_Unit = tuple[PruneLowMagnitude, str, int, int, float]
+
+
+def _pruned_units(model: keras.layers.Layer) -> list[_Unit]:
+    """(a wrapper, weight path(s), size, weights kept, sparsity factor) per pruned
+    weight or global group; the factor scales the schedule's sparsity."""
+    units: list[_Unit] = []
+    groups: dict[str, list[_Unit]] = {}
     for layer in pruned_layers(model):
-        for weight, mask, _ in layer.pruning_vars:
+        factors = layer.sparsity_factors or [1.0] * len(layer.pruning_vars)
+        for (weight, mask, _), factor in zip(layer.pruning_vars, factors):
             kept = int(ops.convert_to_numpy(ops.sum(mask.value)))
-            unit = (layer, weight.path, math.prod(weight.shape), kept)
+            unit = (layer, weight.path, math.prod(weight.shape), kept, factor)
             if layer.global_group is None:
                 units.append(unit)
             else:
                 groups.setdefault(layer.global_group, []).append(unit)
     for name, members in groups.items():
         paths = f"the global pruning group {name!r} ({', '.join(m[1] for m in members)})"
-        units.append((members[0][0], paths, sum(m[2] for m in members), sum(m[3] for m in members)))
+        size, kept = sum(m[2] for m in members), sum(m[3] for m in members)
+        units.append((members[0][0], paths, size, kept, 1.0))
     return units
 
 

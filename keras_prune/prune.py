@@ -17,16 +17,18 @@ Every model form is handled:
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 from keras import ops
 
-from keras_prune import _keras, registry
+from keras_prune import _keras, registry, sparsity_distribution
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
+from keras_prune.sparsity_distribution import Distribution
 from keras_prune.wrapper import PruneLowMagnitude
 
 GLOBAL_GROUP = "global"
@@ -206,7 +208,7 @@ def _check_training_argument(model: keras.Model) -> None:
         )
 
 
-class _Selection:
+class Selection:
     """Which layers `select` picks: instances, names, classes, predicates."""
 
     def __init__(self, select: Any):
@@ -265,8 +267,9 @@ def prune_low_magnitude(
     sparsity_m_by_n: tuple[int, int] | None = None,
     *,
     select: Any = None,
-    global_pruning: bool = False,
+    sparsity_distribution: Distribution = "uniform",
     pruning_policy: PruningPolicy | None = None,
+    global_pruning: bool | None = None,
     **kwargs: Any,
 ) -> Any:
     """Wraps a layer, a list of layers or a model for magnitude pruning.
@@ -294,12 +297,20 @@ def prune_low_magnitude(
             predicate `f(layer) -> bool`, or a list of these (a layer is
             pruned if any matches). Selecting a nested model prunes all of
             it. Instances, names and classes that match nothing raise.
-        global_pruning: rank all selected weights together and keep the
-            largest `1 - sparsity` of them with one threshold, instead of
-            pruning every weight to the same sparsity.
+        sparsity_distribution: for a model, how the schedule's sparsity is
+            spread over the pruned weights (see
+            `keras_prune.sparsity_distribution`): "uniform" (every weight
+            at the schedule's sparsity), "global" (one threshold: the
+            smallest weights of the whole model go), "erk"
+            (Erdős–Rényi-Kernel: small weights denser, large ones sparser),
+            or a dict `{layer name: factor}` / callable `f(layer) -> factor`
+            (a layer's sparsity proportional to its factor). The total is
+            always the schedule's.
         pruning_policy: for a model, a `PruningPolicy` (e.g.
             `PruneForLatencyOnXNNPack()`): it checks the model first and
             then decides, with `select`, which layers are pruned.
+        global_pruning: deprecated spelling of
+            `sparsity_distribution="global"` (True) or "uniform" (False).
         **kwargs: passed to `PruneLowMagnitude` (e.g. `name`) for a layer.
 
     Example:
@@ -312,8 +323,7 @@ def prune_low_magnitude(
     pruned.fit(x, y, callbacks=[keras_prune.UpdatePruningStep()])
     ```
     """
-    if not isinstance(global_pruning, bool):
-        raise TypeError(f"`global_pruning` must be True or False; got {global_pruning!r}.")
+    distribution = _distribution(sparsity_distribution, global_pruning)
     if pruning_policy is not None and not isinstance(pruning_policy, PruningPolicy):
         raise TypeError(
             "`pruning_policy` must be a keras_prune.PruningPolicy (e.g. "
@@ -324,25 +334,35 @@ def prune_low_magnitude(
         block_size=block_size,
         block_pooling_type=block_pooling_type,
         sparsity_m_by_n=sparsity_m_by_n,
-        global_group=GLOBAL_GROUP if global_pruning else None,
+        global_group=GLOBAL_GROUP if distribution == "global" else None,
     )
+    if distribution == "global" and (tuple(block_size) != (1, 1) or sparsity_m_by_n):
+        raise ValueError(
+            "sparsity_distribution='global' ranks single weights across the model; it "
+            "cannot apply with `block_size` or `sparsity_m_by_n`."
+        )
     # Validate the options once, before touching any layer.
     PruneLowMagnitude(keras.layers.Dense(1), **options)
+    spread = distribution not in ("uniform", "global")
+    if spread:
+        _check_spreadable(to_prune, options)
 
     if isinstance(to_prune, keras.Model):
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for a model: {sorted(kwargs)}.")
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(to_prune)
-        selection = _Selection(select)
+        selection = Selection(select)
         pruned = _prune_model(to_prune, options, selection, pruning_policy)
         selection.check_all_used()
         link_groups(pruned_layers(pruned))
+        if spread:
+            _spread(pruned, distribution)
         return pruned
-    if select is not None or pruning_policy is not None:
+    if select is not None or pruning_policy is not None or distribution != "uniform":
         raise ValueError(
-            "`select` and `pruning_policy` apply to models; for a layer or a list, "
-            "pass the layers to prune."
+            "`select`, `pruning_policy` and `sparsity_distribution` apply to models; for a "
+            "layer or a list, pass the layers to prune (each at the schedule's sparsity)."
         )
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **options, **kwargs)
@@ -361,10 +381,80 @@ def prune_low_magnitude(
     )
 
 
+def _distribution(distribution: Any, global_pruning: Any) -> Distribution:
+    """`sparsity_distribution`, checked, with the deprecated `global_pruning` folded in."""
+    distribution = sparsity_distribution.check(distribution)
+    if global_pruning is None:
+        return distribution
+    if not isinstance(global_pruning, bool):
+        raise TypeError(f"`global_pruning` must be True or False; got {global_pruning!r}.")
+    warnings.warn(
+        "`global_pruning` is deprecated: write sparsity_distribution="
+        f"{'global' if global_pruning else 'uniform'!r}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if global_pruning and distribution not in ("uniform", "global"):
+        raise ValueError(
+            f"`global_pruning=True` contradicts sparsity_distribution={distribution!r}; "
+            "pass only sparsity_distribution."
+        )
+    return "global" if global_pruning else distribution
+
+
+def _check_spreadable(to_prune: Any, options: dict[str, Any]) -> None:
+    """Raises, before any cloning, where a non-uniform, non-global distribution cannot apply."""
+    if options["sparsity_m_by_n"] is not None:
+        raise ValueError(
+            "`sparsity_distribution` cannot apply with `sparsity_m_by_n`: m:n pruning "
+            "fixes every weight's sparsity at m/n. Use sparsity_distribution='uniform'."
+        )
+    if options["pruning_schedule"].end_sparsity() is None:
+        raise ValueError(
+            "`sparsity_distribution` other than 'uniform' or 'global' needs a schedule "
+            "whose end_sparsity() is a number (the per-layer sparsities are fixed from "
+            f"it); {options['pruning_schedule']!r} has none."
+        )
+    if isinstance(to_prune, keras.Model) and not to_prune.built:
+        raise ValueError(
+            "`sparsity_distribution` other than 'uniform' or 'global' needs the weights' "
+            f"shapes: build {to_prune.name!r} first (keras.Input, model.build(input_shape) "
+            "or a call on data)."
+        )
+
+
+def _spread(model: keras.Model, distribution: Distribution) -> None:
+    """Gives every wrapper of `model` its weights' factors under `distribution`."""
+    wrappers = list(pruned_layers(model))
+    if not wrappers:
+        return
+    schedules = {repr(w.pruning_schedule) for w in wrappers}
+    if len(schedules) > 1:
+        raise ValueError(
+            f"`sparsity_distribution` spreads one schedule over the model, but its pruned "
+            f"layers have several: {sorted(schedules)}."
+        )
+    if any(w.sparsity_m_by_n is not None or not w.pruning_vars for w in wrappers):
+        raise ValueError(
+            "`sparsity_distribution`: some layers were pruned by hand with `sparsity_m_by_n` "
+            "or are not built; spread sparsity over built, unstructured layers only."
+        )
+    weights = [(w.layer, tuple(weight.shape)) for w in wrappers for weight, _, _ in w.pruning_vars]
+    end = wrappers[0].pruning_schedule.end_sparsity()
+    factors = sparsity_distribution.factors(distribution, weights, end) if end > 0 else None
+    start = 0
+    for wrapper in wrappers:
+        count = len(wrapper.pruning_vars)
+        wrapper.sparsity_factors = (
+            None if factors is None else tuple(factors[start : start + count])
+        )
+        start += count
+
+
 def _prune_model(
     model: keras.Model,
     options: dict[str, Any],
-    selection: _Selection,
+    selection: Selection,
     policy: PruningPolicy | None = None,
 ) -> keras.Model:
     _check_training_argument(model)
@@ -376,7 +466,7 @@ def _prune_model(
         if isinstance(layer, PruneLowMagnitude):
             return PruneLowMagnitude.from_config(layer.get_config()) if plain else layer
         if isinstance(layer, keras.Model):
-            inner = _Selection(None) if selection(original) else selection
+            inner = Selection(None) if selection(original) else selection
             return _prune_model(layer, options, inner, policy)
         chosen = selection(original) and (policy is None or policy.allow_pruning(original))
         if chosen and registry.supports(layer):

@@ -16,6 +16,7 @@ from keras_prune import _keras, registry
 from keras_prune.wrapper import PruneLowMagnitude
 
 _FORMATS = ("h5", "keras")
+_DENSE = "left dense by the sparsity distribution; the other weights absorb its share"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,9 @@ class WeightSparsity:
     shape: tuple[int, ...]
     size: int
     zeros: int
+    #: Why the weight is as it is, where the sparsity alone does not say (e.g.
+    #: "left dense by the sparsity distribution").
+    note: str = ""
 
     @property
     def sparsity(self) -> float:
@@ -50,6 +54,7 @@ class SparsityReport(list):
         for row in self:
             lines.append(
                 f"{row.layer:<32} {row.weight:<24} {str(row.shape):<20} {row.sparsity:>9.2%}"
+                + (f"  ({row.note})" if row.note else "")
             )
         lines.append(f"{'total':<78} {self.total_sparsity:>9.2%}")
         return "\n".join(lines)
@@ -77,17 +82,24 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         for inner in _keras.flatten_layers(layer.layer, include_self=True)
     }
     for layer in layers:
+        notes = None
         if isinstance(layer, PruneLowMagnitude):
             pairs = [(w, ops.multiply(w.value, m.value)) for w, m, _ in layer.pruning_vars]
+            notes = [_DENSE if f == 0 else "" for f in layer.sparsity_factors or ()]
         elif id(layer) in inside_wrappers or not (layer.built and registry.supports(layer)):
             continue
         else:
             pairs = [(w, w.value) for w in registry.get_prunable_weights(layer)]
-        for weight, value in pairs:
+        for i, (weight, value) in enumerate(pairs):
             zeros = int(np.count_nonzero(ops.convert_to_numpy(value) == 0))
             report.append(
                 WeightSparsity(
-                    layer.name, weight.name, tuple(weight.shape), math.prod(weight.shape), zeros
+                    layer.name,
+                    weight.name,
+                    tuple(weight.shape),
+                    math.prod(weight.shape),
+                    zeros,
+                    notes[i] if notes else "",
                 )
             )
     return report

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -38,6 +41,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             of a global pruning group: all wrappers of one model with the
             same group name are pruned together with one threshold (see
             `keras_prune.global_pruning`).
+        sparsity_factors: None (every prunable weight at the schedule's
+            sparsity), or one factor >= 0 per prunable weight: weight i is
+            pruned to `factor_i * sparsity` (see
+            `keras_prune.sparsity_distribution`, which sets them).
 
     Example:
 
@@ -54,6 +61,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         block_pooling_type: str = "AVG",
         sparsity_m_by_n: tuple[int, int] | None = None,
         global_group: str | None = None,
+        sparsity_factors: Sequence[float] | None = None,
         **kwargs: Any,
     ):
         if isinstance(layer, PruneLowMagnitude):
@@ -94,6 +102,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     "it cannot be combined with `block_size` or `sparsity_m_by_n`."
                 )
         self.global_group = global_group
+        self.sparsity_factors = _check_factors(sparsity_factors)
+        if self.sparsity_factors is not None and (
+            global_group is not None or self.sparsity_m_by_n is not None
+        ):
+            raise ValueError(
+                "`sparsity_factors` (a sparsity distribution) spreads the schedule's sparsity; "
+                "it cannot apply with `sparsity_m_by_n` (a fixed m:n sparsity) or "
+                "`global_group` (one threshold)."
+            )
         self.pruning_vars: list[tuple[keras.Variable, keras.Variable, keras.Variable]] = []
         if layer.built:
             self._create_pruning_variables()
@@ -148,6 +165,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 trainable=False,
             )
             self.pruning_vars.append((weight, mask, threshold))
+        if self.sparsity_factors is not None and len(self.sparsity_factors) != len(
+            self.pruning_vars
+        ):
+            raise ValueError(
+                f"`sparsity_factors` has {len(self.sparsity_factors)} entries but "
+                f"{self.layer.name!r} has {len(self.pruning_vars)} prunable weights; give one "
+                "factor per prunable weight."
+            )
         # The number of training batches seen: the first batch is pruning
         # step 1, as in tfmot 0.8.1 (so begin_step=0 first prunes at step
         # `frequency`, and tfmot schedules prune at the same batches here).
@@ -206,17 +231,32 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         sparsity = ops.convert_to_tensor(sparsity, "float32")
         if _backend.known_false(should_prune):  # eager torch: most steps cost nothing more
             return
-        for weight, mask, threshold in self.pruning_vars:
+        for i, (weight, mask, threshold) in enumerate(self.pruning_vars):
             masks.update(
                 weight,
                 mask,
                 threshold,
                 should_prune,
-                sparsity,
+                self._weight_sparsity(sparsity, i),
                 self.block_size,
                 self.block_pooling_type,
                 self.sparsity_m_by_n,
             )
+
+    def _weight_sparsity(self, sparsity: Any, index: int) -> Any:
+        """The sparsity of the `index`-th prunable weight when the schedule says `sparsity`."""
+        if self.sparsity_factors is None:
+            return sparsity
+        return ops.multiply(sparsity, self.sparsity_factors[index])
+
+    def target_sparsities(self) -> list[float | None]:
+        """Each prunable weight's final sparsity (None: the schedule has no end)."""
+        if self.sparsity_m_by_n is not None:
+            m, n = self.sparsity_m_by_n
+            return [m / n] * len(self.pruning_vars)
+        end = self.pruning_schedule.end_sparsity()
+        factors = self.sparsity_factors or [1.0] * len(self.pruning_vars)
+        return [None if end is None else end * f for f in factors]
 
     def _schedule_at(self, step: Any) -> tuple[Any, Any]:
         """`pruning_schedule(step)`, evaluated once per forward pass in eager code.
@@ -272,6 +312,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             "block_pooling_type": self.block_pooling_type,
             "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
             "global_group": self.global_group,
+            "sparsity_factors": None
+            if self.sparsity_factors is None
+            else list(self.sparsity_factors),
         }
 
     @classmethod
@@ -281,6 +324,23 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             config["pruning_schedule"], custom_objects=custom_objects
         )
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def _check_factors(factors: Any) -> tuple[float, ...] | None:
+    if factors is None:
+        return None
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+        raise TypeError(f"`sparsity_factors` must be None or a list of numbers; got {factors!r}.")
+    for factor in factors:
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, numbers.Real)
+            or not 0 <= factor < math.inf
+        ):
+            raise ValueError(
+                f"`sparsity_factors` must hold finite numbers >= 0; got {list(factors)!r}."
+            )
+    return tuple(float(f) for f in factors)
 
 
 def _has_tensor(kwargs: dict[str, Any]) -> bool:

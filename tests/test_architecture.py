@@ -22,12 +22,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "keras_prune"
 # lower rows, and of its own row where listed in SAME_ROW.
 LAYERS = [
     {"_backend", "_keras", "_validation", "_files", "_tfevents"},
-    {"masks", "schedules", "registry", "_forward_pass"},
+    {"masks", "schedules", "registry", "_forward_pass", "sparsity_distribution"},
     {"global_pruning"},
     {"wrapper"},
     {"policy"},
     {"prune", "report", "saving"},
-    {"callbacks", "kps"},
+    {"callbacks", "kps", "sensitivity"},
     {"runtimes"},
     {"__init__"},
 ]

@@ -72,7 +72,7 @@ def test_silent_when_final_sparsity_is_reached(recwarn):
 
 def test_a_global_group_is_checked_as_a_whole(recwarn):
     # Global pruning leaves layers at different sparsities; only the total must reach 0.8.
-    pruned = train(ConstantSparsity(0.8, 0, frequency=2), epochs=1, global_pruning=True)
+    pruned = train(ConstantSparsity(0.8, 0, frequency=2), epochs=1, sparsity_distribution="global")
     assert final_sparsity_shortfalls(pruned) == []
     report = keras_prune.sparsity_report(pruned)
     assert report.total_sparsity == pytest.approx(0.8, abs=1e-3)

@@ -153,7 +153,7 @@ def test_global_pruning_keeps_exact_k_with_one_threshold():
     model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(20), keras.layers.Dense(5)])
     model.layers[0].kernel.assign(rng.randn(10, 20).astype("float32") * 0.1)  # small weights
     model.layers[1].kernel.assign(rng.randn(20, 5).astype("float32") * 10.0)  # large weights
-    pruned = kp.prune_low_magnitude(model, every_step(0.8), global_pruning=True)
+    pruned = kp.prune_low_magnitude(model, every_step(0.8), sparsity_distribution="global")
     model_weights = [w.kernel for w in model.layers]
     # One training batch with lr=0 prunes without moving the weights.
     pruned.compile(keras.optimizers.SGD(0.0), "mse")

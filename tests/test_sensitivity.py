@@ -1,0 +1,94 @@
+"""`sensitivity`: against a brute-force loop over layers and sparsities (a full
+sort decides what is pruned), the model left as it was, the PNG, bad input."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import small_cnn, small_images
+from keras import ops
+from PIL import Image
+
+import keras_prune as kp
+
+
+@pytest.fixture
+def trained():
+    x, y = small_images(96)
+    model = small_cnn()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    return model, (x, y)
+
+
+def brute_force(model, data, sparsities):
+    """Each layer's kernel pruned alone, smallest magnitudes first by a stable sort."""
+    table = []
+    for layer in [layer for layer in model.layers if layer.weights]:
+        original = ops.convert_to_numpy(layer.kernel)
+        row = []
+        for sparsity in sparsities:
+            k = max(round(original.size * (1 - sparsity)), 1)
+            order = np.argsort(-np.abs(original).ravel(), kind="stable")
+            keep = np.zeros(original.size, bool)
+            keep[order[:k]] = True
+            layer.kernel.assign(np.where(keep.reshape(original.shape), original, 0.0))
+            row.append(model.evaluate(*data, verbose=0, return_dict=True)["accuracy"])
+        layer.kernel.assign(original)
+        table.append(row)
+    return table
+
+
+def test_sensitivity_matches_a_brute_force_loop(trained, capsys, tmp_path):
+    model, data = trained
+    before = [ops.convert_to_numpy(w) for w in model.weights]
+    sparsities = (0.5, 0.9, 0.99)
+    table = kp.sensitivity(model, data, sparsities)
+    lines = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("sensitivity")
+    ]
+    assert len(lines) == 4 and lines[0].startswith("sensitivity [1/4]")
+    for got, want in zip(before, model.weights):
+        np.testing.assert_array_equal(got, ops.convert_to_numpy(want))
+    assert table.metric == "accuracy"
+    assert table.baseline == pytest.approx(
+        model.evaluate(*data, verbose=0, return_dict=True)["accuracy"]
+    )
+    assert table.layers == tuple(layer.name for layer in model.layers if layer.weights)
+    assert table.sizes == (72, 576, 1152, 64)
+    np.testing.assert_allclose(table.values, brute_force(model, data, sparsities), atol=1e-6)
+    assert table.values[3][-1] < table.baseline  # one weight left in the head hurts
+    assert str(table).splitlines()[1].split() == ["layer", "weights", "50.00%", "90.00%", "99.00%"]
+    path = table.plot(tmp_path / "sensitivity.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_sensitivity_of_selected_layers_on_the_loss(trained):
+    model, data = trained
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    table = kp.sensitivity(
+        model, data, [0.0, 0.9], metric="loss", select=keras.layers.Dense, verbose=False
+    )
+    assert table.layers == tuple(layer.name for layer in dense)
+    assert table.values[0][0] == pytest.approx(table.baseline, rel=1e-6)  # 0 %: unchanged
+
+
+def test_bad_input_raises_before_touching_the_model(trained):
+    model, data = trained
+    with pytest.raises(ValueError, match="`sparsities`"):
+        kp.sensitivity(model, data, [0.5, 1.0])
+    with pytest.raises(ValueError, match="at least one"):
+        kp.sensitivity(model, data, [])
+    with pytest.raises(ValueError, match="`metric` 'f1'"):
+        kp.sensitivity(model, data, [0.5], metric="f1", verbose=False)
+    with pytest.raises(ValueError, match="not in the model"):
+        kp.sensitivity(model, data, [0.5], select="nope")
+    with pytest.raises(TypeError, match="`model`"):
+        kp.sensitivity(model.layers[0], data, [0.5])
+    uncompiled = small_cnn()
+    with pytest.raises(ValueError, match="must be compiled"):
+        kp.sensitivity(uncompiled, data, [0.5])
+    pruned = kp.prune_low_magnitude(small_cnn(), kp.ConstantSparsity(0.5, 0))
+    pruned.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="already pruned"):
+        kp.sensitivity(pruned, data, [0.5])
