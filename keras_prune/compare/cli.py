@@ -2,7 +2,7 @@
 
 `keras-prune compare` runs the seed article's experiment (see
 `keras_prune.compare.experiment`): the dense baseline and one pruned model per
-schedule and sparsity, for N seeds, then prints one table with a column
+schedule, sparsity distribution and sparsity, for N seeds, then prints one table with a column
 per schedule and Welch's t-test between schedules. `--out DIR` writes
 `results.json`, `results.csv` and PNG plots. Bad input prints one line on
 stderr and exits with status 2.
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from keras_prune.compare.results import label as run_label
+from keras_prune.compare.results import shown_distribution
 
 __all__ = ["main"]
 
@@ -55,6 +56,18 @@ def _comma_list(text: str) -> list[str]:
 
 def _sparsities(text: str) -> list[float]:
     return [_fraction(item) for item in _comma_list(text)]
+
+
+def _distributions(text: str) -> list[str]:
+    # The names of keras_prune.sparsity_distribution.NAMES, which imports Keras.
+    names = ("uniform", "global", "erk")
+    items = _comma_list(text)
+    for item in items:
+        if item not in names:
+            raise argparse.ArgumentTypeError(
+                f"unknown distribution {item!r}: use {', '.join(names)}"
+            )
+    return items
 
 
 def _at_least(minimum: int) -> Any:
@@ -108,6 +121,15 @@ def _parser() -> _Parser:
         default=[0.875],
         metavar="LIST",
         help="target sparsity in [0, 1), or several comma-separated (default: 0.875)",
+    )
+    add(
+        "--distribution",
+        type=_distributions,
+        default=["uniform"],
+        metavar="LIST",
+        help="how each schedule's sparsity is spread over the layers, comma-separated: "
+        "uniform (every layer the same), global (one magnitude threshold), erk "
+        "(Erdős–Rényi-Kernel: small layers denser) (default: uniform)",
     )
     add(
         "--epochs", type=_at_least(1), default=30, metavar="N", help="training epochs (default: 30)"
@@ -226,7 +248,16 @@ def format_results(results: dict[str, Any]) -> str:
         f"seeds {min(min(s) for s in seeds)}..{max(max(s) for s in seeds)}",
         "",
     ]
-    headers = [run_label(row["schedule"], row["sparsity"], several) for row in summary]
+    distributions = config.get("distributions", ["uniform"])
+    headers = [
+        run_label(
+            row["schedule"],
+            row["sparsity"],
+            several,
+            shown_distribution(distributions, row.get("distribution", "uniform")),
+        )
+        for row in summary
+    ]
     table: list[tuple[str, list[str]]] = [("", headers)]
     count = [len(row["seeds"]) for row in summary]
     table.append(("seeds", [str(n) for n in count]))
@@ -334,6 +365,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         config = experiment.ExperimentConfig(
             schedules=tuple(args.schedules),
             sparsities=tuple(args.sparsity),
+            distributions=tuple(args.distribution),
             epochs=args.epochs,
             batch_size=args.batch_size,
             begin_fraction=args.begin_fraction,
@@ -361,7 +393,12 @@ def _run_compare(args: argparse.Namespace) -> int:
         if args.quiet:
             return
         run, done = comparison.runs[-1], len(comparison.runs)
-        label = run_label(run.schedule, run.sparsity, len(config.sparsities) > 1)
+        label = run_label(
+            run.schedule,
+            run.sparsity,
+            len(config.sparsities) > 1,
+            shown_distribution(config.distributions, run.distribution),
+        )
         left = planned - done
         eta = (time.perf_counter() - started) / (done - resumed) * left
         remaining = f"{left} run(s) left, about {_duration(eta)}" if left else "all runs done"

@@ -1,7 +1,8 @@
 """The seed experiment: pruning schedules compared on an MNIST ConvNet.
 
-A comparison trains the dense baseline and one pruned model per schedule and
-target sparsity, for each of `seeds` seeds, with the seed article's
+A comparison trains the dense baseline and one pruned model per schedule,
+sparsity distribution (`keras_prune.sparsity_distribution`: "uniform",
+the seed's, "global" or "erk") and target sparsity, for each of `seeds` seeds, with the seed article's
 settings by default: Conv2D(32, 3, relu) - MaxPool - Conv2D(64, 3, relu) -
 MaxPool - Flatten - Dense(256, relu) - Dense(10, softmax), Adam, categorical
 cross-entropy, batch 250, validation_split 0.2, 30 epochs, pruning from 20 %
@@ -59,7 +60,7 @@ from keras_prune import _files, _validation, runtimes
 from keras_prune.callbacks import UpdatePruningStep, final_sparsity_shortfalls
 from keras_prune.compare import results, stats
 from keras_prune.compare.datasets import DATASETS, load_dataset
-from keras_prune.compare.results import BASELINE, RunResult
+from keras_prune.compare.results import BASELINE, RunResult, label, shown_distribution
 from keras_prune.kps import export, load
 from keras_prune.prune import prune_low_magnitude, strip_pruning
 from keras_prune.report import gzipped_model_size, sparsity_report
@@ -69,6 +70,7 @@ from keras_prune.schedules import (
     PruningSchedule,
     pruning_points,
 )
+from keras_prune.sparsity_distribution import NAMES as DISTRIBUTIONS
 
 __all__ = [
     "BASELINE",
@@ -98,6 +100,12 @@ SIGNIFICANCE_LEVEL = 0.05
 _NUM_CLASSES = 10
 
 Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _pair_label(run: tuple[str, str], distributions: Sequence[str]) -> str:
+    """The label of a `(schedule, distribution)` pair in a comparison of `distributions`."""
+    schedule, distribution = run
+    return label(schedule, 0.0, False, shown_distribution(distributions, distribution))
 
 
 def schedule_factory(name: str) -> Callable[..., PruningSchedule]:
@@ -173,6 +181,7 @@ class ExperimentConfig:
 
     schedules: tuple[str, ...] = BUILTIN_SCHEDULES
     sparsities: tuple[float, ...] = (0.875,)
+    distributions: tuple[str, ...] = ("uniform",)
     epochs: int = 30
     batch_size: int = 250
     begin_fraction: float = 0.2
@@ -186,7 +195,7 @@ class ExperimentConfig:
     tflite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("schedules", "sparsities"):
+        for name in ("schedules", "sparsities", "distributions"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
                 raise TypeError(f"`{name}` must be a non-empty sequence; got {value!r}.")
@@ -197,6 +206,8 @@ class ExperimentConfig:
             if schedule == BASELINE:
                 raise ValueError("`schedules`: the baseline always runs; do not list it.")
             schedule_factory(schedule)
+        for distribution in self.distributions:
+            _validation.one_of(distribution, "distributions", DISTRIBUTIONS)
         object.__setattr__(
             self, "sparsities", tuple(_validation.fraction(s, "sparsity") for s in self.sparsities)
         )
@@ -256,9 +267,11 @@ def run_once(
     schedule: str,
     sparsity: float,
     seed: int,
+    distribution: str = "uniform",
 ) -> RunResult:
     """Trains and measures one model: the baseline (`schedule="baseline"`,
-    `sparsity` ignored) or one pruned with `schedule` to `sparsity`.
+    `sparsity` and `distribution` ignored) or one pruned with `schedule` to
+    `sparsity`, spread over the layers by `distribution`.
 
     `data` is `((x_train, y_train), (x_test, y_test))` with integer labels.
     Warnings of keras_prune during the run (e.g. a schedule that ends below
@@ -269,6 +282,7 @@ def run_once(
     if schedule != BASELINE:
         schedule_factory(schedule)
         sparsity = _validation.fraction(sparsity, "sparsity")
+        _validation.one_of(distribution, "distribution", DISTRIBUTIONS)
     _validation.count(seed, "seed", 0)
     (x_train, y_train), (x_test, y_test) = data
     y_train = keras.utils.to_categorical(y_train, _NUM_CLASSES)
@@ -286,7 +300,9 @@ def run_once(
             pruning_schedule = make_schedule(
                 schedule, sparsity, begin_step, end_step, config.frequency
             )
-            model = prune_low_magnitude(model, pruning_schedule=pruning_schedule)
+            model = prune_low_magnitude(
+                model, pruning_schedule=pruning_schedule, sparsity_distribution=distribution
+            )
             callbacks.append(UpdatePruningStep())
         _compile(model)
         history = model.fit(
@@ -336,6 +352,7 @@ def run_once(
     return RunResult(
         schedule=schedule,
         sparsity=sparsity if schedule != BASELINE else 0.0,
+        distribution=distribution if schedule != BASELINE else "uniform",
         seed=seed,
         test_accuracy=float(test_accuracy),
         test_loss=float(test_loss),
@@ -400,24 +417,25 @@ class Comparison:
     schedule_points: dict[str, list[tuple[int, float]]]
     runs: list[RunResult] = dataclasses.field(default_factory=list)
 
-    def groups(self) -> dict[tuple[str, float], list[RunResult]]:
-        """Runs grouped by (schedule, sparsity), baseline first, in run order."""
-        grouped: dict[tuple[str, float], list[RunResult]] = {}
+    def groups(self) -> dict[tuple[str, str, float], list[RunResult]]:
+        """Runs grouped by (schedule, distribution, sparsity), baseline first, in run order."""
+        grouped: dict[tuple[str, str, float], list[RunResult]] = {}
         for run in self.runs:
-            grouped.setdefault((run.schedule, run.sparsity), []).append(run)
+            grouped.setdefault((run.schedule, run.distribution, run.sparsity), []).append(run)
         return grouped
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per (schedule, sparsity): every measure as `(mean, std)` over seeds,
+        """Per (schedule, distribution, sparsity): every measure as `(mean, std)` over seeds,
         per-layer sparsity means, validation accuracy means per epoch, and the
         compression ratio of the zipped `.h5` against the baseline's."""
         groups = self.groups()
-        baseline = groups.get((BASELINE, 0.0))
+        baseline = groups.get((BASELINE, "uniform", 0.0))
         dense_bytes = stats.mean_std([r.gzip_h5_bytes for r in baseline])[0] if baseline else None
         rows = []
-        for (schedule, sparsity), runs in groups.items():
+        for (schedule, distribution, sparsity), runs in groups.items():
             row: dict[str, Any] = {
                 "schedule": schedule,
+                "distribution": distribution,
                 "sparsity": sparsity,
                 "seeds": [r.seed for r in runs],
             }
@@ -439,16 +457,23 @@ class Comparison:
         return rows
 
     def tests(self) -> list[dict[str, Any]]:
-        """Welch's t-test on test accuracy for each pair of schedules at each
-        sparsity; `p_value` is None with fewer than two seeds per schedule."""
+        """Welch's t-test on test accuracy for each pair of pruned runs (schedule
+        and distribution) at each sparsity; `p_value` is None with fewer than
+        two seeds per side. `first` and `second` are the runs' labels."""
         groups = self.groups()
+        shown = self.config.distributions
         results = []
         for sparsity in self.config.sparsities:
-            names = [s for s in self.config.schedules if (s, sparsity) in groups]
+            names = [
+                (s, d)
+                for s in self.config.schedules
+                for d in self.config.distributions
+                if (s, d, sparsity) in groups
+            ]
             for i, first in enumerate(names):
                 for second in names[i + 1 :]:
-                    a = [r.test_accuracy for r in groups[first, sparsity]]
-                    b = [r.test_accuracy for r in groups[second, sparsity]]
+                    a = [r.test_accuracy for r in groups[(*first, sparsity)]]
+                    b = [r.test_accuracy for r in groups[(*second, sparsity)]]
                     p_value = None
                     if len(a) >= 2 and len(b) >= 2:
                         p = stats.welch_t_test(a, b)[2]
@@ -456,8 +481,8 @@ class Comparison:
                     results.append(
                         {
                             "sparsity": sparsity,
-                            "first": first,
-                            "second": second,
+                            "first": _pair_label(first, shown),
+                            "second": _pair_label(second, shown),
                             "accuracy_difference": stats.mean_std(a)[0] - stats.mean_std(b)[0],
                             "p_value": p_value,
                             "significant": None
@@ -467,11 +492,16 @@ class Comparison:
                     )
         return results
 
-    def planned_runs(self) -> list[tuple[str, float, int]]:
-        """`(schedule, sparsity, seed)` of every run, in the order they run."""
+    def planned_runs(self) -> list[tuple[str, float, int, str]]:
+        """`(schedule, sparsity, seed, distribution)` of every run, in the order they run."""
         config = self.config
-        per_seed = [(BASELINE, 0.0)] + [(n, s) for n in config.schedules for s in config.sparsities]
-        return [(name, s, seed) for seed in range(config.seeds) for name, s in per_seed]
+        per_seed = [(BASELINE, 0.0, "uniform")] + [
+            (n, s, d)
+            for n in config.schedules
+            for d in config.distributions
+            for s in config.sparsities
+        ]
+        return [(name, s, seed, d) for seed in range(config.seeds) for name, s, d in per_seed]
 
     def resume(self, previous: Mapping[str, Any]) -> None:
         """Keeps the runs of an earlier comparison with the same settings, so
@@ -497,11 +527,12 @@ class Comparison:
             )
         results.check_format(previous)
         ours = json.loads(json.dumps(dataclasses.asdict(self.config)))
+        # Files of format 2 and older compared the uniform distribution only.
+        theirs = {"distributions": ["uniform"], **previous["config"]}
         differ = sorted(
             key
-            for key in ours.keys() | previous["config"].keys()
-            if key not in ("seeds", "verbose", "tflite")
-            and ours.get(key) != previous["config"].get(key)
+            for key in ours.keys() | theirs.keys()
+            if key not in ("seeds", "verbose", "tflite") and ours.get(key) != theirs.get(key)
         )
         if previous["data"] != self.data:
             differ.append("data")
@@ -509,7 +540,7 @@ class Comparison:
             details = ", ".join(
                 f"data {previous['data']} vs {self.data}"
                 if key == "data"
-                else f"{key} {previous['config'].get(key)!r} vs {ours.get(key)!r}"
+                else f"{key} {theirs.get(key)!r} vs {ours.get(key)!r}"
                 for key in differ
             )
             raise ValueError(
@@ -517,7 +548,7 @@ class Comparison:
             )
         planned = self.planned_runs()
         runs = [RunResult.from_dict(run) for run in previous["runs"]][: len(planned)]
-        if [(r.schedule, r.sparsity, r.seed) for r in runs] != planned[: len(runs)]:
+        if [(r.schedule, r.sparsity, r.seed, r.distribution) for r in runs] != planned[: len(runs)]:
             raise ValueError("cannot resume: the earlier runs are not in this comparison's order.")
         self.runs = runs
 
@@ -534,9 +565,9 @@ class Comparison:
             raise TypeError(
                 f"`on_run_end` must be callable or None; got {type(on_run_end).__name__}."
             )
-        for schedule, sparsity, seed in self.planned_runs()[len(self.runs) :]:
+        for schedule, sparsity, seed, distribution in self.planned_runs()[len(self.runs) :]:
             start = time.perf_counter()
-            self.runs.append(run_once(self.config, data, schedule, sparsity, seed))
+            self.runs.append(run_once(self.config, data, schedule, sparsity, seed, distribution))
             if on_run_end is not None:
                 on_run_end(self, time.perf_counter() - start)
 
@@ -571,10 +602,23 @@ class Comparison:
         table = io.StringIO(newline="")
         writer = csv.writer(table)
         writer.writerow(
-            ["schedule", "sparsity", "seed", *_MEASURES, *(f"sparsity:{n}" for n in layers)]
+            [
+                "schedule",
+                "distribution",
+                "sparsity",
+                "seed",
+                *_MEASURES,
+                *(f"sparsity:{n}" for n in layers),
+            ]
         )
         for run in self.runs:
-            row = [run.schedule, run.sparsity, run.seed, *(getattr(run, m) for m in _MEASURES)]
+            row = [
+                run.schedule,
+                run.distribution,
+                run.sparsity,
+                run.seed,
+                *(getattr(run, m) for m in _MEASURES),
+            ]
             writer.writerow(row + [run.layer_sparsity.get(n, "") for n in layers])
         _files.write_text(csv_path, table.getvalue())
         return [json_path, csv_path]

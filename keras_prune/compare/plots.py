@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from keras_prune.compare.results import label as run_label
+from keras_prune.compare.results import shown_distribution
 
 __all__ = ["write_plots"]
 
@@ -68,22 +69,28 @@ def _plot_schedules(plt: Any, results: dict[str, Any], path: str) -> None:
     plt.close(figure)
 
 
+def _key(entry: dict[str, Any]) -> tuple[str, str, float]:
+    # Files of format 2 and older ran the uniform distribution only.
+    return entry["schedule"], entry.get("distribution", "uniform"), entry["sparsity"]
+
+
+def _label(row: dict[str, Any], config: dict[str, Any], sparsity: bool) -> str:
+    schedule, distribution, value = _key(row)
+    shown = shown_distribution(config.get("distributions", ["uniform"]), distribution)
+    return run_label(schedule, value, sparsity, shown)
+
+
 def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
-    several = len(results["config"]["sparsities"]) > 1
+    config = results["config"]
+    several = len(config["sparsities"]) > 1
     figure, axes = plt.subplots(figsize=(7, 4))
     for row in results["summary"]:
         curves = np.array(
-            [
-                run["val_accuracy"]
-                for run in results["runs"]
-                if run["schedule"] == row["schedule"] and run["sparsity"] == row["sparsity"]
-            ]
+            [run["val_accuracy"] for run in results["runs"] if _key(run) == _key(row)]
         )
         epochs = np.arange(1, curves.shape[1] + 1)
         mean = curves.mean(axis=0)
-        (line,) = axes.plot(
-            epochs, mean, marker=".", label=run_label(row["schedule"], row["sparsity"], several)
-        )
+        (line,) = axes.plot(epochs, mean, marker=".", label=_label(row, config, several))
         if len(curves) > 1:
             std = curves.std(axis=0, ddof=1)
             axes.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
@@ -95,10 +102,12 @@ def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
 
 
 def _plot_accuracy_vs_sparsity(plt: Any, results: dict[str, Any], path: str) -> None:
+    config = results["config"]
     figure, axes = plt.subplots(figsize=(7, 4))
-    for name in results["config"]["schedules"]:
+    pairs = dict.fromkeys(_key(r)[:2] for r in results["summary"] if r["schedule"] != "baseline")
+    for pair in pairs:
         rows = sorted(
-            (r for r in results["summary"] if r["schedule"] == name), key=lambda r: r["sparsity"]
+            (r for r in results["summary"] if _key(r)[:2] == pair), key=lambda r: r["sparsity"]
         )
         axes.errorbar(
             [r["sparsity"] for r in rows],
@@ -106,7 +115,7 @@ def _plot_accuracy_vs_sparsity(plt: Any, results: dict[str, Any], path: str) -> 
             yerr=[r["test_accuracy"][1] for r in rows],
             marker="o",
             capsize=3,
-            label=name,
+            label=_label(rows[0], config, False),
         )
     for row in results["summary"]:
         if row["schedule"] == "baseline":

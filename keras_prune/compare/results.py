@@ -11,17 +11,18 @@ Example:
 ```python
 run = RunResult.from_dict(json.load(open("out/results.json"))["runs"][0])
 label(run.schedule, run.sparsity, several=True)   # 'constant@0.875'
+label("constant", 0.95, several=True, distribution="erk")   # 'constant/erk@0.95'
 ```
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: The version of `results.json` this code writes.
-FORMAT = 2
+#: The version of `results.json` this code writes (3: sparsity distributions).
+FORMAT = 3
 BASELINE = "baseline"
 
 
@@ -48,6 +49,8 @@ class RunResult:
     tflite_float32_bytes: int | None = None
     tflite_int8_bytes: int | None = None
     tflite_int8_test_accuracy: float | None = None
+    # How the sparsity was spread over the layers (keras_prune.sparsity_distribution).
+    distribution: str = "uniform"
 
     @classmethod
     def from_dict(cls, run: Mapping[str, Any]) -> RunResult:
@@ -84,6 +87,16 @@ def check_format(results: Mapping[str, Any]) -> int:
     return version
 
 
-def label(schedule: str, sparsity: float, several: bool) -> str:
-    """A run's column name: "constant", or "constant@0.875" when `several` sparsities are compared."""
-    return schedule if schedule == BASELINE or not several else f"{schedule}@{sparsity:g}"
+def label(schedule: str, sparsity: float, several: bool, distribution: str | None = None) -> str:
+    """A run's column name: "constant"; "constant@0.875" when `several` sparsities are
+    compared; "constant/erk" or "constant/erk@0.875" when `distribution` is given."""
+    if schedule == BASELINE:
+        return schedule
+    name = schedule if distribution is None else f"{schedule}/{distribution}"
+    return f"{name}@{sparsity:g}" if several else name
+
+
+def shown_distribution(distributions: Sequence[str], distribution: str) -> str | None:
+    """`distribution` if a comparison of `distributions` names it in labels, else None:
+    a comparison of the uniform distribution alone (the seed's) does not."""
+    return None if list(distributions) == ["uniform"] else distribution

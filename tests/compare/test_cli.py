@@ -150,6 +150,37 @@ def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_pat
     assert other.returncode == 2 and "cannot resume" in other.stderr
 
 
+@pytest.mark.slow
+def test_compare_distributions_end_to_end(tmp_path):
+    args = ["--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1"]
+    args += ["--schedules", "constant", "--sparsity", "0.8,0.9", "--no-tflite", "--quiet"]
+    done = _run("compare", *args, "--distribution", "uniform,erk", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    header = next(line for line in done.stdout.splitlines() if line.strip().startswith("baseline"))
+    assert header.split() == [
+        "baseline",
+        "constant/uniform@0.8",
+        "constant/uniform@0.9",
+        "constant/erk@0.8",
+        "constant/erk@0.9",
+    ]
+    total = next(line for line in done.stdout.splitlines() if line.startswith("sparsity total"))
+    assert total.split()[2:] == ["0.00%", "80.00%", "90.00%", "80.00%", "90.00%"]
+    # ERK keeps the first convolution (288 weights) dense at 80 % and 90 %.
+    conv1 = next(line for line in done.stdout.splitlines() if line.startswith("sparsity conv1"))
+    uniform = [f"{1 - round(288 * (1 - s)) / 288:.2%}" for s in (0.8, 0.9)]
+    assert conv1.split()[2:] == ["0.00%", *uniform, "0.00%", "0.00%"]
+    assert (
+        "constant/uniform - constant/erk at sparsity 0.9: test accuracy difference" in done.stdout
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["distribution"] for r in results["runs"]] == ["uniform"] * 3 + ["erk"] * 2
+    with open(tmp_path / "results.csv", newline="") as handle:
+        assert [row["distribution"] for row in csv.DictReader(handle)][-1] == "erk"
+    with Image.open(tmp_path / "accuracy_vs_sparsity.png") as image:
+        assert image.format == "PNG"
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -161,6 +192,7 @@ def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_pat
         (["compare", "--epochs", "-3"], "--epochs"),
         (["compare", "--seeds", "two"], "--seeds: 'two' is not a whole number"),
         (["compare", "--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+        (["compare", "--distribution", "uniform,rigl"], "unknown distribution 'rigl'"),
         (["compare", "--backend", "theano"], "invalid choice: 'theano'"),
         (["compare", "--bogus"], "unrecognized arguments: --bogus"),
         ([], "the following arguments are required"),

@@ -70,6 +70,9 @@ def test_schedule_by_import_path(tmp_path, monkeypatch):
         ({"seeds": 0}, ValueError, "`seeds` must be >= 1"),
         ({"begin_fraction": 1.0}, ValueError, "`begin_fraction`"),
         ({"dataset": "cifar10"}, ValueError, "`dataset` must be one of"),
+        ({"distributions": ("rigl",)}, ValueError, "`distributions` must be one of"),
+        ({"distributions": ("erk", "erk")}, ValueError, "duplicates"),
+        ({"distributions": ()}, TypeError, "`distributions` must be a non-empty"),
     ],
 )
 def test_config_rejects_bad_settings(kwargs, error, words):
@@ -77,10 +80,11 @@ def test_config_rejects_bad_settings(kwargs, error, words):
         ExperimentConfig(**kwargs)
 
 
-def _result(schedule, sparsity, seed, accuracy, h5_bytes):
+def _result(schedule, sparsity, seed, accuracy, h5_bytes, distribution="uniform"):
     return RunResult(
         schedule=schedule,
         sparsity=sparsity,
+        distribution=distribution,
         seed=seed,
         test_accuracy=accuracy,
         test_loss=1 - accuracy,
@@ -126,6 +130,52 @@ def test_summary_and_tests_of_recorded_runs():
     assert test["accuracy_difference"] == pytest.approx(np.mean(constant) - np.mean(polynomial))
     assert test["p_value"] == pytest.approx(stats.welch_t_test(constant, polynomial)[2])
     assert test["significant"] is True
+
+
+def test_distributions_are_compared_run_by_run():
+    config = ExperimentConfig(schedules=("polynomial",), distributions=("uniform", "erk"), seeds=2)
+    comparison = experiment.Comparison(config, data={}, steps={}, schedule_points={})
+    assert comparison.planned_runs()[:3] == [
+        ("baseline", 0.0, 0, "uniform"),
+        ("polynomial", 0.875, 0, "uniform"),
+        ("polynomial", 0.875, 0, "erk"),
+    ]
+    uniform, erk = [0.95, 0.951], [0.97, 0.972]
+    for seed in range(2):
+        comparison.runs += [
+            _result("baseline", 0.0, seed, 0.98, 1600000),
+            _result("polynomial", 0.875, seed, uniform[seed], 400000),
+            _result("polynomial", 0.875, seed, erk[seed], 400000, "erk"),
+        ]
+    rows = comparison.summary()
+    assert [(r["schedule"], r["distribution"]) for r in rows] == [
+        ("baseline", "uniform"),
+        ("polynomial", "uniform"),
+        ("polynomial", "erk"),
+    ]
+    assert rows[2]["test_accuracy"] == pytest.approx(stats.mean_std(erk))
+    (test,) = comparison.tests()
+    assert (test["first"], test["second"]) == ("polynomial/uniform", "polynomial/erk")
+    assert test["p_value"] == pytest.approx(stats.welch_t_test(uniform, erk)[2])
+
+
+def test_resume_reads_a_file_from_before_distributions():
+    data = {"train": 8, "validation": 2, "test": 10}
+    earlier = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
+    earlier.runs = [_result("baseline", 0.0, 0, 0.99, 1600000)]
+    old = _saved(earlier)
+    old["format"] = 2
+    del old["config"]["distributions"]
+    for run in old["runs"]:
+        del run["distribution"]
+    later = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
+    later.resume(old)
+    assert later.runs == earlier.runs
+    spread = experiment.Comparison(
+        ExperimentConfig(distributions=("erk",)), data=data, steps={}, schedule_points={}
+    )
+    with pytest.raises(ValueError, match=r"differs in distributions \['uniform'\] vs \['erk'\]"):
+        spread.resume(old)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +258,7 @@ def test_resume_keeps_the_finished_runs_of_the_same_settings():
     )
     later.resume(_saved(earlier))
     assert later.runs == earlier.runs
-    assert later.planned_runs()[len(later.runs)] == ("polynomial", 0.875, 0)
+    assert later.planned_runs()[len(later.runs)] == ("polynomial", 0.875, 0, "uniform")
 
     other = experiment.Comparison(
         ExperimentConfig(epochs=5), data=data, steps={}, schedule_points={}
