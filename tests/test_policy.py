@@ -185,7 +185,9 @@ def test_bad_policy_arguments():
     model = keras.Sequential([keras.Input((4,)), layers.Dense(3)])
     with pytest.raises(TypeError, match="`pruning_policy` must be a keras_prune.PruningPolicy"):
         keras_prune.prune_low_magnitude(model, pruning_policy="xnnpack")
-    with pytest.raises(ValueError, match="`pruning_policy` and `sparsity_distribution` apply to models"):
+    with pytest.raises(
+        ValueError, match="`pruning_policy` and `sparsity_distribution` apply to models"
+    ):
         keras_prune.prune_low_magnitude(layers.Dense(3), pruning_policy=PruneForLatencyOnXNNPack())
 
 

@@ -352,8 +352,17 @@ def _resume(comparison: Any, directory: str) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from keras_prune import runtimes
-    from keras_prune.compare import experiment
-    from keras_prune.compare.datasets import DatasetUnavailableError
+
+    try:  # SciPy (t-tests), and matplotlib for --out's plots: the [compare] extra
+        from keras_prune.compare import experiment, plots
+        from keras_prune.compare.datasets import DatasetUnavailableError
+
+        if args.out:
+            plots.require_matplotlib()
+    except ImportError as error:
+        message = str(error)
+        hint = "" if "pip install" in message else "; pip install 'keras-prune[compare]'"
+        return _error(f"keras-prune compare: {message}{hint}")
 
     tflite = args.tflite
     if tflite is None:
@@ -384,6 +393,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         return _error(str(error))
     except (ValueError, TypeError) as error:
         return _error(str(error))
+    for note in comparison.notes:
+        print(f"keras-prune: warning: {note}", file=sys.stderr, flush=True)
     planned, resumed = len(comparison.planned_runs()), len(comparison.runs)
     started = time.perf_counter()
 
@@ -419,8 +430,6 @@ def _run_compare(args: argparse.Namespace) -> int:
     results = comparison.to_dict()
     print(format_results(results), flush=True)
     if args.out:
-        from keras_prune.compare import plots
-
         written = comparison.write(args.out) + plots.write_plots(results, args.out)
         print("\nwrote " + ", ".join(written))
     return 0
@@ -451,6 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"process; run `keras-prune compare --backend {backend}` in a new process"
         )
     os.environ["KERAS_BACKEND"] = backend
+    # TensorFlow's C++ INFO and WARNING lines ("Compiled cluster using XLA!",
+    # CPU feature notes) are not for the command's user; a value set in the
+    # environment wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Keras logs a legacy-format notice through absl for every .h5 it saves.
     logging.getLogger("absl").setLevel(logging.ERROR)
     with warnings.catch_warnings():

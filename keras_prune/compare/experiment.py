@@ -26,14 +26,16 @@ arguments `sparsity`, `begin_step`, `end_step` and `frequency` and returns a
 
 Example:
 
->>> comparison = compare(ExperimentConfig(epochs=2, limit=1000, verbose=0))
+>>> comparison = compare(ExperimentConfig(epochs=2, limit=1000, frequency=1, verbose=0))
 >>> [(row["schedule"], row["total_sparsity"][0]) for row in comparison.summary()]
-[('baseline', 0.0), ('constant', 0.875), ('polynomial', 0.0)]
+[('baseline', 0.0), ('constant', 0.875), ('polynomial', 0.875)]
 >>> comparison.write("out")
 ['out/results.json', 'out/results.csv']
 
-(With 4 steps per epoch, 8 in all, polynomial's one pruning step, step 1,
-prescribes sparsity 0 and the run warns that it ended below 0.875.)
+(With 4 steps per epoch, 8 in all, and the seed's `frequency=100`,
+polynomial's one pruning step, step 1, would prescribe sparsity 0:
+`prepare` refuses such a run before training, naming a frequency or a
+number of epochs that works.)
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ __all__ = [
     "Comparison",
     "ExperimentConfig",
     "RunResult",
+    "check_schedules",
     "compare",
     "make_schedule",
     "prepare",
@@ -416,6 +419,9 @@ class Comparison:
     steps: dict[str, int]
     schedule_points: dict[str, list[tuple[int, float]]]
     runs: list[RunResult] = dataclasses.field(default_factory=list)
+    #: Found before training: schedules whose last pruning step prescribes
+    #: less than their target (see `check_schedules`).
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def groups(self) -> dict[tuple[str, str, float], list[RunResult]]:
         """Runs grouped by (schedule, distribution, sparsity), baseline first, in run order."""
@@ -624,9 +630,79 @@ class Comparison:
         return [json_path, csv_path]
 
 
+# A schedule's last prescribed sparsity counts as its target within float32 rounding.
+_REACHED = 1e-6
+
+
+def _last_sparsity(name: str, target: float, config: ExperimentConfig, num_train: int) -> Any:
+    """`(points, begin_step, end_step)` of schedule `name` to `target` in this run."""
+    _, begin_step, end_step = pruning_steps(num_train, config)
+    schedule = make_schedule(name, target, begin_step, end_step, config.frequency)
+    return pruning_points(schedule, 1, end_step), begin_step, end_step
+
+
+def _fitting_frequency(begin_step: int, end_step: int, frequency: int) -> int | None:
+    """The largest frequency <= `frequency` whose pruning steps end at `end_step`."""
+    span = end_step - begin_step
+    fitting = [d for d in range(1, min(frequency, span) + 1) if span % d == 0]
+    return fitting[-1] if fitting else None
+
+
+def check_schedules(config: ExperimentConfig, num_train: int) -> list[str]:
+    """Checks before training that every schedule prunes in a run of `config`.
+
+    A schedule that never prunes (no pruning step inside training, or only
+    steps that prescribe 0 %, e.g. PolynomialDecay with one pruning step)
+    raises ValueError naming a `--frequency` or `--epochs` that makes it
+    reach its target. A schedule whose last pruning step prescribes less
+    than its target (it ends short, as the seed's PolynomialDecay does, by
+    0.005 points) gives a message, returned, naming a frequency that ends
+    exactly on it.
+    """
+    notes = []
+    for name in config.schedules:
+        for target in config.sparsities:
+            points, begin_step, end_step = _last_sparsity(name, target, config, num_train)
+            reached = points[-1][1] if points else 0.0
+            if target == 0 or reached >= target - _REACHED:
+                continue
+            label = results.label(name, target, True)
+            frequency = _fitting_frequency(begin_step, end_step, config.frequency)
+            fix = f"--frequency {frequency}" if frequency else None
+            if max((p for _, p in points), default=0.0) > 0:
+                where = f"; {fix} ends exactly on it" if fix else ""
+                notes.append(
+                    f"{label}: the last pruning step, {points[-1][0]}, prescribes "
+                    f"{reached:.3%}, not {target:.2%} (pruning steps {begin_step}..{end_step} "
+                    f"every {config.frequency}){where}."
+                )
+                continue
+            with warnings.catch_warnings():  # PolynomialDecay's own, for every try
+                warnings.simplefilter("ignore")
+                for epochs in range(config.epochs + 1, 100 * config.epochs + 2):
+                    longer = dataclasses.replace(config, epochs=epochs)
+                    longer_points = _last_sparsity(name, target, longer, num_train)[0]
+                    if longer_points and longer_points[-1][1] >= 0.99 * target:
+                        fix = f"{fix} or --epochs {epochs}" if fix else f"--epochs {epochs}"
+                        break
+            steps = ", ".join(str(step) for step, _ in points)
+            why = (
+                f"its only pruning steps ({steps}) prescribe 0 %"
+                if points
+                else "no pruning step falls inside training"
+            )
+            raise ValueError(
+                f"schedule {label} never prunes in this run: {end_step} training steps, pruning "
+                f"from step {begin_step} every {config.frequency}, and {why}; "
+                f"{'use ' + fix if fix else 'train longer'}."
+            )
+    return notes
+
+
 def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
     """Loads the data and builds every schedule once, before any training,
-    so that a missing dataset or a bad schedule fails fast.
+    so that a missing dataset or a bad schedule fails fast (also one that
+    never prunes in this run: `check_schedules`).
 
     Returns the empty comparison and the data for `Comparison.run`. Raises
     `keras_prune.compare.datasets.DatasetUnavailableError` when the dataset's files
@@ -652,6 +728,7 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
         data={"train": num_fit, "validation": len(x_train) - num_fit, "test": len(x_test)},
         steps={"per_epoch": steps_per_epoch, "begin_step": begin_step, "end_step": end_step},
         schedule_points=points,
+        notes=check_schedules(config, len(x_train)),
     )
     return comparison, ((x_train, y_train), (x_test, y_test))
 

@@ -27,7 +27,7 @@ import numpy as np
 from keras_prune.compare.results import label as run_label
 from keras_prune.compare.results import shown_distribution
 
-__all__ = ["write_plots"]
+__all__ = ["require_matplotlib", "write_plots"]
 
 _REQUIRED = ("schedule_points", "steps", "summary", "runs", "config")
 
@@ -41,6 +41,12 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def require_matplotlib() -> None:
+    """Raises ImportError, saying what to install, when matplotlib is missing
+    (so that `keras-prune compare --out` can say so before it trains)."""
+    _pyplot()
 
 
 def _plot_schedules(plt: Any, results: dict[str, Any], path: str) -> None:

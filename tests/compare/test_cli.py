@@ -19,8 +19,10 @@ BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args, backend=BACKEND):
+def _run(*args, backend=BACKEND, quiet_tensorflow=True):
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    if not quiet_tensorflow:  # as a user runs it: the command itself must keep TF quiet
+        del env["TF_CPP_MIN_LOG_LEVEL"]
     return subprocess.run(
         [sys.executable, "-m", "keras_prune", *args],
         capture_output=True,
@@ -146,7 +148,18 @@ def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_pat
     assert "[1/5]" not in done.stdout  # no run trained again
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert runs == json.loads((out / "results.json").read_text())["runs"]
-    other = _run("compare", "--limit", "250", "--epochs", "2", "--out", str(tmp_path), "--resume")
+    other = _run(
+        "compare",
+        "--limit",
+        "250",
+        "--epochs",
+        "2",
+        "--frequency",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--resume",
+    )
     assert other.returncode == 2 and "cannot resume" in other.stderr
 
 
@@ -154,8 +167,18 @@ def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_pat
 def test_compare_distributions_end_to_end(tmp_path):
     args = ["--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1"]
     args += ["--schedules", "constant", "--sparsity", "0.8,0.9", "--no-tflite", "--quiet"]
-    done = _run("compare", *args, "--distribution", "uniform,erk", "--out", str(tmp_path))
+    done = _run(
+        "compare",
+        *args,
+        "--distribution",
+        "uniform,erk",
+        "--out",
+        str(tmp_path),
+        quiet_tensorflow=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("Compiled cluster using XLA", "cpu_feature_guard", "absl::InitializeLog"):
+        assert line not in done.stderr  # TensorFlow's C++ log lines
     header = next(line for line in done.stdout.splitlines() if line.strip().startswith("baseline"))
     assert header.split() == [
         "baseline",
@@ -205,6 +228,23 @@ def test_bad_input_is_one_line_and_status_2(args, words, capsys):
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("keras-prune: error: ")
     assert words in captured.err
+
+
+def test_a_schedule_that_never_prunes_fails_before_training(capsys):
+    assert cli.main(["compare", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("keras-prune: error: schedule polynomial@0.875 never prunes")
+    assert err.endswith("use --frequency 21 or --epochs 5.\n")
+
+
+def test_missing_matplotlib_fails_before_training(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    assert cli.main(["compare", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "matplotlib" in err
+    assert "pip install 'keras-prune[compare]'" in err
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_unwritable_out_is_one_line_and_status_2(tmp_path, capsys):

@@ -101,6 +101,29 @@ def _result(schedule, sparsity, seed, accuracy, h5_bytes, distribution="uniform"
     )
 
 
+def test_schedules_are_checked_before_training():
+    # The seed's settings on the embedded digits: PolynomialDecay's last
+    # pruning step, 756, falls 24 steps before end_step 780.
+    (note,) = experiment.check_schedules(ExperimentConfig(), 8000)
+    assert note == (
+        "polynomial@0.875: the last pruning step, 756, prescribes 87.495%, not 87.50% "
+        "(pruning steps 156..780 every 100); --frequency 78 ends exactly on it."
+    )
+    assert experiment.check_schedules(ExperimentConfig(frequency=78), 8000) == []
+    # One epoch: 26 steps from step 5; PolynomialDecay's one pruning step prescribes 0.
+    with pytest.raises(ValueError) as error:
+        experiment.check_schedules(ExperimentConfig(epochs=1), 8000)
+    assert str(error.value) == (
+        "schedule polynomial@0.875 never prunes in this run: 26 training steps, pruning from "
+        "step 5 every 100, and its only pruning steps (5) prescribe 0 %; use --frequency 21 "
+        "or --epochs 5."
+    )
+    for fix in (["--frequency", 21], ["--epochs", 5]):
+        config = dataclasses.replace(ExperimentConfig(epochs=1), **{fix[0][2:]: fix[1]})
+        points = experiment._last_sparsity("polynomial", 0.875, config, 8000)[0]
+        assert points[-1][1] >= 0.99 * 0.875
+
+
 def test_summary_and_tests_of_recorded_runs():
     config = ExperimentConfig(seeds=3)
     comparison = experiment.Comparison(config, data={}, steps={}, schedule_points={})
