@@ -28,7 +28,7 @@ LAYERS = [
     {"policy"},
     {"prune", "report", "saving"},
     {"callbacks", "kps", "sensitivity"},
-    {"runtimes"},
+    {"runtimes", "tfmot"},
     {"__init__"},
 ]
 APP_LAYERS = [
