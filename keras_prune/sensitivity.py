@@ -163,7 +163,15 @@ def sensitivity(
                 raise ValueError(
                     f"`data` as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} items."
                 )
-            return model.evaluate(*data, batch_size=batch_size, verbose=0, return_dict=True)
+            x, y, *weights = data
+            return model.evaluate(
+                x,
+                y,
+                sample_weight=weights[0] if weights else None,
+                batch_size=batch_size,
+                verbose=0,
+                return_dict=True,
+            )
         return model.evaluate(data, verbose=0, return_dict=True)
 
     dense = evaluate()

@@ -73,6 +73,18 @@ def test_sensitivity_of_selected_layers_on_the_loss(trained):
     assert table.values[0][0] == pytest.approx(table.baseline, rel=1e-6)  # 0 %: unchanged
 
 
+def test_sample_weights_and_batch_size_reach_evaluate(trained):
+    model, (x, y) = trained
+    weights = np.where(y == 0, 0.0, 1.0).astype("float32")
+    table = kp.sensitivity(
+        model, (x, y, weights), [0.5], metric="loss", batch_size=7, verbose=False
+    )
+    expected = model.evaluate(x, y, sample_weight=weights, verbose=0, return_dict=True)["loss"]
+    unweighted = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert table.baseline == pytest.approx(expected, rel=1e-5)
+    assert table.baseline != pytest.approx(unweighted, rel=1e-3)
+
+
 def test_bad_input_raises_before_touching_the_model(trained):
     model, data = trained
     with pytest.raises(ValueError, match="`sparsities`"):
