@@ -304,8 +304,7 @@ def _pruned_units(model: keras.layers.Layer) -> list[_Unit]:
     units: list[_Unit] = []
     groups: dict[str, list[_Unit]] = {}
     for layer in pruned_layers(model):
-        factors = layer.sparsity_factors or [1.0] * len(layer.pruning_vars)
-        for (weight, mask, _), factor in zip(layer.pruning_vars, factors):
+        for (weight, mask, _), factor in zip(layer.pruning_vars, layer.weight_factors()):
             kept = int(ops.convert_to_numpy(ops.sum(mask.value)))
             unit = (layer, weight.path, math.prod(weight.shape), kept, factor)
             if layer.global_group is None:

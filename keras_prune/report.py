@@ -85,7 +85,7 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         notes = None
         if isinstance(layer, PruneLowMagnitude):
             pairs = [(w, ops.multiply(w.value, m.value)) for w, m, _ in layer.pruning_vars]
-            notes = [_DENSE if f == 0 else "" for f in layer.sparsity_factors or ()]
+            notes = [_DENSE if f == 0 else "" for f in layer.weight_factors()]
         elif id(layer) in inside_wrappers or not (layer.built and registry.supports(layer)):
             continue
         else:

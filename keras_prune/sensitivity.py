@@ -157,12 +157,13 @@ def sensitivity(
             + (" among those `select` picks." if select is not None else ".")
         )
 
+    if isinstance(data, tuple) and not 2 <= len(data) <= 3:
+        raise ValueError(
+            f"`data` as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} items."
+        )
+
     def evaluate() -> dict[str, float]:
         if isinstance(data, tuple):
-            if not 2 <= len(data) <= 3:
-                raise ValueError(
-                    f"`data` as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} items."
-                )
             x, y, *weights = data
             return model.evaluate(
                 x,
@@ -181,9 +182,10 @@ def sensitivity(
         raise ValueError(
             f"`metric` {metric!r} is not among what model.evaluate returns: {sorted(dense)}."
         )
-    rows = []
+    rows, sizes = [], []
     for index, layer in enumerate(layers, 1):
         weights = registry.get_prunable_weights(layer)
+        sizes.append(sum(math.prod(w.shape) for w in weights))
         originals = [ops.convert_to_numpy(w.value) for w in weights]
         row = []
         try:
@@ -208,10 +210,7 @@ def sensitivity(
         baseline=float(dense[metric]),
         sparsities=sparsities,
         layers=tuple(layer.name for layer in layers),
-        sizes=tuple(
-            sum(math.prod(w.shape) for w in registry.get_prunable_weights(layer))
-            for layer in layers
-        ),
+        sizes=tuple(sizes),
         values=tuple(rows),
     )
 

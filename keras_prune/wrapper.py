@@ -249,14 +249,17 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             return sparsity
         return ops.multiply(sparsity, self.sparsity_factors[index])
 
+    def weight_factors(self) -> tuple[float, ...]:
+        """Each prunable weight's factor on the schedule's sparsity (1.0 without a distribution)."""
+        return self.sparsity_factors or (1.0,) * len(self.pruning_vars)
+
     def target_sparsities(self) -> list[float | None]:
         """Each prunable weight's final sparsity (None: the schedule has no end)."""
         if self.sparsity_m_by_n is not None:
             m, n = self.sparsity_m_by_n
             return [m / n] * len(self.pruning_vars)
         end = self.pruning_schedule.end_sparsity()
-        factors = self.sparsity_factors or [1.0] * len(self.pruning_vars)
-        return [None if end is None else end * f for f in factors]
+        return [None if end is None else end * f for f in self.weight_factors()]
 
     def _schedule_at(self, step: Any) -> tuple[Any, Any]:
         """`pruning_schedule(step)`, evaluated once per forward pass in eager code.

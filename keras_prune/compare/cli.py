@@ -35,6 +35,9 @@ from keras_prune.compare.results import shown_distribution
 __all__ = ["main"]
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# keras_prune.sparsity_distribution.NAMES, which imports Keras (the backend
+# is not chosen yet when arguments are parsed); test_cli checks they agree.
+DISTRIBUTIONS = ("uniform", "global", "erk")
 _USAGE_ERROR = 2
 
 
@@ -59,13 +62,11 @@ def _sparsities(text: str) -> list[float]:
 
 
 def _distributions(text: str) -> list[str]:
-    # The names of keras_prune.sparsity_distribution.NAMES, which imports Keras.
-    names = ("uniform", "global", "erk")
     items = _comma_list(text)
     for item in items:
-        if item not in names:
+        if item not in DISTRIBUTIONS:
             raise argparse.ArgumentTypeError(
-                f"unknown distribution {item!r}: use {', '.join(names)}"
+                f"unknown distribution {item!r}: use {', '.join(DISTRIBUTIONS)}"
             )
     return items
 

@@ -634,7 +634,7 @@ class Comparison:
 _REACHED = 1e-6
 
 
-def _last_sparsity(name: str, target: float, config: ExperimentConfig, num_train: int) -> Any:
+def _schedule_points(name: str, target: float, config: ExperimentConfig, num_train: int) -> Any:
     """`(points, begin_step, end_step)` of schedule `name` to `target` in this run."""
     _, begin_step, end_step = pruning_steps(num_train, config)
     schedule = make_schedule(name, target, begin_step, end_step, config.frequency)
@@ -662,7 +662,7 @@ def check_schedules(config: ExperimentConfig, num_train: int) -> list[str]:
     notes = []
     for name in config.schedules:
         for target in config.sparsities:
-            points, begin_step, end_step = _last_sparsity(name, target, config, num_train)
+            points, begin_step, end_step = _schedule_points(name, target, config, num_train)
             reached = points[-1][1] if points else 0.0
             if target == 0 or reached >= target - _REACHED:
                 continue
@@ -681,7 +681,7 @@ def check_schedules(config: ExperimentConfig, num_train: int) -> list[str]:
                 warnings.simplefilter("ignore")
                 for epochs in range(config.epochs + 1, 100 * config.epochs + 2):
                     longer = dataclasses.replace(config, epochs=epochs)
-                    longer_points = _last_sparsity(name, target, longer, num_train)[0]
+                    longer_points = _schedule_points(name, target, longer, num_train)[0]
                     if longer_points and longer_points[-1][1] >= 0.99 * target:
                         fix = f"{fix} or --epochs {epochs}" if fix else f"--epochs {epochs}"
                         break
@@ -717,9 +717,9 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
     steps_per_epoch, begin_step, end_step = pruning_steps(len(x_train), config)
     num_fit = int(math.floor(len(x_train) * (1.0 - config.validation_split)))
     points = {
-        results.label(name, s, len(config.sparsities) > 1): pruning_points(
-            make_schedule(name, s, begin_step, end_step, config.frequency), 1, end_step
-        )
+        results.label(name, s, len(config.sparsities) > 1): _schedule_points(
+            name, s, config, len(x_train)
+        )[0]
         for name in config.schedules
         for s in config.sparsities
     }

@@ -230,6 +230,12 @@ def test_bad_input_is_one_line_and_status_2(args, words, capsys):
     assert words in captured.err
 
 
+def test_cli_distribution_names_are_the_librarys():
+    from keras_prune.sparsity_distribution import NAMES
+
+    assert cli.DISTRIBUTIONS == NAMES
+
+
 def test_a_schedule_that_never_prunes_fails_before_training(capsys):
     assert cli.main(["compare", "--epochs", "1"]) == 2
     err = capsys.readouterr().err

@@ -120,7 +120,7 @@ def test_schedules_are_checked_before_training():
     )
     for fix in (["--frequency", 21], ["--epochs", 5]):
         config = dataclasses.replace(ExperimentConfig(epochs=1), **{fix[0][2:]: fix[1]})
-        points = experiment._last_sparsity("polynomial", 0.875, config, 8000)[0]
+        points = experiment._schedule_points("polynomial", 0.875, config, 8000)[0]
         assert points[-1][1] >= 0.99 * 0.875
 
 
