@@ -80,9 +80,23 @@ def flatten_layers(
     return list(layer._flatten_layers(include_self=include_self, recursive=True))
 
 
+def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers `layer` holds directly (one level), in tracking order.
+
+    `Layer._flatten_layers(recursive=False)` (3.0); the registry walks into
+    unknown custom layers one level at a time, stopping at layers it knows.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
 def is_functional(model: keras.Model) -> bool:
-    """True for a model built as `keras.Model(inputs, outputs)` (not a subclass)."""
-    return type(model) is Functional
+    """True for a model run by its graph: `keras.Model(inputs, outputs)` or a subclass of it.
+
+    KerasHub backbones and tasks subclass the (unexported) `Functional`
+    class and build their graph in `__init__`; such a model runs through
+    its graph, not its attributes, so it is cloned through the graph.
+    """
+    return isinstance(model, Functional)
 
 
 def tracked_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -37,6 +37,8 @@ GLOBAL_GROUP = "global"
 # being built; `original` is the input model's layer at the same place (the
 # same object for Sequential/Functional), which selection matches against.
 Transform = Callable[[keras.layers.Layer, keras.layers.Layer], keras.layers.Layer]
+# id(original layer) -> its replacement, across the nested models of one call.
+Memo = dict[int, keras.layers.Layer]
 
 
 def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
@@ -77,14 +79,21 @@ def _copy_weights(original: keras.layers.Layer, new: keras.layers.Layer) -> None
         new.set_weights(original.get_weights())
 
 
-def _transform_plain(model: keras.Model, transform: Transform) -> keras.Model:
-    """Clones a Sequential/Functional model through `transform`, keeping weights."""
+def _transform_plain(model: keras.Model, transform: Transform, memo: Memo) -> keras.Model:
+    """Clones a Sequential/Functional model through `transform`, keeping weights.
+
+    `memo` maps layers already transformed, anywhere in the model being
+    transformed, to their replacement: a layer that a nested model and the
+    outer graph share (KerasHub's tied `token_embedding`, called by the
+    backbone and by the task's output) stays one layer.
+    """
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        new = transform(layer, layer)
-        pairs.append((layer, new))
-        return new
+        if id(layer) not in memo:
+            memo[id(layer)] = transform(layer, layer)
+            pairs.append((layer, memo[id(layer)]))
+        return memo[id(layer)]
 
     clone = keras.models.clone_model(model, clone_function=clone_function)
     for original, new in pairs:
@@ -190,9 +199,9 @@ def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Mod
     return clone
 
 
-def _transform_model(model: keras.Model, transform: Transform) -> keras.Model:
+def _transform_model(model: keras.Model, transform: Transform, memo: Memo) -> keras.Model:
     if _is_plain_model(model):
-        return _transform_plain(model, transform)
+        return _transform_plain(model, transform, memo)
     return _transform_subclassed(model, transform)
 
 
@@ -248,6 +257,15 @@ class Selection:
                 hit = True
         return hit
 
+    def explicit(self, layer: keras.layers.Layer) -> bool:
+        """Whether a layer instance, name or class in `select` (not a predicate) picks `layer`."""
+        return any(
+            item is layer
+            or (isinstance(item, str) and item == layer.name)
+            or (isinstance(item, type) and isinstance(layer, item))
+            for item in self.items
+        )
+
     def check_all_used(self) -> None:
         unused = [self.items[i] for i in range(len(self.items)) if i not in self.used]
         unused = [u for u in unused if not callable(u) or isinstance(u, type)]
@@ -269,6 +287,7 @@ def prune_low_magnitude(
     select: Any = None,
     sparsity_distribution: Distribution = "uniform",
     pruning_policy: PruningPolicy | None = None,
+    strict: bool = False,
     global_pruning: bool | None = None,
     **kwargs: Any,
 ) -> Any:
@@ -282,6 +301,13 @@ def prune_low_magnitude(
     train with `UpdatePruningStep` among the callbacks. Layers without
     prunable weights (pooling, normalisation, ...) pass through unwrapped;
     layers already wrapped are kept as they are.
+
+    Custom layers (a KerasHub `TransformerEncoder`, your own block) are
+    pruned inside: the known weights of the layers they hold, at any depth
+    (attention projections, FFN kernels, embeddings), are masked wherever
+    the layer's `call` reads them. Weights of layers keras_prune does not
+    know (`LayerScale`, KerasHub's `PositionEmbedding`) are left dense and
+    named once in a warning and in `sparsity_report`.
 
     Args:
         to_prune: a layer, a list of layers, or a model (Sequential,
@@ -309,6 +335,10 @@ def prune_low_magnitude(
         pruning_policy: for a model, a `PruningPolicy` (e.g.
             `PruneForLatencyOnXNNPack()`): it checks the model first and
             then decides, with `select`, which layers are pruned.
+        strict: for a model, True refuses (ValueError) a selected layer
+            with weights keras_prune does not know how to prune, instead of
+            leaving it dense with a warning. A layer selected by instance,
+            name or class that has nothing to prune is an error either way.
         global_pruning: deprecated spelling of
             `sparsity_distribution="global"` (True) or "uniform" (False).
         **kwargs: passed to `PruneLowMagnitude` (e.g. `name`) for a layer.
@@ -347,14 +377,19 @@ def prune_low_magnitude(
     if spread:
         _check_spreadable(to_prune, options)
 
+    if not isinstance(strict, bool):
+        raise TypeError(f"`strict` must be True or False; got {strict!r}.")
     if isinstance(to_prune, keras.Model):
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for a model: {sorted(kwargs)}.")
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(to_prune)
         selection = Selection(select)
-        pruned = _prune_model(to_prune, options, selection, pruning_policy)
+        unknown: dict[int, keras.layers.Layer] = {}
+        pruned = _prune_model(to_prune, options, selection, pruning_policy, strict, unknown, {})
         selection.check_all_used()
+        if unknown:
+            warnings.warn(_unknown_message(unknown.values(), strict=False), stacklevel=2)
         link_groups(pruned_layers(pruned))
         if spread:
             _spread(pruned, distribution)
@@ -451,12 +486,26 @@ def _spread(model: keras.Model, distribution: Distribution) -> None:
         start += count
 
 
+def _unknown_message(layers: Any, strict: bool) -> str:
+    names = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in layers)
+    start = "cannot prune" if strict else "left these weights dense: it does not know how to prune"
+    return (
+        f"keras_prune {start} {names}. Implement keras_prune.PrunableLayer on the class or "
+        "call keras_prune.register_prunable(its_class, [...]) to prune them"
+        + (", or pass strict=False to leave them dense." if strict else "; strict=True refuses.")
+    )
+
+
 def _prune_model(
     model: keras.Model,
     options: dict[str, Any],
     selection: Selection,
-    policy: PruningPolicy | None = None,
+    policy: PruningPolicy | None,
+    strict: bool,
+    unknown: dict[int, keras.layers.Layer],
+    memo: Memo,
 ) -> keras.Model:
+    """`model` with its selected layers wrapped; unknown weights left dense are added to `unknown`."""
     _check_training_argument(model)
     plain = _is_plain_model(model)
 
@@ -467,19 +516,26 @@ def _prune_model(
             return PruneLowMagnitude.from_config(layer.get_config()) if plain else layer
         if isinstance(layer, keras.Model):
             inner = Selection(None) if selection(original) else selection
-            return _prune_model(layer, options, inner, policy)
+            return _prune_model(layer, options, inner, policy, strict, unknown, memo)
         chosen = selection(original) and (policy is None or policy.allow_pruning(original))
-        if chosen and registry.supports(layer):
-            return PruneLowMagnitude(_clone_layer(layer) if plain else layer, **options)
-        if chosen and layer.weights and not registry.is_known(layer):
+        if not chosen:
+            return _clone_layer(layer) if plain else layer
+        prunable = registry.supports(original)  # built: custom layers make sublayers in build
+        if not prunable and selection.explicit(original):
             raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}) has weights but is not "
-                "supported for pruning. Implement keras_prune.PrunableLayer on it or "
-                "call keras_prune.register_prunable(its_class, [...])."
+                f"`select` picks layer {original.name!r} ({type(original).__name__}), which has "
+                "no weights keras_prune can prune; select layers with kernels or embeddings, "
+                "or register its class with keras_prune.register_prunable."
             )
+        dense = registry.unknown_layers(original)
+        if dense and strict:
+            raise ValueError(_unknown_message(dense, strict=True))
+        unknown.update((id(u), u) for u in dense)
+        if prunable:
+            return PruneLowMagnitude(_clone_layer(layer) if plain else layer, **options)
         return _clone_layer(layer) if plain else layer
 
-    return _transform_model(model, wrap)
+    return _transform_model(model, wrap, memo)
 
 
 def strip_pruning(model: keras.Model) -> keras.Model:
@@ -501,11 +557,15 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model to strip; got {type(model).__name__}.")
+    return _strip(model, {})
+
+
+def _strip(model: keras.Model, memo: Memo) -> keras.Model:
     plain = _is_plain_model(model)
 
     def unwrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model):
-            return strip_pruning(layer)
+            return _strip(layer, memo)
         if isinstance(layer, PruneLowMagnitude):
             if plain:
                 return _clone_layer(layer.layer)
@@ -513,4 +573,4 @@ def strip_pruning(model: keras.Model) -> keras.Model:
             return layer.layer
         return _clone_layer(layer) if plain else layer
 
-    return _transform_model(model, unwrap)
+    return _transform_model(model, unwrap, memo)

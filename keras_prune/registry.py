@@ -6,6 +6,12 @@ tfmot). Custom layers either implement `PrunableLayer` or are added with
 `register_prunable`. Layers known to have nothing worth pruning are listed
 with no weights; they, and layers without any weights, pass through
 `prune_low_magnitude` unwrapped.
+
+A layer the registry does not list (a KerasHub `TransformerEncoder`, a
+user's block) is looked into: its prunable weights are those of the known
+layers inside it, at any depth (attention projections, FFN kernels). The
+weights of unknown layers (`unknown_layers`: `LayerScale`, KerasHub's
+`PositionEmbedding`, ...) are left alone and reported, never guessed at.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+
+from keras_prune import _keras
 
 _REGISTRY: dict[type, tuple[str, ...]] = {}
 
@@ -79,16 +87,48 @@ def _resolve(layer: keras.layers.Layer, path: str) -> keras.Variable:
     return obj
 
 
-def supports(layer: Any) -> bool:
-    """Whether `layer` has prunable weights (built-in, registered or PrunableLayer)."""
-    if isinstance(layer, PrunableLayer):
-        return True
-    return bool(_registered_paths(layer))
-
-
 def is_known(layer: Any) -> bool:
     """Whether the registry knows `layer`'s class, prunable or explicitly not."""
     return isinstance(layer, PrunableLayer) or _registered_paths(layer) is not None
+
+
+def _known_inside(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The outermost known layers inside the unknown `layer`, at any depth, each once."""
+    found: dict[int, keras.layers.Layer] = {}
+    pending = list(_keras.sublayers(layer))
+    while pending:
+        sub = pending.pop(0)
+        if id(sub) in found:
+            continue
+        if is_known(sub):
+            found[id(sub)] = sub
+        else:
+            pending.extend(_keras.sublayers(sub))
+    return list(found.values())
+
+
+def supports(layer: Any) -> bool:
+    """Whether `layer` has prunable weights (its own, or those of known layers inside it)."""
+    if not isinstance(layer, keras.layers.Layer):
+        return False
+    if is_known(layer):
+        return isinstance(layer, PrunableLayer) or bool(_registered_paths(layer))
+    return any(supports(sub) for sub in _known_inside(layer))
+
+
+def unknown_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """`layer` and the layers inside it that own weights the registry does not know.
+
+    These weights are never pruned; `prune_low_magnitude` warns about them
+    (or refuses, with `strict=True`) and `sparsity_report` lists them.
+    Layers inside a known layer are the known layer's business.
+    """
+    if is_known(layer):
+        return []
+    found = [layer] if _keras.own_variables(layer) else []
+    for sub in _keras.sublayers(layer):
+        found += [u for u in unknown_layers(sub) if all(u is not f for f in found)]
+    return found
 
 
 def get_prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
@@ -108,11 +148,17 @@ def get_prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
         return weights
     paths = _registered_paths(layer)
     if paths is None:
-        raise ValueError(
-            f"Layer {layer.name!r} of class {type(layer).__name__} is not supported for "
-            "pruning. Implement keras_prune.PrunableLayer on it, or call "
-            "keras_prune.register_prunable(its_class, ['kernel', ...])."
-        )
+        if not supports(layer):
+            raise ValueError(
+                f"Layer {layer.name!r} of class {type(layer).__name__} is not supported "
+                "for pruning: neither it nor any layer inside it has weights keras_prune "
+                "knows how to prune. Implement keras_prune.PrunableLayer on it, or call "
+                "keras_prune.register_prunable(its_class, ['kernel', ...])."
+            )
+        weights: dict[int, keras.Variable] = {}
+        for sub in _known_inside(layer):
+            weights.update((id(w), w) for w in get_prunable_weights(sub))
+        return list(weights.values())
     if paths and not layer.built:
         raise ValueError(f"Layer {layer.name!r} must be built before its weights are listed.")
     return [_resolve(layer, path) for path in paths]
@@ -142,6 +188,7 @@ register_prunable(
 for _cls in (
     _L.BatchNormalization, _L.LayerNormalization, _L.GroupNormalization,
     _L.UnitNormalization, _L.Normalization, _L.PReLU,
+    *[getattr(_L, n) for n in ("RMSNormalization",) if hasattr(_L, n)],  # Keras >= 3.9
 ):  # fmt: skip
     register_prunable(_cls, [])
 del _L, _cls

@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import zipfile
+from typing import Any
 
 import keras
 import numpy as np
@@ -37,8 +38,25 @@ class WeightSparsity:
         return self.zeros / self.size if self.size else 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class UnprunedLayer:
+    """A layer whose weights keras_prune does not know how to prune, left dense."""
+
+    layer: str
+    class_name: str
+    size: int
+
+
 class SparsityReport(list):
-    """A list of `WeightSparsity` rows; `str()` renders a table."""
+    """A list of `WeightSparsity` rows; `str()` renders a table.
+
+    `unpruned` lists the layers with weights keras_prune does not know how
+    to prune (left dense, not counted in the total).
+    """
+
+    def __init__(self, rows: Any = (), unpruned: Any = ()):
+        super().__init__(rows)
+        self.unpruned: list[UnprunedLayer] = list(unpruned)
 
     @property
     def total_size(self) -> int:
@@ -50,13 +68,20 @@ class SparsityReport(list):
         return sum(row.zeros for row in self) / size if size else 0.0
 
     def __str__(self) -> str:
-        lines = [f"{'layer':<32} {'weight':<24} {'shape':<20} {'sparsity':>9}"]
+        a = max([32] + [len(row.layer) for row in self])  # column widths
+        b = max([24] + [len(row.weight) for row in self])
+        lines = [f"{'layer':<{a}} {'weight':<{b}} {'shape':<20} {'sparsity':>9}"]
         for row in self:
             lines.append(
-                f"{row.layer:<32} {row.weight:<24} {str(row.shape):<20} {row.sparsity:>9.2%}"
+                f"{row.layer:<{a}} {row.weight:<{b}} {str(row.shape):<20} {row.sparsity:>9.2%}"
                 + (f"  ({row.note})" if row.note else "")
             )
-        lines.append(f"{'total':<78} {self.total_sparsity:>9.2%}")
+        lines.append(f"{'total':<{a + b + 22}} {self.total_sparsity:>9.2%}")
+        for item in self.unpruned:
+            lines.append(
+                f"not pruned: {item.layer} ({item.class_name}, {item.size:,} weights): "
+                "keras_prune does not know how to prune this layer"
+            )
         return "\n".join(lines)
 
 
@@ -65,6 +90,9 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
 
     For pruned layers the zeros of `weight * mask` are counted; for plain
     layers (a stripped model) the zeros of the weights the registry prunes.
+    A weight inside a custom layer is named by its path in that layer
+    (`self_attention_layer/query/kernel`). Layers whose weights keras_prune
+    does not know are listed in `report.unpruned` and below the table.
 
     Example:
 
@@ -75,27 +103,46 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     report = SparsityReport()
     layers = [model] if not isinstance(model, keras.Model) else []
     layers += _keras.flatten_layers(model)
-    inside_wrappers = {
+    # Layers a wrapper or a known layer (MultiHeadAttention) already counts.
+    covered = {
         id(inner)
         for layer in layers
-        if isinstance(layer, PruneLowMagnitude)
-        for inner in _keras.flatten_layers(layer.layer, include_self=True)
+        if isinstance(layer, PruneLowMagnitude) or registry.is_known(layer)
+        for inner in _keras.flatten_layers(layer)
+    }
+    # Layers inside a custom layer: named by their path (two blocks' "query").
+    inside_custom = {
+        id(inner)
+        for layer in layers
+        if not (registry.is_known(layer) or isinstance(layer, (keras.Model, PruneLowMagnitude)))
+        for inner in _keras.flatten_layers(layer)
     }
     for layer in layers:
         notes = None
         if isinstance(layer, PruneLowMagnitude):
+            inner = layer.layer
             pairs = [(w, ops.multiply(w.value, m.value)) for w, m, _ in layer.pruning_vars]
             notes = [_DENSE if f == 0 else "" for f in layer.weight_factors()]
-        elif id(layer) in inside_wrappers or not (layer.built and registry.supports(layer)):
+        elif not registry.is_known(layer):
+            if _keras.own_variables(layer) and not isinstance(layer, keras.Model):
+                size = sum(math.prod(v.shape) for v in _keras.own_variables(layer))
+                report.unpruned.append(UnprunedLayer(layer.name, type(layer).__name__, size))
+            continue
+        elif id(layer) in covered or not (layer.built and registry.supports(layer)):
             continue
         else:
+            inner = layer
             pairs = [(w, w.value) for w in registry.get_prunable_weights(layer)]
         for i, (weight, value) in enumerate(pairs):
             zeros = int(np.count_nonzero(ops.convert_to_numpy(value) == 0))
+            relative = _relative_path(weight, inner)
+            name = layer.name
+            if id(layer) in inside_custom and weight.path.endswith(f"/{relative}"):
+                name = weight.path[: -len(relative) - 1]
             report.append(
                 WeightSparsity(
-                    layer.name,
-                    weight.name,
+                    name,
+                    relative,
                     tuple(weight.shape),
                     math.prod(weight.shape),
                     zeros,
@@ -103,6 +150,13 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
                 )
             )
     return report
+
+
+def _relative_path(weight: keras.Variable, layer: keras.layers.Layer) -> str:
+    """`weight`'s path inside `layer`: "kernel", or "self_attention_layer/query/kernel"."""
+    prefix = f"{layer.name}/"
+    path = weight.path
+    return path[path.rindex(prefix) + len(prefix) :] if prefix in path else weight.name
 
 
 def gzipped_model_size(model: keras.Model, file_format: str = "h5") -> int:

@@ -71,7 +71,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             )
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(f"`layer` must be a keras.layers.Layer; got {type(layer).__name__}.")
-        if not registry.supports(layer):
+        # A custom layer's sublayers may exist only once it is built (KerasHub
+        # creates them in `build`); then its weights are checked at build.
+        if (layer.built or registry.is_known(layer)) and not registry.supports(layer):
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) has no prunable weights "
                 "known to keras_prune. Implement keras_prune.PrunableLayer on it or "

@@ -51,11 +51,27 @@ def test_flatten_layers_reaches_sublayers_of_custom_layers_and_nested_models():
     assert _keras.flatten_layers(model, include_self=True)[0] is model
 
 
-def test_is_functional_tells_functional_models_from_the_rest():
+def test_sublayers_are_one_level_deep():
+    block = Block(name="block")
+    outer = keras.Sequential([keras.Input((4,)), block])
+    assert [layer.name for layer in _keras.sublayers(block)] == ["inner", "norm"]
+    top = [l for l in _keras.sublayers(outer) if not isinstance(l, keras.layers.InputLayer)]
+    assert top == [block]  # not block's own sublayers
+
+
+class FunctionalSubclass(keras.Model):
+    """A class that builds its graph in __init__, as KerasHub backbones do."""
+
+    def __init__(self, width=2, **kwargs):
+        inputs = keras.Input((4,))
+        super().__init__(inputs, keras.layers.Dense(width)(inputs), **kwargs)
+
+
+def test_is_functional_tells_graph_models_from_the_rest():
     inputs = keras.Input((4,))
     functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    assert _keras.is_functional(functional)
+    assert _keras.is_functional(functional) and _keras.is_functional(FunctionalSubclass())
     assert not _keras.is_functional(sequential) and not _keras.is_functional(Scaled())
 
 

@@ -124,11 +124,35 @@ class Scale(keras.layers.Layer):
         return x * self.scale
 
 
-def test_unknown_layer_with_weights_is_rejected_and_prunable_layer_accepted():
-    model = keras.Sequential([keras.Input((4,)), Scale(), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="Scale.*not supported.*PrunableLayer"):
-        keras_prune.prune_low_magnitude(model)
+def test_unknown_layer_is_left_dense_with_one_warning_or_refused_when_strict():
+    model = keras.Sequential([keras.Input((4,)), Scale(name="scale"), keras.layers.Dense(2)])
+    with pytest.warns(UserWarning, match="left these weights dense.*'scale' \\(Scale\\)") as record:
+        pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1))
+    assert sum("left these weights dense" in str(w.message) for w in record) == 1
+    assert [type(layer).__name__ for layer in pruned.layers] == ["Scale", "PruneLowMagnitude"]
+    pruned.compile("sgd", "mse")
+    pruned.fit(
+        np.ones((8, 4), "float32"),
+        np.ones((8, 2), "float32"),
+        verbose=0,
+        callbacks=[keras_prune.UpdatePruningStep()],
+    )
+    report = keras_prune.sparsity_report(pruned)
+    assert [(row.layer, row.sparsity) for row in report] == [("prune_low_magnitude_dense", 0.5)]
+    assert [(u.layer, u.class_name, u.size) for u in report.unpruned] == [("scale", "Scale", 4)]
+    assert "not pruned: scale (Scale, 4 weights)" in str(report)
+    assert np.all(ops.convert_to_numpy(pruned.layers[0].scale) != 0)
 
+    with pytest.raises(ValueError, match="cannot prune 'scale' \\(Scale\\).*strict=False"):
+        keras_prune.prune_low_magnitude(model, strict=True)
+    for select in ("scale", Scale, ["dense", model.layers[0]]):  # picked explicitly: an error
+        with pytest.raises(ValueError, match="`select` picks layer 'scale' \\(Scale\\)"):
+            keras_prune.prune_low_magnitude(model, select=select)
+    with pytest.raises(TypeError, match="strict"):
+        keras_prune.prune_low_magnitude(model, strict="yes")
+
+
+def test_prunable_layer_accepted():
     class PrunableScale(Scale, keras_prune.PrunableLayer):
         def get_prunable_weights(self):
             return [self.scale]
@@ -138,3 +162,62 @@ def test_unknown_layer_with_weights_is_rejected_and_prunable_layer_accepted():
     model.compile("sgd", "mse")
     model.fit(np.ones((8, 4), "float32"), np.ones((8, 4), "float32"), verbose=0)
     assert keras_prune.sparsity_report(model)[0].sparsity == 0.5
+
+
+@keras.saving.register_keras_serializable(package="test_prune")
+class TiedBlock(keras.layers.Layer):
+    """A custom layer as KerasHub writes them: sublayers made in `build`, some read directly."""
+
+    def __init__(self, vocabulary=12, width=8, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary, self.width = vocabulary, width
+
+    def build(self, shape):
+        self.embed = keras.layers.Embedding(self.vocabulary, self.width, name="embed")
+        self.embed.build(shape)
+        self.up = keras.layers.Dense(2 * self.width, activation="relu", name="up")
+        self.up.build((None, self.width))
+        self.down = keras.layers.Dense(self.width, use_bias=False, name="down")
+        self.down.build((None, 2 * self.width))
+        self.gain = self.add_weight(name="gain", shape=(self.width,), initializer="ones")
+
+    def call(self, tokens):
+        h = self.up(self.embed(tokens))
+        h = ops.matmul(h, self.down.kernel) * self.gain  # the kernel read directly
+        return ops.matmul(h, ops.transpose(self.embed.embeddings))  # tied output embedding
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary": self.vocabulary, "width": self.width}
+
+
+def test_custom_layer_is_pruned_inside_and_masks_hold_on_every_read(tmp_path):
+    tokens = keras.Input((5,), dtype="int32")
+    model = keras.Model(tokens, TiedBlock(name="block")(tokens))
+    x = np.random.default_rng(0).integers(0, 12, (16, 5)).astype("int32")
+    y = np.random.default_rng(1).normal(size=(16, 5, 12)).astype("float32")
+    with pytest.warns(UserWarning, match="'block' \\(TiedBlock\\)"):  # its own `gain`
+        pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1))
+    pruned.compile("adam", "mse")
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+
+    wrapper = pruned.layers[1]
+    report = keras_prune.sparsity_report(pruned)
+    assert [(row.weight, row.sparsity) for row in report] == [
+        ("embed/embeddings", 0.5),
+        ("up/kernel", 0.5),
+        ("down/kernel", 0.5),
+    ]
+    assert [u.class_name for u in report.unpruned] == ["TiedBlock"]
+    # An independent forward pass in numpy on weight * mask, every read masked.
+    block = wrapper.layer
+    value = {id(w): ops.convert_to_numpy(w.value * m.value) for w, m, _ in wrapper.pruning_vars}
+    embed = value[id(block.embed.embeddings)]
+    up = np.maximum(embed[x] @ value[id(block.up.kernel)] + ops.convert_to_numpy(block.up.bias), 0)
+    expected = (up @ value[id(block.down.kernel)] * ops.convert_to_numpy(block.gain)) @ embed.T
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    stripped = keras_prune.strip_pruning(pruned)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+
+    pruned.save(tmp_path / "pruned.keras")  # resumes with the same masks
+    loaded = keras.saving.load_model(tmp_path / "pruned.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)

@@ -54,3 +54,45 @@ def test_register_custom_layer_and_errors():
         keras_prune.register_prunable(Gate, "gate")
     with pytest.raises(TypeError, match="layer"):
         registry.get_prunable_weights("dense")
+
+
+class Block(keras.layers.Layer):
+    """A transformer-style custom layer: known sublayers, one unknown one, its own weight."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = L.MultiHeadAttention(2, 4, name="attention")
+        self.ffn = [L.Dense(8, name="up"), L.Dense(4, name="down")]
+        self.norm = L.LayerNormalization(name="norm")
+        self.extra = Gain(name="gain")
+
+    def build(self, shape):
+        self.attention.build(shape, shape)
+        self.ffn[0].build(shape)
+        self.ffn[1].build((None, None, 8))
+        self.norm.build(shape)
+        self.extra.build(shape)
+        self.bias = self.add_weight(shape=(4,), initializer="zeros", name="bias")
+
+
+class Gain(keras.layers.Layer):
+    def build(self, shape):
+        self.gain = self.add_weight(shape=(shape[-1],), initializer="ones", name="gain")
+
+
+def test_custom_layer_prunes_the_known_layers_inside_it():
+    block = Block(name="block")
+    block.build((None, 3, 4))
+    expected = [
+        block.attention._query_dense.kernel,
+        block.attention._key_dense.kernel,
+        block.attention._value_dense.kernel,
+        block.attention._output_dense.kernel,
+        block.ffn[0].kernel,
+        block.ffn[1].kernel,
+    ]
+    # MultiHeadAttention's EinsumDense kernels once each; biases, norms, gain never.
+    assert [id(w) for w in registry.get_prunable_weights(block)] == [id(w) for w in expected]
+    assert registry.supports(block) and not registry.is_known(block)
+    assert [layer.name for layer in registry.unknown_layers(block)] == ["block", "gain"]
+    assert registry.unknown_layers(block.attention) == []
