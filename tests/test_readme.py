@@ -62,3 +62,13 @@ def test_saving_and_resuming_example_prints_the_readme_table(tmp_path, capsys):
     printed = capsys.readouterr().out.strip()
     table = re.search(r"```\n(layer +weight.*?total +[\d.]+%)\n```", README, flags=re.S).group(1)
     assert printed == table
+
+
+def test_kerashub_example_prints_the_readme_table(capsys):
+    pytest.importorskip("keras_hub", reason="tools/setup installs keras-hub")
+    with pytest.warns(UserWarning, match="'position_embedding' \\(PositionEmbedding\\)"):
+        exec(compile(block("keras_hub.models.BertBackbone"), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    start = README.index("```\nlayer", README.index("keras_hub.models.BertBackbone"))
+    table = README[start + 4 : README.index("\n```", start + 4)]
+    assert printed == table

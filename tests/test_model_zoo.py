@@ -1,0 +1,49 @@
+"""One model per family through `tools/model_zoo.check`, on the backend under test.
+
+The whole zoo (every keras.applications model, the KerasHub backbones and
+tasks) is `tools/model_zoo.py`, which writes docs/models.md; these are the
+families CI keeps working, with small inputs and configs.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from tools import model_zoo
+
+pytestmark = pytest.mark.slow
+
+
+def _check(model, x, tmp_path, *target):
+    result = model_zoo.check(model, x, str(tmp_path), *target)
+    assert result["sparsity"] == pytest.approx(model_zoo.SPARSITY, abs=0.01)
+    assert result["max_difference"] <= 1e-5
+    return result
+
+
+def test_keras_applications_mobilenet_v3_with_graph_ops(tmp_path):
+    # MobileNetV3 builds `x + y` and `x * y` as ops, not layers, in its graph.
+    model = keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), classes=3, include_preprocessing=False
+    )
+    result = _check(model, np.random.default_rng(0).uniform(size=(4, 32, 32, 3)), tmp_path)
+    assert result["left_dense"] == [] and result["pruned_weights"] > 40
+
+
+@pytest.fixture
+def hub():
+    return pytest.importorskip("keras_hub", reason="tools/setup installs keras-hub").models
+
+
+def test_kerashub_bert_encoder(hub, tmp_path):
+    model, x = model_zoo.kerashub()["BertBackbone"]()
+    result = _check(model, x, tmp_path)
+    # 2 blocks x (q, k, v, output, 2 FFN kernels) + token/segment embeddings + pooler.
+    assert result["pruned_weights"] == 15
+    assert result["left_dense"] == ["PositionEmbedding"]
+
+
+def test_kerashub_gemma_decoder(hub, tmp_path):
+    model, x = model_zoo.kerashub()["GemmaBackbone"]()
+    result = _check(model, x, tmp_path)
+    assert result["pruned_weights"] == 2 * 7 + 1  # q, k, v, o, gate, up, down; embeddings

@@ -1,0 +1,291 @@
+"""Runs keras-prune over model definitions nobody here wrote, and writes docs/models.md.
+
+Every `keras.applications` model (built with `weights=None`) and the KerasHub
+backbones and task models BERT, GPT-2, Gemma, Llama and ViT (built from
+small configs: no presets, no downloads) go through what a user does:
+
+    prune_low_magnitude -> fit (a few steps) -> reached sparsity ->
+    strip_pruning -> .keras save/load (no keras_prune objects in the file)
+    -> same predictions -> keras_prune.export/load (.kps) -> same predictions
+
+Run it once per backend; each run adds its column to a JSON file, and the
+table in docs/models.md is written from all the columns there:
+
+    for b in tensorflow jax torch; do
+        KERAS_BACKEND=$b .venv/bin/python tools/model_zoo.py
+    done
+
+`tests/test_model_zoo.py` runs `check` on one small model per family, on
+every backend, in CI. KerasHub needs `pip install --no-deps keras-hub` plus
+its light dependencies (its `tensorflow-text` requirement conflicts with
+`tensorflow-cpu` and is not needed to build models from a config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+import keras_prune
+
+SPARSITY = 0.5
+STEPS = 2
+BATCH = 4  # 2 makes some random-init EfficientNets predict NaN after one step, unpruned too
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "docs", "models.json")
+TABLE = os.path.join(os.path.dirname(__file__), "..", "docs", "models.md")
+
+
+def _same(a: Any, b: Any) -> float:
+    """The largest absolute difference between two (possibly nested) outputs."""
+    a, b = keras.tree.flatten(a), keras.tree.flatten(b)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+
+
+def check(
+    model: keras.Model, x: Any, folder: str, y: Any = None, loss: Any = "mse"
+) -> dict[str, Any]:
+    """Prunes, trains, strips, saves, reloads and exports `model`; asserts each step.
+
+    `y` defaults to zeros shaped like the model's outputs. Returns what was
+    measured: the reached sparsity, the layers left dense and the largest
+    prediction differences. Raises AssertionError at the first step that is
+    wrong.
+    """
+    if y is None:
+        y = keras.tree.map_structure(np.zeros_like, model.predict(x, verbose=0))
+    schedule = keras_prune.ConstantSparsity(SPARSITY, 0, frequency=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruned = keras_prune.prune_low_magnitude(model, schedule)
+    left_dense = [str(w.message) for w in caught if "left these weights dense" in str(w.message)]
+    # A small step: a few steps of a random-init deep net must not diverge to NaN.
+    pruned.compile(optimizer=keras.optimizers.SGD(1e-4), loss=loss)
+    pruned.fit(
+        x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
+    )
+    report = keras_prune.sparsity_report(pruned)
+    assert report, "nothing was pruned"
+    for row in report:  # every weight at the schedule's sparsity, to one weight
+        assert abs(row.zeros - SPARSITY * row.size) <= 1, f"{row.layer}/{row.weight}: {row}"
+    masked = pruned.predict(x, verbose=0)
+    stripped = keras_prune.strip_pruning(pruned)
+    after_strip = _same(masked, stripped.predict(x, verbose=0))
+    assert after_strip <= 1e-5, f"stripped model predicts differently: {after_strip}"
+    path = os.path.join(folder, "model.keras")
+    stripped.save(path)
+    with open(path, "rb") as file:
+        assert b"keras_prune" not in file.read(), "the stripped .keras file names keras_prune"
+    loaded = keras.saving.load_model(path)
+    after_load = _same(masked, loaded.predict(x, verbose=0))
+    assert after_load <= 1e-5, f"the reloaded model predicts differently: {after_load}"
+    kps = os.path.join(folder, "model.kps")
+    keras_prune.export(stripped, kps)
+    after_export = _same(masked, keras_prune.load(kps).predict(x, verbose=0))
+    assert after_export <= 1e-5, f"the .kps model predicts differently: {after_export}"
+    return {
+        "sparsity": round(report.total_sparsity, 4),
+        "pruned_weights": len(report),
+        "left_dense": [u.class_name for u in report.unpruned],
+        "warned": bool(left_dense),
+        "max_difference": max(after_strip, after_load, after_export),
+    }
+
+
+# Run last, in this order: the largest models (hundreds of MB of weights).
+LARGE = ["VGG16", "VGG19", "ResNet101", "ResNet101V2", "ResNet152", "ResNet152V2",
+         "InceptionResNetV2", "EfficientNetV2M", "ConvNeXtBase", "EfficientNetB7",
+         "NASNetLarge", "EfficientNetV2L", "ConvNeXtLarge", "ConvNeXtXLarge"]  # fmt: skip
+
+
+def _images(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 1, (BATCH * STEPS, *shape)).astype("float32")
+
+
+def _tokens(vocabulary: int, length: int, segments: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    data = {
+        "token_ids": rng.integers(0, vocabulary, (BATCH * STEPS, length)).astype("int32"),
+        "padding_mask": np.ones((BATCH * STEPS, length), "int32"),
+    }
+    if segments:
+        data["segment_ids"] = np.zeros((BATCH * STEPS, length), "int32")
+    return data
+
+
+def applications() -> dict[str, Callable[[], tuple[Any, ...]]]:
+    """Every `keras.applications` model, at the smallest input it accepts."""
+    sizes = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "NASNetLarge": 331,
+             "NASNetMobile": 224, "MobileNet": 32, "EfficientNetV2B0": 32}  # fmt: skip
+    builders: dict[str, Callable[[], tuple[Any, ...]]] = {}
+    names = [n for n in dir(keras.applications) if n[0].isupper()]
+    for name in sorted(names, key=lambda n: (LARGE.index(n) if n in LARGE else -1, n)):
+        build = getattr(keras.applications, name)
+        if not (name[0].isupper() and callable(build)):
+            continue
+        size = sizes.get(name, 32)
+
+        def make(build: Any = build, size: int = size) -> tuple[keras.Model, Any]:
+            shape = (size, size, 3)
+            return build(weights=None, input_shape=shape, classes=4), _images(shape)
+
+        builders[name] = make
+    return builders
+
+
+def kerashub() -> dict[str, Callable[[], tuple[Any, ...]]]:
+    """KerasHub backbones and task models from small configs (no presets, no downloads)."""
+    import keras_hub  # noqa: PLC0415 (optional: only this script and its test need it)
+
+    m = keras_hub.models
+    text = dict(vocabulary_size=50, num_layers=2, hidden_dim=16, intermediate_dim=32)
+
+    def bert() -> keras.Model:
+        return m.BertBackbone(**text, num_heads=2, max_sequence_length=8)
+
+    def gpt2() -> keras.Model:
+        return m.GPT2Backbone(**text, num_heads=2, max_sequence_length=8)
+
+    def gemma() -> keras.Model:
+        return m.GemmaBackbone(**text, num_query_heads=2, num_key_value_heads=1, head_dim=8)
+
+    def llama() -> keras.Model:
+        return m.LlamaBackbone(**text, num_query_heads=2, num_key_value_heads=1)
+
+    def vit() -> keras.Model:
+        return m.ViTBackbone(
+            image_shape=(16, 16, 3),
+            patch_size=4,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            mlp_dim=32,
+        )
+
+    tokens, segmented = _tokens(50, 8), _tokens(50, 8, segments=True)
+    # A language model learns the next token: integer targets, logits out.
+    next_token = (tokens["token_ids"], keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return {
+        "BertBackbone": lambda: (bert(), segmented),
+        "BertTextClassifier": lambda: (
+            m.BertTextClassifier(bert(), num_classes=2, preprocessor=None),
+            segmented,
+        ),
+        "GPT2Backbone": lambda: (gpt2(), tokens),
+        "GPT2CausalLM": lambda: (m.GPT2CausalLM(gpt2(), preprocessor=None), tokens, *next_token),
+        "GemmaBackbone": lambda: (gemma(), tokens),
+        "GemmaCausalLM": lambda: (m.GemmaCausalLM(gemma(), preprocessor=None), tokens, *next_token),
+        "LlamaBackbone": lambda: (llama(), tokens),
+        "LlamaCausalLM": lambda: (m.LlamaCausalLM(llama(), preprocessor=None), tokens, *next_token),
+        "ViTBackbone": lambda: (vit(), _images((16, 16, 3))),
+        "ViTImageClassifier": lambda: (
+            m.ViTImageClassifier(vit(), num_classes=2, preprocessor=None),
+            _images((16, 16, 3)),
+        ),
+    }
+
+
+def _run(name: str, build: Callable[[], tuple[Any, ...]]) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        model, x, *target = build()
+        with tempfile.TemporaryDirectory() as folder:
+            result = {"status": "works", **check(model, x, folder, *target)}
+    except Exception as error:  # the table records why a model fails
+        result = {"status": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"{name:<24} {result['status'][:90]}  ({result['seconds']} s)", flush=True)
+    return result
+
+
+def write_table(results: dict[str, dict[str, dict[str, Any]]], path: str) -> None:
+    """docs/models.md from {backend: {model: result}}."""
+    backends = [b for b in ("tensorflow", "jax", "torch") if b in results]
+    names = sorted({n for column in results.values() for n in column})
+    lines = [
+        "# Which models keras-prune prunes",
+        "",
+        "Written by `tools/model_zoo.py` (run once per backend; see its docstring). Each",
+        "model is built with `weights=None` or from a small config, pruned with",
+        f"`prune_low_magnitude(model, ConstantSparsity({SPARSITY}, 0, frequency=1))`, trained",
+        f"{STEPS} steps, checked at {SPARSITY:.0%} in every pruned weight, stripped, saved",
+        "as `.keras`, reloaded without keras_prune and exported to `.kps`, with the",
+        "same predictions at every step (1e-5). *left dense*: layers with weights",
+        "keras_prune does not know how to prune (listed in the warning and in",
+        "`sparsity_report`).",
+        "",
+        "**What is pruned in a transformer, by default**: the kernels of every",
+        "`Dense`/`EinsumDense` inside its blocks (attention query, key, value and",
+        "output projections, FFN kernels, at any depth inside custom layers) and",
+        "`Embedding` matrices (token and segment embeddings; a tied",
+        "`ReversibleEmbedding` is one matrix, masked as input and as output).",
+        "Biases and normalisation parameters never are. Layers keras_prune does not",
+        "know (`PositionEmbedding`, `LayerScale`, a ViT class token) are left dense.",
+        "Pass `select=` (layer names, classes or a predicate on the top-level",
+        "layers) to prune less, e.g. the blocks only:",
+        "`select=lambda layer: 'transformer_layer' in layer.name`.",
+        "",
+        "**Known failures** come from the models, not the pruning: KerasHub 0.32's",
+        "`LlamaTransformerDecoder` and `ViTPatchingAndEmbedding` cannot be",
+        "re-created from their own config (`keras.models.clone_model` fails on them",
+        "too), and a task whose output reuses its backbone's embedding (GPT-2 and",
+        "Gemma `CausalLM`, tied weights) trains, prunes and strips, but Keras cannot",
+        "load a `.keras` file of a plain graph in which a nested model shares a",
+        "layer with the outer graph: save the pruned backbone, or the weights.",
+        "",
+        "| model | " + " | ".join(backends) + " | left dense |",
+        "|---|" + "---|" * len(backends) + "---|",
+    ]
+    for name in names:
+        cells = [results[b].get(name, {}).get("status", "not run") for b in backends]
+        dense = sorted(
+            {c for b in backends for c in results[b].get(name, {}).get("left_dense", [])}
+        )
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(dense) or '-'} |")
+    with open(path, "w") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated model names")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=float("inf"),
+        help="seconds after which no further model is started",
+    )
+    args = parser.parse_args(argv)
+    builders = {**kerashub(), **applications()}
+    if args.only:
+        builders = {n: builders[n] for n in args.only.split(",")}
+    backend = keras.backend.backend()
+    results: dict[str, Any] = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as file:
+            results = json.load(file)
+    column = results.setdefault(backend, {})
+    start = time.perf_counter()
+    for name, build in builders.items():
+        if time.perf_counter() - start > args.budget:
+            column.setdefault(name, {"status": "not run yet (time)"})
+            continue
+        column[name] = _run(name, build)
+        keras.backend.clear_session()
+        with open(RESULTS, "w") as file:  # after each model: a stopped run keeps its results
+            json.dump(results, file, indent=1, sort_keys=True)
+        write_table(results, TABLE)
+    return 0 if all(r["status"] == "works" for r in column.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
