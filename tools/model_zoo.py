@@ -174,11 +174,16 @@ def kerashub() -> dict[str, Callable[[], tuple[Any, ...]]]:
     tokens, segmented = _tokens(50, 8), _tokens(50, 8, segments=True)
     # A language model learns the next token: integer targets, logits out.
     next_token = (tokens["token_ids"], keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    labels = (
+        np.arange(BATCH * STEPS) % 2,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return {
         "BertBackbone": lambda: (bert(), segmented),
         "BertTextClassifier": lambda: (
             m.BertTextClassifier(bert(), num_classes=2, preprocessor=None),
             segmented,
+            *labels,
         ),
         "GPT2Backbone": lambda: (gpt2(), tokens),
         "GPT2CausalLM": lambda: (m.GPT2CausalLM(gpt2(), preprocessor=None), tokens, *next_token),
@@ -190,6 +195,7 @@ def kerashub() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "ViTImageClassifier": lambda: (
             m.ViTImageClassifier(vit(), num_classes=2, preprocessor=None),
             _images((16, 16, 3)),
+            *labels,
         ),
     }
 
@@ -207,10 +213,9 @@ def _run(name: str, build: Callable[[], tuple[Any, ...]]) -> dict[str, Any]:
     return result
 
 
-def write_table(results: dict[str, dict[str, dict[str, Any]]], path: str) -> None:
-    """docs/models.md from {backend: {model: result}}."""
+def write_table(results: dict[str, dict[str, dict[str, Any]]], names: list[str], path: str) -> None:
+    """docs/models.md from {backend: {model: result}}, a row per name in `names`."""
     backends = [b for b in ("tensorflow", "jax", "torch") if b in results]
-    names = sorted({n for column in results.values() for n in column})
     lines = [
         "# Which models keras-prune prunes",
         "",
@@ -246,7 +251,7 @@ def write_table(results: dict[str, dict[str, dict[str, Any]]], path: str) -> Non
         "|---|" + "---|" * len(backends) + "---|",
     ]
     for name in names:
-        cells = [results[b].get(name, {}).get("status", "not run") for b in backends]
+        cells = [results[b].get(name, {}).get("status", "not run yet") for b in backends]
         dense = sorted(
             {c for b in backends for c in results[b].get(name, {}).get("left_dense", [])}
         )
@@ -264,26 +269,29 @@ def main(argv: list[str]) -> int:
         default=float("inf"),
         help="seconds after which no further model is started",
     )
+    parser.add_argument("--table", action="store_true", help="only rewrite docs/models.md")
     args = parser.parse_args(argv)
     builders = {**kerashub(), **applications()}
-    if args.only:
-        builders = {n: builders[n] for n in args.only.split(",")}
-    backend = keras.backend.backend()
+    everything = sorted(builders)
     results: dict[str, Any] = {}
     if os.path.exists(RESULTS):
         with open(RESULTS) as file:
             results = json.load(file)
-    column = results.setdefault(backend, {})
+    if args.table:
+        write_table(results, everything, TABLE)
+        return 0
+    if args.only:
+        builders = {n: builders[n] for n in args.only.split(",")}
+    column = results.setdefault(keras.backend.backend(), {})
     start = time.perf_counter()
     for name, build in builders.items():
         if time.perf_counter() - start > args.budget:
-            column.setdefault(name, {"status": "not run yet (time)"})
-            continue
+            break  # the table says "not run yet" for the rest
         column[name] = _run(name, build)
         keras.backend.clear_session()
         with open(RESULTS, "w") as file:  # after each model: a stopped run keeps its results
             json.dump(results, file, indent=1, sort_keys=True)
-        write_table(results, TABLE)
+        write_table(results, everything, TABLE)
     return 0 if all(r["status"] == "works" for r in column.values()) else 1
 
 
