@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tempfile
@@ -177,7 +178,15 @@ def gzipped_model_size(model: keras.Model, file_format: str = "h5") -> int:
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, f"model.{file_format}")
         if file_format == "h5":
-            keras.saving.save_model(model, saved, include_optimizer=False)
+            # Keras logs, through absl, that .h5 is a legacy format: a notice
+            # for users who save .h5 themselves, not for a size measurement.
+            absl = logging.getLogger("absl")
+            level = absl.level
+            absl.setLevel(logging.ERROR)
+            try:
+                keras.saving.save_model(model, saved, include_optimizer=False)
+            finally:
+                absl.setLevel(level)
         else:
             model.save(saved)
         zipped = os.path.join(tmp, "model.zip")

@@ -32,7 +32,7 @@ LAYERS = [
     {"__init__"},
 ]
 APP_LAYERS = [
-    {"compare.results", "compare.stats", "compare.datasets"},
+    {"compare.results", "compare.stats", "compare.datasets", "compare.task"},
     {"compare.plots", "compare.experiment"},
     {"compare.cli"},
 ]

@@ -4,7 +4,7 @@ It trains the seed ConvNet dense and pruned with each schedule, over seeds,
 and reports accuracy, sparsity, file sizes and Welch's t-tests
 (`experiment.py`), as a table, `results.json`/`results.csv` and PNG plots
 (`cli.py`, `results.py`, `plots.py`), on the embedded digits or Fashion-MNIST
-(`datasets.py`). It uses only keras_prune's public API; the library never
+(`datasets.py`), or your own `.keras` model and `.npz` data (`task.py`). It uses only keras_prune's public API; the library never
 imports it. Install its extra: `pip install "keras-prune[compare]"`.
 
 Example:

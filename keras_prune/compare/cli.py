@@ -20,13 +20,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
 import json
-import logging
 import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from keras_prune.compare.results import label as run_label
@@ -166,10 +168,29 @@ def _parser() -> _Parser:
     add(
         "--dataset",
         choices=("mnist10k", "mnist", "fashion_mnist"),
-        default="mnist10k",
         help="mnist10k (embedded, 8000 train / 2000 test), mnist or fashion_mnist (default: mnist10k)",
     )
     add("--data-dir", metavar="DIR", help="directory with the IDX files of mnist or fashion_mnist")
+    add(
+        "--model",
+        metavar="FILE",
+        help="your own model, a .keras file, in place of the seed's ConvNet: every run starts "
+        "from its weights and trains with the optimizer, loss and metrics it was compiled with",
+    )
+    add(
+        "--data",
+        metavar="FILE",
+        help="your own data in place of --dataset: an .npz file with arrays x_train, y_train, "
+        "x_test, y_test (numpy.savez)",
+    )
+    add("--loss", metavar="NAME", help="with --model: a Keras loss in place of the file's")
+    add(
+        "--metrics",
+        type=_comma_list,
+        metavar="LIST",
+        help="with --model: comma-separated Keras metrics in place of the file's; the first is "
+        "compared (default: the file's; none: the loss)",
+    )
     add(
         "--backend",
         choices=BACKENDS,
@@ -241,9 +262,13 @@ def format_results(results: dict[str, Any]) -> str:
     summary = results["summary"]
     several = len(config["sparsities"]) > 1
     seeds = [row["seeds"] for row in summary]
+    metric = results.get("metric", "accuracy")  # format 3 and older: the seed's accuracy
+    model = config.get("model")
+    what = f"{model} on {config['dataset']}" if model else config["dataset"]
+    samples = "images" if config["dataset"] in ("mnist10k", "mnist", "fashion_mnist") else "samples"
     lines = [
-        f"keras-prune compare: {config['dataset']} ({data['train']} train / {data['validation']} "
-        f"validation / {data['test']} test images), backend {results['environment']['backend']}, "
+        f"keras-prune compare: {what} ({data['train']} train / {data['validation']} "
+        f"validation / {data['test']} test {samples}), backend {results['environment']['backend']}, "
         f"{config['epochs']} epochs of {steps['per_epoch']} steps, batch {config['batch_size']}, "
         f"pruning steps {steps['begin_step']}..{steps['end_step']} every {config['frequency']}, "
         f"seeds {min(min(s) for s in seeds)}..{max(max(s) for s in seeds)}",
@@ -262,13 +287,33 @@ def format_results(results: dict[str, Any]) -> str:
     table: list[tuple[str, list[str]]] = [("", headers)]
     count = [len(row["seeds"]) for row in summary]
     table.append(("seeds", [str(n) for n in count]))
-    for key, name, digits in (
-        ("test_accuracy", "test accuracy", 4),
-        ("test_loss", "test loss", 4),
-        ("int8_test_accuracy", "int8 test accuracy", 4),
-        ("tflite_int8_test_accuracy", "int8 .tflite test accuracy", 4),
+    table.append(
+        (
+            f"test {metric}",
+            [_mean_std(row["test_accuracy"], 4, n) for row, n in zip(summary, count)],
+        )
+    )
+    others = [
+        m
+        for m in summary[0].get("test_metrics", {})
+        if m not in ("loss", metric) and all(m in row.get("test_metrics", {}) for row in summary)
+    ]
+    for other in others:
+        table.append(
+            (
+                f"test {other}",
+                [_mean_std(row["test_metrics"][other], 4, n) for row, n in zip(summary, count)],
+            )
+        )
+    if metric != "loss":
+        table.append(
+            ("test loss", [_mean_std(row["test_loss"], 4, n) for row, n in zip(summary, count)])
+        )
+    for key, name in (
+        ("int8_test_accuracy", f"int8 test {metric}"),
+        ("tflite_int8_test_accuracy", f"int8 .tflite test {metric}"),
     ):
-        table.append((name, [_mean_std(row[key], digits, n) for row, n in zip(summary, count)]))
+        table.append((name, [_mean_std(row[key], 4, n) for row, n in zip(summary, count)]))
     for layer in summary[0]["layer_sparsity"]:
         table.append(
             (f"sparsity {layer}", [f"{row['layer_sparsity'][layer]:.2%}" for row in summary])
@@ -307,14 +352,14 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append("")
     for test in results["tests"]:
         where = f" at sparsity {test['sparsity']:g}" if several else ""
-        head = f"{test['first']} - {test['second']}{where}: test accuracy difference {test['accuracy_difference']:+.4f}"
+        head = f"{test['first']} - {test['second']}{where}: test {metric} difference {test['accuracy_difference']:+.4f}"
         if test["p_value"] is None:
             lines.append(f"{head}; no t-test (needs --seeds 2 or more and some spread)")
         else:
             verdict = "significant" if test["significant"] else "not significant"
             lines.append(f"{head}, Welch's t-test p = {test['p_value']:.3g}: {verdict} at 0.05")
 
-    if config["dataset"] in ("mnist", "mnist10k"):
+    if config["dataset"] in ("mnist", "mnist10k") and not model:
         figures = results["seed_figures"]
         lines += [
             "",
@@ -381,13 +426,16 @@ def _run_compare(args: argparse.Namespace) -> int:
             begin_fraction=args.begin_fraction,
             frequency=args.frequency,
             seeds=args.seeds,
-            dataset=args.dataset,
+            dataset=args.data or args.dataset or "mnist10k",
             data_dir=args.data_dir,
+            model=args.model,
+            loss=args.loss,
+            metrics=None if args.metrics is None else tuple(args.metrics),
             limit=args.limit,
             verbose=0 if args.quiet else 1,
             tflite=tflite,
         )
-        comparison, data = experiment.prepare(config)
+        comparison, task = experiment.prepare(config)
         if args.resume:
             _resume(comparison, args.out)
     except DatasetUnavailableError as error:
@@ -415,13 +463,14 @@ def _run_compare(args: argparse.Namespace) -> int:
         eta = (time.perf_counter() - started) / (done - resumed) * left
         remaining = f"{left} run(s) left, about {_duration(eta)}" if left else "all runs done"
         print(
-            f"[{done}/{planned}] {label} seed {run.seed}: test accuracy {run.test_accuracy:.4f}, "
+            f"[{done}/{planned}] {label} seed {run.seed}: test {comparison.metric} "
+            f"{run.test_accuracy:.4f}, "
             f"{_duration(seconds)}; {remaining}",
             flush=True,
         )
 
     try:
-        comparison.run(data, on_run_end)
+        comparison.run(task, on_run_end)
     except KeyboardInterrupt:
         print(
             f"keras-prune: interrupted after {len(comparison.runs)} of {planned} runs",
@@ -436,6 +485,20 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _native_stderr_closed() -> Iterator[None]:
+    """Sends what native code writes to file descriptor 2 to /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line with `argv` (default `sys.argv[1:]`); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -448,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = args.backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
     if backend not in BACKENDS:
         return _error(f"KERAS_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+    if args.data and args.dataset:
+        return _error("--data and --dataset are alternatives: give one")
     if args.resume and not args.out:
         return _error("--resume needs --out DIR, the directory of the comparison to continue")
     if args.out and (problem := _check_writable(args.out)):
@@ -465,8 +530,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # CPU feature notes) are not for the command's user; a value set in the
     # environment wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Keras logs a legacy-format notice through absl for every .h5 it saves.
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    with _native_stderr_closed():
+        # TensorFlow 2.21 writes its oneDNN notice to the process's stderr
+        # on import, whatever its log level. Keras imports TensorFlow, where
+        # installed, on every backend (keras.utils.set_random_seed seeds it
+        # too), so it is imported now, under this silence, not mid-run.
+        import keras  # noqa: F401
+
+        if importlib.util.find_spec("tensorflow"):
+            importlib.import_module("tensorflow")
     with warnings.catch_warnings():
         # keras_prune's warnings are collected per run and printed with the table.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"keras_prune\.")

@@ -9,6 +9,8 @@ cross-entropy, batch 250, validation_split 0.2, 30 epochs, pruning from 20 %
 of the training steps to the last one every 100 steps. The article's code
 has no Flatten before the Dense layers; its published sizes (1.6 MB zipped
 baseline, about 430 000 float32 weights) are those of the model with one.
+Your own model (`model`, a `.keras` file) and data (`dataset`, an `.npz`
+file) take the seed's place with the same protocol: `keras_prune.compare.task`.
 
 Each run records test accuracy and loss, per-layer sparsity of the stripped
 model, its zipped `.h5` and `.keras` sizes (the article's measure), the
@@ -56,13 +58,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from keras_prune import _files, _validation, runtimes
 from keras_prune.callbacks import UpdatePruningStep, final_sparsity_shortfalls
 from keras_prune.compare import results, stats
 from keras_prune.compare.datasets import DATASETS, load_dataset
 from keras_prune.compare.results import BASELINE, RunResult, label, shown_distribution
+from keras_prune.compare.task import Data, Task, file_task, load_npz, seed_model, seed_task
 from keras_prune.kps import export, load
 from keras_prune.prune import prune_low_magnitude, strip_pruning
 from keras_prune.report import gzipped_model_size, sparsity_report
@@ -89,6 +91,7 @@ __all__ = [
     "run_once",
     "seed_model",
 ]
+# seed_model and Task live in keras_prune.compare.task and are re-exported here.
 
 BUILTIN_SCHEDULES = ("constant", "polynomial")
 
@@ -100,9 +103,7 @@ SEED_FIGURES = {
 }
 
 SIGNIFICANCE_LEVEL = 0.05
-_NUM_CLASSES = 10
-
-Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+_NUM_CLASSES = 10  # of the built-in datasets
 
 
 def _pair_label(run: tuple[str, str], distributions: Sequence[str]) -> str:
@@ -155,31 +156,17 @@ def make_schedule(
     return schedule
 
 
-def seed_model(
-    input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = _NUM_CLASSES
-) -> keras.Model:
-    """The seed article's ConvNet, with the Flatten its code leaves out."""
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, activation="relu", name="conv1"),
-            keras.layers.MaxPooling2D(2, name="pool1"),
-            keras.layers.Conv2D(64, 3, activation="relu", name="conv2"),
-            keras.layers.MaxPooling2D(2, name="pool2"),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(256, activation="relu", name="dense1"),
-            keras.layers.Dense(num_classes, activation="softmax", name="dense2"),
-        ],
-        name="seed_convnet",
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Settings of a comparison; the defaults are the seed article's.
 
-    `limit` keeps only the first `limit` training and test images (for
-    quick checks); `verbose` is passed to `model.fit` (1: progress bars).
+    `dataset` is a built-in dataset's name (`DATASETS`) or the path of an
+    `.npz` file with arrays `x_train`, `y_train`, `x_test`, `y_test`.
+    `model` is None (the seed's ConvNet) or the path of a `.keras` file,
+    trained with its own compile settings unless `loss` and `metrics` (Keras
+    names) replace them; see `keras_prune.compare.task`. `limit` keeps only
+    the first `limit` training and test samples (for quick checks);
+    `verbose` is passed to `model.fit` (1: progress bars).
     """
 
     schedules: tuple[str, ...] = BUILTIN_SCHEDULES
@@ -196,6 +183,9 @@ class ExperimentConfig:
     validation_split: float = 0.2
     verbose: int = 1
     tflite: bool = False
+    model: str | None = None
+    loss: str | None = None
+    metrics: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("schedules", "sparsities", "distributions"):
@@ -220,7 +210,32 @@ class ExperimentConfig:
         _validation.count(self.seeds, "seeds", 1)
         _validation.fraction(self.begin_fraction, "begin_fraction")
         _validation.fraction(self.validation_split, "validation_split")
-        _validation.one_of(self.dataset, "dataset", DATASETS)
+        _validation.instance(self.dataset, "dataset", str, "a dataset name or an .npz path")
+        if self.dataset not in DATASETS and not self.dataset.endswith(".npz"):
+            raise ValueError(
+                f"`dataset` must be one of {', '.join(DATASETS)} or the path of an .npz file; "
+                f"got {self.dataset!r}."
+            )
+        if self.data_dir is not None and self.dataset not in ("mnist", "fashion_mnist"):
+            raise ValueError(
+                f"`data_dir` is only used by the mnist and fashion_mnist datasets; got dataset "
+                f"{self.dataset!r}."
+            )
+        if self.model is not None:
+            _validation.instance(self.model, "model", str, "None or a .keras file's path")
+            if not self.model.endswith(".keras"):
+                raise ValueError(f"`model` must be the path of a .keras file; got {self.model!r}.")
+        if self.loss is not None:
+            _validation.instance(self.loss, "loss", str, "None or a Keras loss name")
+        if self.metrics is not None:
+            if isinstance(self.metrics, str) or not isinstance(self.metrics, Sequence):
+                raise TypeError(f"`metrics` must be a sequence of names; got {self.metrics!r}.")
+            object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.model is None and (self.loss is not None or self.metrics is not None):
+            raise ValueError(
+                "`loss` and `metrics` apply to a `model` file; the seed's ConvNet trains "
+                "with categorical cross-entropy and accuracy."
+            )
         if self.limit is not None:
             _validation.count(self.limit, "limit", 2)
         if self.verbose not in (0, 1, 2):
@@ -260,13 +275,9 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def _compile(model: keras.Model) -> None:
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-
-
 def run_once(
     config: ExperimentConfig,
-    data: Data,
+    data: Task | Data,
     schedule: str,
     sparsity: float,
     seed: int,
@@ -276,9 +287,10 @@ def run_once(
     `sparsity` and `distribution` ignored) or one pruned with `schedule` to
     `sparsity`, spread over the layers by `distribution`.
 
-    `data` is `((x_train, y_train), (x_test, y_test))` with integer labels.
-    Warnings of keras_prune during the run (e.g. a schedule that ends below
-    its final sparsity) are recorded in the result and re-issued.
+    `data` is a `Task` (see `prepare`), or `((x_train, y_train), (x_test,
+    y_test))` of images with integer labels for the seed's ConvNet. Warnings
+    of keras_prune during the run (e.g. a schedule that ends below its final
+    sparsity) are recorded in the result and re-issued.
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
@@ -287,19 +299,18 @@ def run_once(
         sparsity = _validation.fraction(sparsity, "sparsity")
         _validation.one_of(distribution, "distribution", DISTRIBUTIONS)
     _validation.count(seed, "seed", 0)
-    (x_train, y_train), (x_test, y_test) = data
-    y_train = keras.utils.to_categorical(y_train, _NUM_CLASSES)
-    y_test = keras.utils.to_categorical(y_test, _NUM_CLASSES)
+    task = data if isinstance(data, Task) else seed_task(data, _NUM_CLASSES)
+    metric = task.metric
 
     keras.utils.clear_session()
     keras.utils.set_random_seed(seed)
-    model = seed_model(x_train.shape[1:])
+    model = task.build()
     timer = _EpochTimer()
     callbacks: list[keras.callbacks.Callback] = [timer]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if schedule != BASELINE:
-            _, begin_step, end_step = pruning_steps(len(x_train), config)
+            _, begin_step, end_step = pruning_steps(len(task.x_train), config)
             pruning_schedule = make_schedule(
                 schedule, sparsity, begin_step, end_step, config.frequency
             )
@@ -307,10 +318,10 @@ def run_once(
                 model, pruning_schedule=pruning_schedule, sparsity_distribution=distribution
             )
             callbacks.append(UpdatePruningStep())
-        _compile(model)
+        task.compiled(model)
         history = model.fit(
-            x_train,
-            y_train,
+            task.x_train,
+            task.y_train,
             batch_size=config.batch_size,
             epochs=config.epochs,
             validation_split=config.validation_split,
@@ -334,9 +345,7 @@ def run_once(
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
 
-    test_loss, test_accuracy = model.evaluate(
-        x_test, y_test, batch_size=config.batch_size, verbose=0
-    )
+    scores = task.evaluate(model, config.batch_size)
     if schedule != BASELINE:
         stripped = strip_pruning(model)
     else:  # an uncompiled copy, as strip_pruning returns: no optimizer in the .keras file
@@ -349,17 +358,16 @@ def run_once(
         int8_bytes = export(stripped, os.path.join(tmp, "int8.kps"), quantize="int8")
         int8_model = load(os.path.join(tmp, "int8.kps"))
         if config.tflite:
-            tflite = _measure_tflite(stripped, tmp, x_test, y_test)
-    _compile(int8_model)
-    _, int8_accuracy = int8_model.evaluate(x_test, y_test, batch_size=config.batch_size, verbose=0)
+            tflite = _measure_tflite(stripped, tmp, task)
+    int8_scores = task.evaluate(task.compiled(int8_model), config.batch_size)
     return RunResult(
         schedule=schedule,
         sparsity=sparsity if schedule != BASELINE else 0.0,
         distribution=distribution if schedule != BASELINE else "uniform",
         seed=seed,
-        test_accuracy=float(test_accuracy),
-        test_loss=float(test_loss),
-        int8_test_accuracy=float(int8_accuracy),
+        test_accuracy=scores[metric],
+        test_loss=scores["loss"],
+        int8_test_accuracy=int8_scores[metric],
         layer_sparsity={f"{row.layer}/{row.weight}": row.sparsity for row in report},
         total_sparsity=report.total_sparsity,
         gzip_h5_bytes=gzipped_model_size(stripped, "h5"),
@@ -367,30 +375,27 @@ def run_once(
         export_float32_bytes=float32_bytes,
         export_int8_bytes=int8_bytes,
         seconds_per_epoch=statistics.median(timer.seconds),
-        val_accuracy=[float(v) for v in history.history["val_accuracy"]],
+        val_accuracy=[float(v) for v in history.history[f"val_{metric}"]],
+        test_metrics=scores,
         warnings=messages,
         **tflite,
     )
 
 
-def _measure_tflite(
-    model: keras.Model, directory: str, x_test: np.ndarray, y_test: np.ndarray
-) -> dict[str, Any]:
-    """Sizes of `model` as sparse float32 and int8 `.tflite` files, and the int8 file's accuracy.
-
-    The accuracy is LiteRT's own (builtin kernels), on the whole test set.
-    """
+def _measure_tflite(model: keras.Model, directory: str, task: Task) -> dict[str, Any]:
+    """Sizes of `model` as sparse float32 and int8 `.tflite` files, and the int8 file's
+    score in the task's metric, of LiteRT's own predictions (builtin kernels) of the
+    whole test set."""
     float32 = runtimes.export(model, os.path.join(directory, "float32.tflite"))
     path = os.path.join(directory, "int8.tflite")
     with warnings.catch_warnings():  # that XNNPack refuses sparse int8 is known (docs/export.md)
         warnings.filterwarnings("ignore", message=".*XNNPack", category=UserWarning)
         int8 = runtimes.export(model, path, quantize="int8")
-    (probabilities,) = runtimes.run(path, x_test)
-    accuracy = float(np.mean(np.argmax(probabilities, -1) == np.argmax(y_test, -1)))
+    (predictions,) = runtimes.run(path, task.x_test)
     return {
         "tflite_float32_bytes": float32,
         "tflite_int8_bytes": int8,
-        "tflite_int8_test_accuracy": accuracy,
+        "tflite_int8_test_accuracy": task.score(model, predictions),
     }
 
 
@@ -422,6 +427,8 @@ class Comparison:
     #: Found before training: schedules whose last pruning step prescribes
     #: less than their target (see `check_schedules`).
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: What `test_accuracy` and the t-tests measure (`Task.metric`).
+    metric: str = "accuracy"
 
     def groups(self) -> dict[tuple[str, str, float], list[RunResult]]:
         """Runs grouped by (schedule, distribution, sparsity), baseline first, in run order."""
@@ -448,6 +455,11 @@ class Comparison:
             for measure in _MEASURES:  # None where a run did not measure it (no .tflite)
                 values = [getattr(r, measure) for r in runs]
                 row[measure] = None if None in values else stats.mean_std(values)
+            row["test_metrics"] = {  # runs resumed from format 3 and older have none
+                name: stats.mean_std([r.test_metrics[name] for r in runs])
+                for name in runs[0].test_metrics
+                if all(name in r.test_metrics for r in runs)
+            }
             row["layer_sparsity"] = {
                 name: stats.mean_std([r.layer_sparsity[name] for r in runs])[0]
                 for name in runs[0].layer_sparsity
@@ -521,10 +533,10 @@ class Comparison:
         Example:
 
         ```python
-        comparison, data = prepare(ExperimentConfig(seeds=5))
+        comparison, task = prepare(ExperimentConfig(seeds=5))
         with open("out/results.json") as f:
             comparison.resume(json.load(f))
-        comparison.run(data)
+        comparison.run(task)
         ```
         """
         if not isinstance(previous, Mapping) or not {"config", "data", "runs"} <= previous.keys():
@@ -559,10 +571,11 @@ class Comparison:
         self.runs = runs
 
     def run(
-        self, data: Data, on_run_end: Callable[[Comparison, float], None] | None = None
+        self, data: Task | Data, on_run_end: Callable[[Comparison, float], None] | None = None
     ) -> None:
         """Trains the planned runs not yet in `runs`, appending each result.
 
+        `data` is the `Task` that `prepare` returns (or the seed's data, see `run_once`).
         Seeds are 0, 1, ..., `config.seeds - 1`; all runs of one seed finish
         before the next seed starts, so an interrupted comparison holds
         complete seeds. `on_run_end(comparison, seconds)` follows every run.
@@ -588,6 +601,7 @@ class Comparison:
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
             },
             "data": self.data,
+            "metric": self.metric,
             "steps": self.steps,
             "schedule_points": {k: [list(p) for p in v] for k, v in self.schedule_points.items()},
             "runs": [dataclasses.asdict(r) for r in self.runs],
@@ -699,18 +713,23 @@ def check_schedules(config: ExperimentConfig, num_train: int) -> list[str]:
     return notes
 
 
-def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
-    """Loads the data and builds every schedule once, before any training,
-    so that a missing dataset or a bad schedule fails fast (also one that
-    never prunes in this run: `check_schedules`).
+def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
+    """Loads the data and builds every schedule once, and the model, compiled
+    and evaluated on a few samples, before any training, so that a missing
+    dataset, a bad schedule (also one that never prunes in this run:
+    `check_schedules`) or a model that does not fit its data fails fast.
 
-    Returns the empty comparison and the data for `Comparison.run`. Raises
+    Returns the empty comparison and the task for `Comparison.run`. Raises
     `keras_prune.compare.datasets.DatasetUnavailableError` when the dataset's files
-    are missing, ValueError/TypeError for a schedule that cannot be built.
+    are missing, ValueError/TypeError for a schedule, model or data file that
+    cannot be used.
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
-    (x_train, y_train), (x_test, y_test) = load_dataset(config.dataset, config.data_dir)
+    if config.dataset in DATASETS:
+        (x_train, y_train), (x_test, y_test) = load_dataset(config.dataset, config.data_dir)
+    else:
+        (x_train, y_train), (x_test, y_test) = load_npz(config.dataset)
     if config.limit is not None:
         x_train, y_train = x_train[: config.limit], y_train[: config.limit]
         x_test, y_test = x_test[: config.limit], y_test[: config.limit]
@@ -730,7 +749,14 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Data]:
         schedule_points=points,
         notes=check_schedules(config, len(x_train)),
     )
-    return comparison, ((x_train, y_train), (x_test, y_test))
+    data = ((x_train, y_train), (x_test, y_test))
+    if config.model is None:
+        num_classes = _NUM_CLASSES if config.dataset in DATASETS else None
+        task = seed_task(data, num_classes).check()
+    else:
+        task = file_task(config.model, data, config.loss, config.metrics)
+    comparison.metric = task.metric
+    return comparison, task
 
 
 def compare(
@@ -741,6 +767,6 @@ def compare(
 
     `prepare(config)`, then `Comparison.run`; see those.
     """
-    comparison, data = prepare(config)
-    comparison.run(data, on_run_end)
+    comparison, task = prepare(config)
+    comparison.run(task, on_run_end)
     return comparison

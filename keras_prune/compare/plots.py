@@ -10,6 +10,10 @@ the non-interactive Agg backend, so the library does not need it otherwise.
 - `accuracy_vs_sparsity.png` (only when several sparsities were run): test
   accuracy against target sparsity, mean ± std, the dense baseline dashed.
 
+"accuracy" in the names and labels is the comparison's metric (`results.json`'s
+`metric`): `val_mae.png` and `mae_vs_sparsity.png` for a model compiled with
+"mae" as its first metric.
+
 Example:
 
 >>> with open("out/results.json") as f:
@@ -20,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -86,8 +91,13 @@ def _label(row: dict[str, Any], config: dict[str, Any], sparsity: bool) -> str:
     return run_label(schedule, value, sparsity, shown)
 
 
+def _metric(results: dict[str, Any]) -> str:
+    """The compared metric's name, safe in a file name (format 3 and older: accuracy)."""
+    return re.sub(r"[^\w.-]", "_", results.get("metric", "accuracy"))
+
+
 def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
-    config = results["config"]
+    config, metric = results["config"], _metric(results)
     several = len(config["sparsities"]) > 1
     figure, axes = plt.subplots(figsize=(7, 4))
     for row in results["summary"]:
@@ -100,7 +110,7 @@ def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
         if len(curves) > 1:
             std = curves.std(axis=0, ddof=1)
             axes.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    axes.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per epoch")
+    axes.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"Validation {metric} per epoch")
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -108,7 +118,7 @@ def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
 
 
 def _plot_accuracy_vs_sparsity(plt: Any, results: dict[str, Any], path: str) -> None:
-    config = results["config"]
+    config, metric = results["config"], _metric(results)
     figure, axes = plt.subplots(figsize=(7, 4))
     pairs = dict.fromkeys(_key(r)[:2] for r in results["summary"] if r["schedule"] != "baseline")
     for pair in pairs:
@@ -129,7 +139,9 @@ def _plot_accuracy_vs_sparsity(plt: Any, results: dict[str, Any], path: str) -> 
                 row["test_accuracy"][0], color="black", linestyle="--", label="dense baseline"
             )
     axes.set(
-        xlabel="target sparsity", ylabel="test accuracy", title="Test accuracy against sparsity"
+        xlabel="target sparsity",
+        ylabel=f"test {metric}",
+        title=f"Test {metric} against sparsity",
     )
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -150,9 +162,10 @@ def write_plots(results: dict[str, Any], directory: str | os.PathLike[str]) -> l
         )
     plt = _pyplot()
     os.makedirs(directory, exist_ok=True)
-    drawings = [("schedules.png", _plot_schedules), ("val_accuracy.png", _plot_val_accuracy)]
+    metric = _metric(results)
+    drawings = [("schedules.png", _plot_schedules), (f"val_{metric}.png", _plot_val_accuracy)]
     if len(results["config"]["sparsities"]) > 1:
-        drawings.append(("accuracy_vs_sparsity.png", _plot_accuracy_vs_sparsity))
+        drawings.append((f"{metric}_vs_sparsity.png", _plot_accuracy_vs_sparsity))
     paths = []
     for name, draw in drawings:
         path = os.path.join(directory, name)

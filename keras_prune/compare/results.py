@@ -21,14 +21,22 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: The version of `results.json` this code writes (3: sparsity distributions).
-FORMAT = 3
+#: The version of `results.json` this code writes (3: sparsity distributions;
+#: 4: your own model and data, `metric` and `test_metrics`).
+FORMAT = 4
 BASELINE = "baseline"
 
 
 @dataclasses.dataclass
 class RunResult:
-    """What one training run measured (add new fields with a default)."""
+    """What one training run measured (add new fields with a default).
+
+    `test_accuracy`, `int8_test_accuracy`, `tflite_int8_test_accuracy` and
+    `val_accuracy` hold the comparison's metric (`results.json`'s `metric`):
+    accuracy for the seed's ConvNet, a model file's first compiled metric
+    (or its loss, if it has none) for `--model`. `test_metrics` holds every
+    compiled metric and the loss on the test set.
+    """
 
     schedule: str
     sparsity: float
@@ -51,6 +59,7 @@ class RunResult:
     tflite_int8_test_accuracy: float | None = None
     # How the sparsity was spread over the layers (keras_prune.sparsity_distribution).
     distribution: str = "uniform"
+    test_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, run: Mapping[str, Any]) -> RunResult:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -220,6 +221,11 @@ def test_compare_distributions_end_to_end(tmp_path):
         (["compare", "--bogus"], "unrecognized arguments: --bogus"),
         ([], "the following arguments are required"),
         (["compare", "--resume"], "--resume needs --out DIR"),
+        (["compare", "--data", "d.npz", "--dataset", "mnist"], "--data and --dataset are"),
+        (["compare", "--loss", "mse"], "`loss` and `metrics` apply to a `model` file"),
+        (["compare", "--model", "model.h5"], "`model` must be the path of a .keras file"),
+        (["compare", "--model", "no_such.keras"], "`model`: no file 'no_such.keras'"),
+        (["compare", "--data", "no_such.npz"], "`data`: cannot read no_such.npz as .npz"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(args, words, capsys):
@@ -228,6 +234,81 @@ def test_bad_input_is_one_line_and_status_2(args, words, capsys):
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("keras-prune: error: ")
     assert words in captured.err
+
+
+@pytest.fixture(scope="module")
+def own_model_and_data(tmp_path_factory):
+    """A regression model file compiled with MSE and MAE, and its data as .npz."""
+    folder = tmp_path_factory.mktemp("own")
+    rng = np.random.RandomState(0)
+    x = rng.rand(300, 10).astype("float32")
+    y = (x @ rng.randn(10, 1)).astype("float32")
+    np.savez(folder / "d.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    model = keras.Sequential(
+        [keras.Input((10,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+    model.save(folder / "m.keras")
+    return folder
+
+
+@pytest.mark.slow
+def test_compare_your_own_model_and_data(own_model_and_data, tmp_path):
+    folder = own_model_and_data
+    done = _run(
+        "compare",
+        "--model",
+        str(folder / "m.keras"),
+        "--data",
+        str(folder / "d.npz"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "40",
+        "--frequency",
+        "1",
+        "--seeds",
+        "2",
+        "--no-tflite",
+        "--out",
+        str(tmp_path),
+        quiet_tensorflow=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    # 200 samples: 160 train (4 steps of 40) and 40 validation; 8 steps, pruning from step 1.
+    assert f"m.keras on {folder / 'd.npz'} (160 train / 40 validation / 100 test samples)" in out
+    assert "2 epochs of 4 steps, batch 40, pruning steps 1..8 every 1, seeds 0..1" in out
+    assert "[6/6] polynomial seed 1: test mae " in out
+    rows = {line.split("  ")[0]: line.split() for line in out.splitlines() if "  " in line}
+    for row in ("test mae", "test loss", "int8 test mae", "sparsity total", "zipped .keras"):
+        assert row in rows, row
+    assert rows["sparsity total"][2:] == ["0.00%", "87.50%", "87.50%"]
+    assert "constant - polynomial: test mae difference" in out and "Welch's t-test p =" in out
+    assert "seed article" not in out
+    # Nothing from TensorFlow's C++ side or absl reaches the user.
+    assert "oneDNN" not in done.stderr and "absl" not in done.stderr, done.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["metric"] == "mae" and results["format"] == 4
+    for run in results["runs"]:
+        assert run["test_accuracy"] == run["test_metrics"]["mae"] > 0
+    assert (tmp_path / "val_mae.png").stat().st_size > 1000
+    assert not (tmp_path / "val_accuracy.png").exists()
+
+
+def test_a_model_that_does_not_fit_the_data_fails_before_training(
+    own_model_and_data, tmp_path, capsys
+):
+    rng = np.random.RandomState(0)
+    images = rng.rand(20, 28, 28, 1).astype("float32")
+    labels = np.arange(20) % 10
+    np.savez(tmp_path / "i.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    model = str(own_model_and_data / "m.keras")
+    args = ["compare", "--model", model, "--data", str(tmp_path / "i.npz"), "--frequency", "1"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("keras-prune: error: the model cannot be evaluated on the data:")
 
 
 def test_cli_distribution_names_are_the_librarys():
