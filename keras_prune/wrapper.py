@@ -280,6 +280,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def call(self, inputs: Any, *args: Any, training: bool | None = None, **kwargs: Any) -> Any:
         if training:
             self._update_masks()
+        if not args and not kwargs and self._plain_embedding():
+            return self._embedding_rows(inputs)
         pruned = {id(w): ops.multiply(w.value, m.value) for w, m, _ in self.pruning_vars}
         current = [(v, pruned.get(id(v), v.value)) for v in self.layer.variables]
         # Run the layer with its prunable variables read as weight * mask. The
@@ -295,6 +297,27 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for loss in scope.losses:
             self.add_loss(loss)
         return outputs
+
+    def _plain_embedding(self) -> bool:
+        """Whether the layer is a `keras.layers.Embedding` (not a subclass, such
+        as a tied `ReversibleEmbedding` that also reads its matrix as a kernel)
+        with no LoRA or quantization, whose call is `take(embeddings, ids)`."""
+        layer = self.layer
+        return (
+            type(layer) is keras.layers.Embedding
+            and not layer.lora_enabled
+            and not layer.quantization_mode
+        )
+
+    def _embedding_rows(self, ids: Any) -> Any:
+        """`take(embeddings * mask, ids)` as `take(embeddings, ids) * take(mask, ids)`:
+        only the looked-up rows are masked, not the whole table every step,
+        and TensorFlow keeps the table's gradient sparse (IndexedSlices)."""
+        ((weight, mask, _),) = self.pruning_vars
+        if keras.backend.standardize_dtype(ids.dtype) not in ("int32", "int64"):
+            ids = ops.cast(ids, "int32")
+        rows = ops.multiply(ops.take(weight.value, ids, axis=0), ops.take(mask.value, ids, axis=0))
+        return ops.cast(rows, self.layer.compute_dtype)
 
     def compute_output_shape(self, *args: Any, **kwargs: Any) -> Any:
         return self.layer.compute_output_shape(*args, **kwargs)

@@ -192,3 +192,31 @@ def test_hand_wrapped_multi_input_layer_builds_through_the_wrapper():
         for _, m, _ in wrapper.pruning_vars
     ]
     assert kept == [round(n * 0.25) for n in sizes]
+
+
+@pytest.mark.parametrize("ids_dtype", ["int32", "float32"])
+def test_pruned_embedding_masks_only_the_rows_it_looks_up(ids_dtype):
+    # A plain Embedding is masked row by row (take(w) * take(m)); its output and
+    # its training step must be those of take(w * m), computed here in numpy.
+    tokens = keras.Input((6,), dtype=ids_dtype)
+    embedding = L.Embedding(30, 4, name="embed")
+    model = keras.Model(tokens, L.Dense(1, name="head")(L.Flatten()(embedding(tokens))))
+    pruned = kp.prune_low_magnitude(
+        model, kp.ConstantSparsity(0.5, begin_step=0, frequency=1), select="embed"
+    )
+    (wrapper,) = kp.pruned_layers(pruned)
+    assert wrapper._plain_embedding()  # the row-by-row path
+    ((weight, mask, _),) = wrapper.pruning_vars
+    ids = np.random.RandomState(0).randint(0, 20, (8, 6))  # rows 20..29 are never looked up
+    initial = numpy(weight.value).copy()
+    pruned.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    pruned.fit(ids.astype(ids_dtype), np.ones((8, 1)), batch_size=8, epochs=2, verbose=0)
+    w, m = numpy(weight.value), numpy(mask.value)
+    assert int(m.sum()) == 60
+    extractor = keras.Model(pruned.input, wrapper.output)
+    np.testing.assert_allclose(
+        numpy(extractor(ids.astype(ids_dtype))), (w * m)[ids], rtol=1e-6, atol=1e-7
+    )
+    # Rows nobody looked up got no gradient; looked-up rows trained.
+    np.testing.assert_array_equal(w[20:], initial[20:])
+    assert not np.allclose(w[:20] * m[:20], initial[:20] * m[:20])
