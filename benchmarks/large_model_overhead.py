@@ -25,8 +25,9 @@ the median ratio of each to the dense step and the cost per step at
 frequency 100 (tfmot's default), `(99 * plain + update) / 100 / dense`.
 Keras's default compilation per backend on a CPU (tf.function, jax.jit,
 eager torch). For BERT a third model joins the rotation: pruned with
-`select=` leaving the `Embedding` layers dense (a masked embedding table
-costs a full `table * mask` product every step). Results: BENCHMARKS.md.
+`select=` leaving the `Embedding` layers dense, which shows what masking the
+embedding table costs (keras_prune masks a plain `Embedding` row by row, the
+looked-up rows only). Results: BENCHMARKS.md.
 
 Writes benchmarks/results/large_model_overhead.json.
 """

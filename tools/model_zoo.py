@@ -15,6 +15,10 @@ table in docs/models.md is written from all the columns there:
         KERAS_BACKEND=$b .venv/bin/python tools/model_zoo.py
     done
 
+`--budget SECONDS` starts no model after that time (the table says "not run
+yet" for the rest) and `--missing` runs only those, to fill the table in
+several sittings.
+
 `tests/test_model_zoo.py` runs `check` on one small model per family, on
 every backend, in CI. KerasHub needs `pip install --no-deps keras-hub` plus
 its light dependencies (its `tensorflow-text` requirement conflicts with
@@ -270,6 +274,9 @@ def main(argv: list[str]) -> int:
         help="seconds after which no further model is started",
     )
     parser.add_argument("--table", action="store_true", help="only rewrite docs/models.md")
+    parser.add_argument(
+        "--missing", action="store_true", help="only the models this backend has not run yet"
+    )
     args = parser.parse_args(argv)
     builders = {**kerashub(), **applications()}
     everything = sorted(builders)
@@ -283,6 +290,8 @@ def main(argv: list[str]) -> int:
     if args.only:
         builders = {n: builders[n] for n in args.only.split(",")}
     column = results.setdefault(keras.backend.backend(), {})
+    if args.missing:
+        builders = {n: b for n, b in builders.items() if n not in column}
     start = time.perf_counter()
     for name, build in builders.items():
         if time.perf_counter() - start > args.budget:
