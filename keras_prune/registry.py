@@ -17,6 +17,7 @@ weights of unknown layers (`unknown_layers`: `LayerScale`, KerasHub's
 from __future__ import annotations
 
 import abc
+import collections
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,17 +95,19 @@ def is_known(layer: Any) -> bool:
 
 def _known_inside(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """The outermost known layers inside the unknown `layer`, at any depth, each once."""
-    found: dict[int, keras.layers.Layer] = {}
-    pending = list(_keras.sublayers(layer))
-    while pending:
-        sub = pending.pop(0)
-        if id(sub) in found:
+    found: list[keras.layers.Layer] = []
+    seen: set[int] = set()
+    pending = collections.deque(_keras.sublayers(layer))
+    while pending:  # breadth first: the outermost known layer of each branch
+        sub = pending.popleft()
+        if id(sub) in seen:
             continue
+        seen.add(id(sub))
         if is_known(sub):
-            found[id(sub)] = sub
+            found.append(sub)
         else:
             pending.extend(_keras.sublayers(sub))
-    return list(found.values())
+    return found
 
 
 def supports(layer: Any) -> bool:
