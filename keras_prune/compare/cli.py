@@ -185,6 +185,15 @@ def _parser() -> _Parser:
     )
     add("--loss", metavar="NAME", help="with --model: a Keras loss in place of the file's")
     add(
+        "--import",
+        dest="imports",
+        type=_comma_list,
+        default=[],
+        metavar="LIST",
+        help="with --model: comma-separated modules to import first, which register the "
+        "model's custom layers (e.g. keras_hub, my_layers)",
+    )
+    add(
         "--metrics",
         type=_comma_list,
         metavar="LIST",
@@ -431,6 +440,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             model=args.model,
             loss=args.loss,
             metrics=None if args.metrics is None else tuple(args.metrics),
+            imports=tuple(args.imports),
             limit=args.limit,
             verbose=0 if args.quiet else 1,
             tflite=tflite,

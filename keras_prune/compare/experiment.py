@@ -164,7 +164,9 @@ class ExperimentConfig:
     `.npz` file with arrays `x_train`, `y_train`, `x_test`, `y_test`.
     `model` is None (the seed's ConvNet) or the path of a `.keras` file,
     trained with its own compile settings unless `loss` and `metrics` (Keras
-    names) replace them; see `keras_prune.compare.task`. `limit` keeps only
+    names) replace them; see `keras_prune.compare.task`. `imports` names
+    modules imported before the model file is loaded, which register its
+    custom layers (e.g. "keras_hub", "my_layers"). `limit` keeps only
     the first `limit` training and test samples (for quick checks);
     `verbose` is passed to `model.fit` (1: progress bars).
     """
@@ -186,6 +188,7 @@ class ExperimentConfig:
     model: str | None = None
     loss: str | None = None
     metrics: tuple[str, ...] | None = None
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("schedules", "sparsities", "distributions"):
@@ -231,10 +234,17 @@ class ExperimentConfig:
             if isinstance(self.metrics, str) or not isinstance(self.metrics, Sequence):
                 raise TypeError(f"`metrics` must be a sequence of names; got {self.metrics!r}.")
             object.__setattr__(self, "metrics", tuple(self.metrics))
-        if self.model is None and (self.loss is not None or self.metrics is not None):
+        if isinstance(self.imports, str) or not isinstance(self.imports, Sequence):
+            raise TypeError(f"`imports` must be a sequence of module names; got {self.imports!r}.")
+        object.__setattr__(self, "imports", tuple(self.imports))
+        for module in self.imports:
+            _validation.instance(module, "imports", str, "a sequence of module names")
+        if self.model is None and (
+            self.loss is not None or self.metrics is not None or self.imports
+        ):
             raise ValueError(
-                "`loss` and `metrics` apply to a `model` file; the seed's ConvNet trains "
-                "with categorical cross-entropy and accuracy."
+                "`loss`, `metrics` and `imports` apply to a `model` file; the seed's ConvNet "
+                "trains with categorical cross-entropy and accuracy."
             )
         if self.limit is not None:
             _validation.count(self.limit, "limit", 2)
@@ -754,6 +764,11 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
         num_classes = _NUM_CLASSES if config.dataset in DATASETS else None
         task = seed_task(data, num_classes).check()
     else:
+        for module in config.imports:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise ValueError(f"`imports`: cannot import {module!r} ({error}).") from None
         task = file_task(config.model, data, config.loss, config.metrics)
     comparison.metric = task.metric
     return comparison, task

@@ -233,8 +233,9 @@ def _load(path: str, compile: bool) -> keras.Model:
             model = keras.saving.load_model(path, compile=compile)
     except Exception as error:  # zip, JSON, unknown class, mismatched weights: not loadable
         raise ValueError(
-            f"`model`: cannot load {path} ({_first_line(error)}); a custom layer "
-            "must be registered with @keras.saving.register_keras_serializable."
+            f"`model`: cannot load {path} ({_first_line(error)}); a custom layer must be "
+            "registered with @keras.saving.register_keras_serializable in a module imported "
+            "first (--import MODULE)."
         ) from None
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model`: {path} holds a {type(model).__name__}, not a keras.Model.")

@@ -222,7 +222,7 @@ def test_compare_distributions_end_to_end(tmp_path):
         ([], "the following arguments are required"),
         (["compare", "--resume"], "--resume needs --out DIR"),
         (["compare", "--data", "d.npz", "--dataset", "mnist"], "--data and --dataset are"),
-        (["compare", "--loss", "mse"], "`loss` and `metrics` apply to a `model` file"),
+        (["compare", "--loss", "mse"], "`loss`, `metrics` and `imports` apply to a `model` file"),
         (["compare", "--model", "model.h5"], "`model` must be the path of a .keras file"),
         (["compare", "--model", "no_such.keras"], "`model`: no file 'no_such.keras'"),
         (["compare", "--data", "no_such.npz"], "`data`: cannot read no_such.npz as .npz"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -122,7 +124,7 @@ def test_file_task_refuses_what_cannot_train_before_training(tmp_path):
         ({"dataset": "cifar10"}, "`dataset` must be one of"),
         ({"dataset": "d.npz", "data_dir": "/tmp"}, "`data_dir` is only used"),
         ({"model": "m.h5"}, "`model` must be the path of a .keras file"),
-        ({"loss": "mse"}, "`loss` and `metrics` apply to a `model` file"),
+        ({"loss": "mse"}, "`loss`, `metrics` and `imports` apply to a `model` file"),
         ({"model": "m.keras", "metrics": "mae"}, "`metrics` must be a sequence"),
     ],
 )
@@ -186,3 +188,41 @@ def test_comparison_of_your_model_starts_from_its_weights_and_prunes_it(tmp_path
     assert abs(pruned.int8_test_accuracy - pruned.test_accuracy) < 0.05 * pruned.test_accuracy
     summary = comparison.to_dict()
     assert summary["metric"] == "mae" and summary["config"]["model"] == model_path
+
+
+LAYER_MODULE = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="kp_compare_test")
+class Doubling(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+"""
+
+
+def test_imports_register_a_models_custom_layers_before_it_loads(tmp_path, monkeypatch):
+    (tmp_path / "kp_compare_layers.py").write_text(LAYER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import kp_compare_layers
+
+    inputs = keras.Input((12,))
+    model = keras.Model(inputs, _model()(kp_compare_layers.Doubling()(inputs)))
+    model.compile(loss="mse", metrics=["mae"])
+    model.save(tmp_path / "custom.keras")
+    # As in a fresh `keras-prune compare` process: the layer is not registered.
+    keras.saving.get_custom_objects().pop("kp_compare_test>Doubling")
+    monkeypatch.delitem(sys.modules, "kp_compare_layers")
+    config = dict(
+        model=str(tmp_path / "custom.keras"),
+        dataset=_save_npz(tmp_path / "d.npz", _regression()),
+        frequency=1,
+        epochs=2,
+    )
+    with pytest.raises(ValueError, match=r"cannot load .*--import MODULE"):
+        experiment.prepare(ExperimentConfig(**config))
+    with pytest.raises(ValueError, match="`imports`: cannot import 'no_such_module_kp'"):
+        experiment.prepare(ExperimentConfig(**config, imports=("no_such_module_kp",)))
+    comparison, own = experiment.prepare(ExperimentConfig(**config, imports=("kp_compare_layers",)))
+    assert comparison.metric == "mae"
+    assert type(own.build().layers[1]).__name__ == "Doubling"
