@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
+from keras_prune.compare.datasets import DATASETS
 from keras_prune.compare.results import label as run_label
 from keras_prune.compare.results import shown_distribution
 
@@ -167,7 +168,7 @@ def _parser() -> _Parser:
     )
     add(
         "--dataset",
-        choices=("mnist10k", "mnist", "fashion_mnist"),
+        choices=DATASETS,
         help="mnist10k (embedded, 8000 train / 2000 test), mnist or fashion_mnist (default: mnist10k)",
     )
     add("--data-dir", metavar="DIR", help="directory with the IDX files of mnist or fashion_mnist")
@@ -274,7 +275,7 @@ def format_results(results: dict[str, Any]) -> str:
     metric = results.get("metric", "accuracy")  # format 3 and older: the seed's accuracy
     model = config.get("model")
     what = f"{model} on {config['dataset']}" if model else config["dataset"]
-    samples = "images" if config["dataset"] in ("mnist10k", "mnist", "fashion_mnist") else "samples"
+    samples = "images" if config["dataset"] in DATASETS else "samples"
     lines = [
         f"keras-prune compare: {what} ({data['train']} train / {data['validation']} "
         f"validation / {data['test']} test {samples}), backend {results['environment']['backend']}, "
