@@ -53,6 +53,9 @@ _EXPORTS = {
     "gzipped_model_size": "report",
     "Sensitivity": "sensitivity",
     "sensitivity": "sensitivity",
+    "ChannelGroup": "structured.graph",
+    "channel_groups": "structured.graph",
+    "shrink": "structured.shrink",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -69,6 +72,8 @@ if TYPE_CHECKING:
     from keras_prune.saving import load_model, prune_scope, save_model
     from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
     from keras_prune.sensitivity import Sensitivity, sensitivity
+    from keras_prune.structured.graph import ChannelGroup, channel_groups
+    from keras_prune.structured.shrink import shrink
     from keras_prune.wrapper import PruneLowMagnitude
 
 

@@ -168,3 +168,22 @@ def consumers(operation: Any) -> list[Any]:
 def source_operation(tensor: Any) -> Any:
     """The operation that produced the Keras tensor `tensor` (`_keras_history`, 3.0)."""
     return tensor._keras_history.operation
+
+
+def graph_calls(model: keras.Model) -> list[tuple[Any, list[Any], list[Any]]]:
+    """`(operation, input tensors, output tensors)` of every call in `model`'s graph, inputs first.
+
+    `Function._nodes_by_depth` (3.0) holds the calls of a Functional model's
+    graph (a Sequential model keeps its graph in `_functional`, 3.0), and
+    `Node.input_tensors`/`output_tensors` (3.0) their Keras tensors; Keras
+    has no public walk over them. Calls of equal depth do not depend on each
+    other, so deepest first is an order in which every input is made before
+    it is read.
+    """
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    calls = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if not node.is_input:
+                calls.append((node.operation, list(node.input_tensors), list(node.output_tensors)))
+    return calls

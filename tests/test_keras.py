@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 from keras_prune import _keras
@@ -132,3 +133,21 @@ def test_graph_walk_finds_producers_and_consumers_of_layers_and_ops():
     assert _keras.producers(add) == [conv, conv]
     assert _keras.consumers(add) == [pool]
     assert _keras.source_operation(model.outputs[0]) is pool
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_graph_calls_list_every_call_with_its_tensors_inputs_first(kind):
+    dense, relu = keras.layers.Dense(3, name="dense"), keras.layers.ReLU(name="relu")
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((4,)), dense, relu])
+    else:
+        inputs = keras.Input((4,))
+        hidden = dense(inputs)
+        model = keras.Model(inputs, keras.layers.Add()([hidden, relu(hidden)]))
+    calls = _keras.graph_calls(model)
+    names = [operation.name for operation, _, _ in calls]
+    assert names[:2] == ["dense", "relu"] and len(names) == (2 if kind == "sequential" else 3)
+    (operation, inputs, outputs) = calls[0]
+    assert inputs[0] is model.inputs[0] and outputs[0].shape == (None, 3)
+    assert calls[1][1][0] is outputs[0]  # relu reads what dense made
+    assert calls[-1][2][0] is model.outputs[0]

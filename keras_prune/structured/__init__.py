@@ -1,0 +1,1 @@
+"""Structured pruning: whole channels found from the graph, scored, and removed."""

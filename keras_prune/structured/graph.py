@@ -1,0 +1,429 @@
+"""Which output channels of a model must be removed together.
+
+Removing output channel `c` of a Conv2D removes input `c` of every layer
+that reads it, and the same channel of every tensor added to it, through
+batch normalisation, pooling, padding, activations and depthwise
+convolutions. `channel_groups` walks a Functional or Sequential model's
+graph and returns those sets: each `ChannelGroup` is a number of channels
+produced together by one or more layers (the producers: Conv, Dense,
+SeparableConv), whose channel `c` is removed from all of them at once.
+
+A group is removable unless something the walk cannot shrink exactly
+touches it: a model output (its shape stays), a model input, a layer it
+does not know (a custom layer, LayerNormalization, which normalises across
+channels, a Reshape that moves channels, a layer called twice), or a layer
+that would read a nonzero value from a removed channel (a removed channel
+computes `activation(0)`; `sigmoid(0)` is 0.5). Such a group keeps all its
+channels, and `reason` says why: nothing is shrunk that the walk does not
+understand.
+
+What removing channel `c` of a group means, and what a shrunk model
+computes exactly: the producers' kernels and biases for `c` are zero, and
+so are the per-channel weights that carry it (BatchNormalization's scale and
+shift, a depthwise kernel and bias), so that every layer reads 0 there.
+
+Example:
+
+```python
+model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
+for group in keras_prune.channel_groups(model):
+    print(group.size, group.producers, group.reason)   # 256 ('conv2_block1_0_conv', ...) None
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_prune import _keras
+
+L = keras.layers
+CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
+SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+PRODUCERS = (*CONVOLUTIONS, *SEPARABLE, L.Dense)
+DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+ACTIVATIONS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
+# Layers that act on each channel alone and keep 0 at 0.
+ZERO_KEEPING = (
+    L.Dropout,
+    L.SpatialDropout1D,
+    L.SpatialDropout2D,
+    L.SpatialDropout3D,
+    L.GaussianDropout,
+    L.Identity,
+    L.MaxPooling1D,
+    L.MaxPooling2D,
+    L.MaxPooling3D,
+    L.AveragePooling1D,
+    L.AveragePooling2D,
+    L.AveragePooling3D,
+    L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D,
+    L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D,
+    L.ZeroPadding1D,
+    L.ZeroPadding2D,
+    L.ZeroPadding3D,
+    L.Cropping1D,
+    L.Cropping2D,
+    L.Cropping3D,
+    L.UpSampling1D,
+    L.UpSampling2D,
+    L.UpSampling3D,
+)
+# Elementwise merges: the zero of a removed channel survives if every input
+# is zero there (Multiply: if any is).
+MERGES = (L.Add, L.Subtract, L.Maximum, L.Minimum, L.Average)
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    """Channels produced together and removed together.
+
+    Args:
+        size: the number of channels.
+        producers: names of the layers whose output channels these are.
+        offsets: for each producer, its output channel that is the group's
+            channel 0 (0 unless the producer's channels are in several
+            groups, as when they multiply a concatenation).
+        reason: why the group keeps every channel, or None if it can shrink.
+    """
+
+    size: int
+    producers: tuple[str, ...]
+    offsets: tuple[int, ...]
+    reason: str | None
+
+    @property
+    def removable(self) -> bool:
+        return self.reason is None
+
+
+@dataclasses.dataclass
+class _Group:
+    size: int
+    producers: list[tuple[keras.layers.Layer, int]]  # (layer, its output channel for channel 0)
+    reason: str | None
+    parent: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What a tensor's last axis holds: whole groups side by side.
+
+    `zero[i]` says whether a removed channel of `groups[i]` reads 0 here;
+    `repeat` > 1 after Flatten, where channel `c` sits at `p * channels + c`
+    for each of `repeat` positions.
+    """
+
+    groups: tuple[int, ...]
+    zero: tuple[bool, ...]
+    repeat: int = 1
+
+
+@dataclasses.dataclass
+class Graph:
+    """The result of the walk: the groups, and each one-input layer's input and output layouts."""
+
+    groups: list[_Group]
+    calls: dict[int, tuple[keras.layers.Layer, Layout, Layout]]
+    # A group cut in pieces (a Multiply of one group by a concatenation of
+    # two): root -> the groups of its pieces, in channel order.
+    splits: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+
+    def find(self, index: int) -> int:
+        while self.groups[index].parent != index:
+            self.groups[index].parent = self.groups[self.groups[index].parent].parent
+            index = self.groups[index].parent
+        return index
+
+    def leaves(self, index: int) -> list[int]:
+        """The root groups that hold group `index`'s channels now, in order."""
+        root = self.find(index)
+        if root not in self.splits:
+            return [root]
+        return [leaf for piece in self.splits[root] for leaf in self.leaves(piece)]
+
+    def expand(self, layout: Layout) -> Layout:
+        """`layout` in today's groups: roots only, pieces for split groups."""
+        groups, zero = [], []
+        for group, z in zip(layout.groups, layout.zero):
+            for leaf in self.leaves(group):
+                groups.append(leaf)
+                zero.append(z)
+        return Layout(tuple(groups), tuple(zero), layout.repeat)
+
+    def roots(self) -> list[int]:
+        return [i for i in range(len(self.groups)) if self.find(i) == i and i not in self.splits]
+
+    def removable(self) -> list[int]:
+        return [
+            i for i in self.roots() if self.groups[i].reason is None and self.groups[i].producers
+        ]
+
+
+def _zero_at_zero(function: Any) -> bool:
+    """True if `function(0) == 0` (relu, swish, gelu, tanh...; not sigmoid or softplus)."""
+    value = keras.ops.convert_to_numpy(function(keras.ops.zeros((1, 2))))
+    return bool(np.all(value == 0))
+
+
+def _channels_last(layer: keras.layers.Layer) -> bool:
+    return getattr(layer, "data_format", "channels_last") == "channels_last"
+
+
+def _last_dim(tensor: Any) -> int | None:
+    shape = tensor.shape
+    return shape[-1] if len(shape) else None
+
+
+class _Walk:
+    def __init__(self, model: keras.Model):
+        self.graph = Graph([], {})
+        self.layouts: dict[int, Layout] = {}
+        self.model = model
+
+    # groups -----------------------------------------------------------
+    def new(self, size: int, producers: list[Any], reason: str | None) -> int:
+        index = len(self.graph.groups)
+        self.graph.groups.append(_Group(size, producers, reason, index))
+        return index
+
+    def freeze(self, layout: Layout, reason: str) -> None:
+        for index in self.graph.expand(layout).groups:
+            group = self.graph.groups[self.graph.find(index)]
+            group.reason = group.reason or reason
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.graph.find(a), self.graph.find(b)
+        if a != b:
+            first, second = self.graph.groups[a], self.graph.groups[b]
+            second.parent = a
+            first.producers += second.producers
+            first.reason = first.reason or second.reason
+
+    def size(self, layout: Layout) -> int:
+        return sum(self.sizes(layout)) * layout.repeat
+
+    def sizes(self, layout: Layout) -> list[int]:
+        return [self.graph.groups[g].size for g in layout.groups]
+
+    def split(self, group: int, cuts: list[int]) -> list[int]:
+        """Cuts root `group` at the channel positions `cuts`; returns the pieces."""
+        whole = self.graph.groups[group]
+        bounds = [0, *cuts, whole.size]
+        pieces = []
+        for start, end in zip(bounds, bounds[1:]):
+            producers = [(layer, first + start) for layer, first in whole.producers]
+            pieces.append(self.new(end - start, producers, whole.reason))
+        self.graph.splits[group] = pieces
+        return pieces
+
+    def align(self, layouts: list[Layout]) -> list[Layout] | None:
+        """`layouts` cut into groups of the same sizes at the same places, or None if they differ in size."""
+        if len({(self.size(layout), layout.repeat) for layout in layouts}) != 1:
+            return None
+        cuts = set()
+        for layout in layouts:
+            cuts.update(itertools.accumulate(self.sizes(layout)))
+        result = []
+        for layout in layouts:
+            layout = self.graph.expand(layout)  # an earlier input may have cut a group of this one
+            groups, zero, offset = [], [], 0
+            for group, z in zip(layout.groups, layout.zero):
+                size = self.graph.groups[group].size
+                inner = sorted(c - offset for c in cuts if offset < c < offset + size)
+                pieces = self.split(group, inner) if inner else [group]
+                groups += pieces
+                zero += [z] * len(pieces)
+                offset += size
+            result.append(Layout(tuple(groups), tuple(zero), layout.repeat))
+        return [self.graph.expand(layout) for layout in result]
+
+    def opaque(self, tensor: Any, reason: str) -> Layout:
+        """A tensor whose channels nothing may remove."""
+        size = _last_dim(tensor) or 0
+        return Layout((self.new(size, [], reason),), (False,))
+
+    # the walk ---------------------------------------------------------
+    def run(self) -> Graph:
+        calls = _keras.graph_calls(self.model)
+        uses: dict[int, int] = {}
+        for operation, _, _ in calls:
+            uses[id(operation)] = uses.get(id(operation), 0) + 1
+        for tensor in self.model.inputs:
+            self.layouts[id(tensor)] = self.opaque(tensor, "it is a model input")
+        for operation, inputs, outputs in calls:
+            layouts = [self.graph.expand(self.layouts[id(t)]) for t in inputs]
+            result = None
+            if uses[id(operation)] == 1 or not operation.weights:
+                result = self.call(operation, inputs, layouts, outputs)
+            if result is None:
+                name = getattr(operation, "name", type(operation).__name__)
+                reason = f"`{name}` ({type(operation).__name__}) reads it and cannot be shrunk"
+                if uses[id(operation)] > 1 and operation.weights:
+                    reason = f"`{name}` is called {uses[id(operation)]} times"
+                for layout in layouts:
+                    self.freeze(layout, reason)
+                result = [self.opaque(t, reason) for t in outputs]
+            for tensor, layout in zip(outputs, result):
+                self.layouts[id(tensor)] = layout
+            if isinstance(operation, keras.layers.Layer) and len(inputs) == 1:
+                self.graph.calls[id(operation)] = (operation, layouts[0], result[0])
+        for tensor in self.model.outputs:
+            name = _keras.source_operation(tensor).name
+            self.freeze(self.layouts[id(tensor)], f"it reaches the model output of `{name}`")
+        for key, (layer, inputs, outputs) in self.graph.calls.items():
+            self.graph.calls[key] = (layer, self.graph.expand(inputs), self.graph.expand(outputs))
+        return self.graph
+
+    def read(self, layer: keras.layers.Layer, layout: Layout) -> None:
+        """`layer`'s kernel reads `layout`: a removed channel must be 0 there."""
+        for group, zero in zip(layout.groups, layout.zero):
+            if not zero:
+                self.freeze(
+                    Layout((group,), (zero,)),
+                    f"`{layer.name}` would read a nonzero value from its removed channels "
+                    "(an activation with f(0) != 0 comes first)",
+                )
+
+    def call(self, layer: Any, inputs: list[Any], layouts: list[Layout], outputs: list[Any]):
+        """The output layouts of one call, or None if it is not understood."""
+        kind = type(layer)
+        if len(outputs) != 1 or not isinstance(layer, keras.layers.Layer):
+            return None
+        if kind in MERGES or kind is L.Multiply:
+            return self.merge(layer, layouts)
+        if kind is L.Concatenate:
+            return self.concatenate(layer, inputs, layouts)
+        if len(layouts) != 1:
+            return None
+        (layout,) = layouts
+        if kind in PRODUCERS:
+            return self.produce(layer, inputs[0], layout)
+        if layout.repeat != 1 and kind not in (L.Dropout, L.Identity, *ACTIVATIONS):
+            return None
+        if kind in ACTIVATIONS:
+            return [
+                Layout(
+                    layout.groups,
+                    tuple(z and _zero_at_zero(layer) for z in layout.zero),
+                    layout.repeat,
+                )
+            ]
+        if kind in ZERO_KEEPING:
+            return [layout] if _channels_last(layer) else None
+        if kind is L.BatchNormalization:
+            if layer.axis not in (-1, len(inputs[0].shape) - 1):
+                return None
+            return [Layout(layout.groups, (True,) * len(layout.groups))]
+        if kind in DEPTHWISE:
+            if layer.depth_multiplier != 1 or not _channels_last(layer):
+                return None
+            zero = _zero_at_zero(layer.activation)
+            return [Layout(layout.groups, (zero,) * len(layout.groups))]
+        if kind is L.Flatten:
+            shape = inputs[0].shape
+            if not _channels_last(layer) or len(shape) < 3 or None in shape[1:]:
+                return None
+            return [Layout(layout.groups, layout.zero, math.prod(shape[1:-1]))]
+        if kind is L.Reshape:
+            if _last_dim(inputs[0]) is None or _last_dim(inputs[0]) != _last_dim(outputs[0]):
+                return None
+            return [layout]
+        return None
+
+    def produce(self, layer: keras.layers.Layer, tensor: Any, layout: Layout):
+        if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:
+            return None
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            return None
+        if layout.repeat != 1 and not isinstance(layer, L.Dense):
+            return None
+        if self.size(layout) != _last_dim(tensor):
+            return None
+        self.read(layer, layout)
+        units = layer.units if isinstance(layer, L.Dense) else layer.filters
+        group = self.new(units, [(layer, 0)], None)
+        return [Layout((group,), (_zero_at_zero(layer.activation),))]
+
+    def merge(self, layer: keras.layers.Layer, layouts: list[Layout]):
+        aligned = self.align(layouts)
+        if aligned is None:
+            return None
+        first = aligned[0]
+        for other in aligned[1:]:
+            for a, b in zip(first.groups, other.groups):
+                self.union(a, b)
+        combine = any if isinstance(layer, L.Multiply) else all
+        zero = tuple(
+            combine(layout.zero[i] for layout in aligned) for i in range(len(first.groups))
+        )
+        return [Layout(first.groups, zero, first.repeat)]
+
+    def concatenate(self, layer: keras.layers.Layer, inputs: list[Any], layouts: list[Layout]):
+        rank = len(inputs[0].shape)
+        if any(layout.repeat != 1 for layout in layouts):
+            return None
+        if layer.axis in (-1, rank - 1):
+            groups = tuple(g for layout in layouts for g in layout.groups)
+            zero = tuple(z for layout in layouts for z in layout.zero)
+            return [Layout(groups, zero)]
+        return self.merge(
+            layer, layouts
+        )  # along another axis, channel c of each input is one channel
+
+
+def analyse(model: keras.Model) -> Graph:
+    """The walk behind `channel_groups`, with each layer's layouts (for `shrink`)."""
+    return _Walk(model).run()
+
+
+def check_model(model: Any, name: str = "model") -> keras.Model:
+    """Raises unless `model` is a built Functional or Sequential Keras model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`{name}` must be a keras.Model; got {model!r} of type {type(model).__name__}."
+        )
+    if not (isinstance(model, keras.Sequential) or _keras.is_functional(model)):
+        raise ValueError(
+            f"`{name}` must be a Functional or Sequential model; `{model.name}` is a subclassed "
+            f"{type(model).__name__}, whose `call` has no graph to find channel groups in. Build it "
+            "as `keras.Model(inputs, outputs)` (e.g. `keras.Model(x := keras.Input(shape), "
+            "model.call(x))` when its call is made of layers)."
+        )
+    if isinstance(model, keras.Sequential) and not model.built:
+        raise ValueError(
+            f"`{name}` must be built: give the Sequential model a `keras.Input(shape)` first."
+        )
+    return model
+
+
+def channel_groups(model: keras.Model) -> list[ChannelGroup]:
+    """The groups of output channels of `model` that are removed together, in graph order.
+
+    Args:
+        model: a built Functional or Sequential model (a subclassed model
+            has no graph: `ValueError`).
+
+    Returns:
+        One `ChannelGroup` per set of channels that layers produce together;
+        `reason` is None for the groups channel pruning can shrink.
+    """
+    graph = analyse(check_model(model))
+    result = []
+    for index in graph.roots():
+        group = graph.groups[index]
+        if group.producers:
+            names = tuple(layer.name for layer, _ in group.producers)
+            offsets = tuple(first for _, first in group.producers)
+            result.append(ChannelGroup(group.size, names, offsets, group.reason))
+    return result

@@ -1,0 +1,90 @@
+"""How much each channel of a group matters: the norm of the weights that produce it.
+
+A channel's weights are its slice of every producer's kernel (a Conv
+filter, a Dense column, a SeparableConv's pointwise filter); biases and
+normalisation weights do not count. "l2" scores channel `c` of a group
+with producers `k_1..k_n` as `sqrt(sum_i ||k_i[..., c]||^2)`, "l1" as
+`sum_i |k_i[..., c]|_1`. A callable receives one `(channels, fan_in)`
+array per producer and returns one score per channel.
+
+Example:
+
+```python
+scores = importance.scores("l2", [(conv, 0)], conv.filters)
+keep = importance.keep(scores, sparsity=0.5, round_to=8)
+```
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+Importance = str | Callable[[list[np.ndarray]], Any]
+NAMES = ("l1", "l2")
+
+
+def check(importance: Any) -> Importance:
+    """Returns `importance` if it is "l1", "l2" or a callable, else raises naming it."""
+    if callable(importance):
+        return importance
+    if not isinstance(importance, str):
+        raise TypeError(
+            f"`importance` must be 'l1', 'l2' or a callable; got {importance!r} of type "
+            f"{type(importance).__name__}."
+        )
+    if importance not in NAMES:
+        raise ValueError(f"`importance` must be 'l1', 'l2' or a callable; got {importance!r}.")
+    return importance
+
+
+def channel_weights(layer: keras.layers.Layer) -> np.ndarray:
+    """`layer`'s kernel as a `(output channels, fan_in)` array."""
+    kernel = layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+    kernel = keras.ops.convert_to_numpy(kernel).astype("float64")
+    return kernel.reshape(-1, kernel.shape[-1]).T
+
+
+def scores(
+    importance: Importance, producers: Sequence[tuple[keras.layers.Layer, int]], channels: int
+) -> np.ndarray:
+    """One score per channel of a group; higher is kept first.
+
+    `producers` are `(layer, first)`: the group's channel `c` is `layer`'s
+    output channel `first + c`.
+    """
+    weights = [channel_weights(layer)[first : first + channels] for layer, first in producers]
+    if importance == "l2":
+        return np.sqrt(sum(np.square(w).sum(axis=1) for w in weights))
+    if importance == "l1":
+        return sum(np.abs(w).sum(axis=1) for w in weights)
+    result = np.asarray(importance(weights), dtype="float64")
+    if result.shape != (channels,) or not np.all(np.isfinite(result)):
+        names = ", ".join(layer.name for layer, _ in producers)
+        raise ValueError(
+            f"`importance` must return {channels} finite scores, one per channel of the group "
+            f"of {names}; got an array of shape {result.shape}."
+        )
+    return result
+
+
+def kept_count(channels: int, sparsity: float, round_to: int) -> int:
+    """How many of `channels` stay when a `sparsity` fraction is removed.
+
+    At most `floor(sparsity * channels)` go; the count kept is rounded up to a
+    multiple of `round_to`, and never below `round_to` (or all, if fewer).
+    """
+    kept = channels - math.floor(sparsity * channels + 1e-9)
+    kept = max(round_to, math.ceil(kept / round_to) * round_to)
+    return min(channels, kept)
+
+
+def keep(scores: np.ndarray, sparsity: float, round_to: int) -> np.ndarray:
+    """The indices of the channels to keep, ascending: the highest scores (the lower index on a tie)."""
+    count = kept_count(len(scores), sparsity, round_to)
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:count])

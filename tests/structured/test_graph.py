@@ -1,0 +1,110 @@
+"""Tests for keras_prune.structured.graph: which channels are removed together, and which stay."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+from conftest import small_cnn
+
+from keras_prune.structured.graph import channel_groups
+
+L = keras.layers
+
+
+def _groups(model):
+    return {group.producers: group for group in channel_groups(model)}
+
+
+def test_a_sequential_cnn_has_one_group_per_layer_and_keeps_its_output():
+    model = small_cnn()
+    groups = channel_groups(model)
+    assert [g.size for g in groups] == [8, 8, 16, 4]
+    assert [g.removable for g in groups] == [True, True, True, False]
+    assert "model output" in groups[-1].reason
+
+
+def test_residual_adds_tie_channels_and_concatenations_do_not():
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(6, 1, name="a")(x)
+    b = L.Conv2D(6, 3, padding="same", name="b")(x)
+    b = L.BatchNormalization(name="bn")(b)
+    s = L.Activation("relu")(L.Add()([a, b]))
+    c = L.Conv2D(6, 1, name="c")(s)
+    s = L.Add()([s, c])  # a, b and c: one group of 6
+    d = L.Conv2D(4, 1, name="d")(s)
+    cat = L.Concatenate()([s, d])  # d stays its own group
+    e = L.DepthwiseConv2D(3, padding="same", name="dw")(cat)
+    y = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(e))
+    groups = _groups(keras.Model(x, y))
+    assert set(groups) == {("a", "b", "c"), ("d",), ("out",)}
+    assert groups[("a", "b", "c")].size == 6 and groups[("a", "b", "c")].removable
+    assert groups[("d",)].removable
+    assert not groups[("out",)].removable
+
+
+def test_squeeze_and_excitation_ties_the_excitation_to_the_features():
+    x = keras.Input((8, 8, 3))
+    f = L.Conv2D(8, 3, activation="swish", name="features")(x)
+    se = L.GlobalAveragePooling2D(keepdims=True)(f)
+    se = L.Conv2D(2, 1, activation="swish", name="squeeze")(se)
+    se = L.Conv2D(8, 1, activation="sigmoid", name="excite")(se)
+    y = L.Multiply()([f, se])
+    y = L.Dense(3, name="out")(L.Flatten()(y))
+    groups = _groups(keras.Model(x, y))
+    # sigmoid(0) = 0.5, but a removed feature channel is 0 and 0 * 0.5 = 0.
+    assert groups[("features", "excite")].removable
+    assert groups[("squeeze",)].removable
+
+
+def test_a_nonzero_activation_before_a_reader_keeps_the_channels():
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            L.Dense(8, activation="sigmoid", name="gate"),
+            L.Dense(8, activation="relu", name="hidden"),
+            L.Dense(2, name="out"),
+        ]
+    )
+    groups = _groups(model)
+    assert not groups[("gate",)].removable
+    assert "`hidden` would read a nonzero value" in groups[("gate",)].reason
+    assert groups[("hidden",)].removable
+
+
+def test_unknown_layers_keep_the_channels_they_touch():
+    x = keras.Input((6, 4))
+    a = L.Dense(8, name="a")(x)
+    n = L.LayerNormalization(name="norm")(a)  # normalises across channels
+    b = L.Dense(8, name="b")(n)
+    shared = L.Dense(8, name="shared")
+    c = shared(shared(b))  # called twice
+    y = L.Dense(2, name="out")(c)
+    groups = _groups(keras.Model(x, y))
+    assert "`norm` (LayerNormalization)" in groups[("a",)].reason
+    assert "`shared` is called 2 times" in groups[("b",)].reason
+    assert set(groups) == {("a",), ("b",), ("out",)}  # `shared` is no producer
+
+
+def test_a_model_input_is_never_a_group():
+    x = keras.Input((4,))
+    y = L.Dense(3, name="out")(L.Dense(5, name="h")(x))
+    assert [g.producers for g in channel_groups(keras.Model(x, y))] == [("h",), ("out",)]
+
+
+def test_a_subclassed_model_or_an_unbuilt_one_is_refused_with_what_to_do():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = Net()
+    net(keras.ops.zeros((1, 4)))
+    with pytest.raises(ValueError, match="subclassed Net.*keras.Model\\(inputs, outputs\\)"):
+        channel_groups(net)
+    with pytest.raises(ValueError, match="must be built"):
+        channel_groups(keras.Sequential([L.Dense(3)]))
+    with pytest.raises(TypeError, match="`model` must be a keras.Model"):
+        channel_groups(L.Dense(3))

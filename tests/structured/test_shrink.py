@@ -1,0 +1,305 @@
+"""Tests for keras_prune.structured.shrink: smaller layers, the masked model's predictions.
+
+The reference for every shrunk model is the original model with the removed
+channels' weights set to zero by hand here, the removed channels found by a
+full sort of numpy norms of the producers' kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import small_cnn, small_images
+
+from keras_prune.structured.graph import channel_groups
+from keras_prune.structured.shrink import shrink
+
+L = keras.layers
+
+
+def _numpy(variable):
+    return keras.ops.convert_to_numpy(variable)
+
+
+def _kernel(layer):
+    return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+
+
+def _removed(layers, sparsity=0.5, norm=2, offsets=None, size=None):
+    """Removed channels of a group of producer layers (from `offsets`): lowest norms, by a full sort."""
+    kernels = [_numpy(_kernel(layer)) for layer in layers]
+    flat = [k.reshape(-1, k.shape[-1]) for k in kernels]
+    if offsets is not None:
+        flat = [f[:, first : first + size] for f, first in zip(flat, offsets)]
+    if norm == 2:
+        scores = np.sqrt(sum((f.astype("float64") ** 2).sum(axis=0) for f in flat))
+    else:
+        scores = sum(np.abs(f.astype("float64")).sum(axis=0) for f in flat)
+    count = int(np.floor(sparsity * len(scores)))
+    return np.sort(np.argsort(scores)[:count])
+
+
+def _zero(layer, name, index, axis=-1):
+    variable = getattr(layer, name)
+    if variable is None:
+        return
+    value = _numpy(variable).copy()
+    np.moveaxis(value, axis, 0)[index] = 0
+    variable.assign(value)
+
+
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _randomize(model, seed=0):
+    """Random nonzero biases; BatchNormalization that maps 0 to 0 (shift 0, mean 0), depthwise bias 0.
+
+    So the masked reference need only zero the producers' channels.
+    """
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            if layer.gamma is not None:
+                layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+        elif getattr(layer, "bias", None) is not None:
+            zero = isinstance(layer, (L.DepthwiseConv2D, L.DepthwiseConv1D))
+            value = 0 if zero else rng.normal(0, 0.1, layer.bias.shape)
+            layer.bias.assign(np.broadcast_to(value, layer.bias.shape).astype("float32"))
+
+
+def _masked_reference(model, sparsity=0.5, norm=2):
+    """`model` with the removed channels of each removable group zeroed in its producers."""
+    reference = _copy(model)
+    for group in channel_groups(model):
+        if not group.removable:
+            continue
+        producers = [model.get_layer(name) for name in group.producers]
+        removed = _removed(producers, sparsity, norm, group.offsets, group.size)
+        for name, first in zip(group.producers, group.offsets):
+            layer = reference.get_layer(name)
+            kernel = "pointwise_kernel" if hasattr(layer, "pointwise_kernel") else "kernel"
+            _zero(layer, kernel, first + removed)
+            _zero(layer, "bias", first + removed, axis=0)
+    return reference
+
+
+def _outputs(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def _close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_seed_cnn_loses_half_its_channels_and_predicts_as_the_masked_model():
+    model = small_cnn()
+    _randomize(model)
+    x, _ = small_images(8)
+    small = shrink(model, 0.5)
+    assert [small.get_layer(index=i).output.shape[-1] for i in (0, 2, 4)] == [4, 4, 8]
+    assert _outputs(small, x).shape == _outputs(model, x).shape
+    # conv1 3*3*1*4+4, conv2 3*3*4*4+4, dense 9*4*8+8 (Flatten: 3x3 positions), out 8*4+4
+    assert small.count_params() == 40 + 148 + 296 + 36
+    _close(_outputs(small, x), _outputs(_masked_reference(model), x))
+
+
+def test_batch_normalization_and_depthwise_weights_go_with_their_channels():
+    x = keras.Input((6, 6, 2))
+    h = L.Conv2D(6, 3, padding="same", name="conv")(x)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = L.ReLU()(h)
+    y = L.Dense(3, name="out")(L.Flatten()(h))
+    model = keras.Model(x, y)
+    rng = np.random.RandomState(1)
+    for variable in model.weights:  # every weight nonzero: shifts and biases too
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    small = shrink(model, 0.5)
+    assert small.get_layer("dw").kernel.shape == (3, 3, 3, 1)
+    assert small.get_layer("bn").moving_mean.shape == (3,)
+    reference = _copy(model)
+    removed = _removed([model.get_layer("conv")])
+    _zero(reference.get_layer("conv"), "kernel", removed)
+    _zero(reference.get_layer("conv"), "bias", removed, axis=0)
+    for name in ("gamma", "beta"):
+        _zero(reference.get_layer("bn"), name, removed, axis=0)
+    _zero(reference.get_layer("dw"), "kernel", removed, axis=-2)
+    _zero(reference.get_layer("dw"), "bias", removed, axis=0)
+    inputs = rng.rand(4, 6, 6, 2).astype("float32")
+    _close(_outputs(small, inputs), _outputs(reference, inputs))
+
+
+def test_residuals_concatenations_and_squeeze_excitation_shrink_exactly():
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(8, 1, name="a")(x)
+    b = L.BatchNormalization()(L.Conv2D(8, 3, padding="same", name="b")(x))
+    s = L.Activation("relu")(L.Add()([a, b]))
+    d = L.Conv2D(6, 1, activation="relu", name="d")(s)
+    cat = L.Concatenate()([s, d])
+    se = L.GlobalAveragePooling2D()(cat)
+    se = L.Reshape((1, 1, 14))(se)
+    se = L.Conv2D(4, 1, activation="relu", name="squeeze")(se)
+    se = L.Conv2D(14, 1, activation="sigmoid", name="excite")(se)
+    h = L.Multiply()([cat, se])
+    h = L.SeparableConv2D(10, 3, depth_multiplier=2, activation="relu", name="sep")(h)
+    y = L.Dense(3, name="out")(L.GlobalMaxPooling2D()(h))
+    model = keras.Model(x, y)
+    _randomize(model)
+    small = shrink(model, 0.5)
+    assert small.get_layer("excite").filters == 7  # the features' 4 + 3, one group each
+    assert small.get_layer("sep").depthwise_kernel.shape == (3, 3, 7, 2)
+    assert small.get_layer("sep").pointwise_kernel.shape == (1, 1, 14, 5)
+    inputs = np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32")
+    _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+def test_importance_picks_the_channels_a_full_sort_picks(norm):
+    model = small_cnn()
+    _randomize(model)
+    small = shrink(model, 0.75, importance=f"l{norm}")
+    kept = np.setdiff1d(np.arange(8), _removed([model.get_layer(index=0)], 0.75, norm))
+    np.testing.assert_array_equal(
+        _numpy(small.get_layer(index=0).kernel), _numpy(model.get_layer(index=0).kernel)[..., kept]
+    )
+
+
+def test_a_callable_importance_and_round_to():
+    model = small_cnn()
+    first = model.get_layer(index=0)
+
+    def by_index(weights):  # keeps the highest-numbered channels
+        return np.arange(weights[0].shape[0])
+
+    small = shrink(model, 0.5, importance=by_index)
+    np.testing.assert_array_equal(
+        _numpy(small.get_layer(index=0).kernel), _numpy(first.kernel)[..., 4:]
+    )
+    rounded = shrink(model, 0.9, round_to=4)  # 8 -> 1 rounds up to 4; 16 -> 2 rounds up to 4
+    assert [rounded.get_layer(index=i).output.shape[-1] for i in (0, 2, 4)] == [4, 4, 4]
+    with pytest.raises(ValueError, match="`importance` must return 8 finite scores"):
+        shrink(model, 0.5, importance=lambda weights: np.zeros(3))
+
+
+def test_the_original_is_untouched_and_the_result_trains_saves_and_loads_without_keras_prune(
+    tmp_path,
+):
+    x, y = small_images(128)
+    model = small_cnn()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    before = [w.copy() for w in model.get_weights()]
+    small = shrink(model, 0.5)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    small.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = small.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert all(type(layer).__module__.startswith("keras.") for layer in small.layers)
+    path = tmp_path / "small.keras"
+    small.save(path)
+    np.save(tmp_path / "x.npy", x[:8])
+    np.save(tmp_path / "expected.npy", _outputs(small, x[:8]))
+    code = (
+        "import sys, keras, numpy as np; d = sys.argv[1]; "
+        "m = keras.saving.load_model(d + '/small.keras'); "
+        "out = keras.ops.convert_to_numpy(m(np.load(d + '/x.npy'), training=False)); "
+        "np.testing.assert_allclose(out, np.load(d + '/expected.npy'), rtol=1e-5, atol=1e-6); "
+        "assert 'keras_prune' not in sys.modules"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        (
+            "MobileNetV2",
+            lambda: keras.applications.MobileNetV2(
+                weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10
+            ),
+        ),
+        (
+            "ResNet50",
+            lambda: keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10),
+        ),
+        (
+            "EfficientNetB0",
+            lambda: keras.applications.EfficientNetB0(
+                weights=None, input_shape=(32, 32, 3), classes=10
+            ),
+        ),
+        (
+            "DenseNet121",
+            lambda: keras.applications.DenseNet121(
+                weights=None, input_shape=(32, 32, 3), classes=10
+            ),
+        ),
+        (
+            "VGG16",
+            lambda: keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10),
+        ),
+    ],
+)
+def test_keras_applications_shrink_to_the_masked_models_predictions(name, build):
+    model = build()
+    _randomize(model)
+    small = shrink(model, 0.5, round_to=2)
+    assert small.count_params() < 0.4 * model.count_params()
+    inputs = np.random.RandomState(0).rand(2, 32, 32, 3).astype("float32") * 255
+    reference = _masked_reference(model, sparsity=0.5)
+    _close(_outputs(small, inputs), _outputs(reference, inputs))
+
+
+def test_bad_arguments_are_named():
+    model = small_cnn()
+    with pytest.raises(ValueError, match="`sparsity` must be in \\[0, 1\\)"):
+        shrink(model, 1.0)
+    with pytest.raises(TypeError, match="`sparsity`"):
+        shrink(model, "half")
+    with pytest.raises(ValueError, match="`importance` must be 'l1', 'l2' or a callable; got 'l3'"):
+        shrink(model, 0.5, importance="l3")
+    with pytest.raises(ValueError, match="`round_to` must be >= 1"):
+        shrink(model, 0.5, round_to=0)
+    only_output = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    with pytest.raises(
+        ValueError, match="no channel that can be removed: it reaches the model output"
+    ):
+        shrink(only_output, 0.5)
+
+
+def test_a_model_pruned_by_weights_must_be_stripped_first():
+    import keras_prune
+
+    pruned = keras_prune.prune_low_magnitude(small_cnn(), keras_prune.ConstantSparsity(0.5, 0))
+    with pytest.raises(ValueError, match="strip_pruning"):
+        shrink(pruned, 0.5)
+
+
+def test_layers_it_cannot_shrink_are_left_whole_with_a_warning():
+    x = keras.Input((6, 4))
+    a = L.Dense(8, name="a")(x)
+    b = L.Dense(8, name="b")(L.LayerNormalization(name="norm")(a))
+    y = L.Dense(2, name="out")(L.Activation("relu")(b))
+    model = keras.Model(x, y)
+    with pytest.warns(UserWarning, match="1 channel group\\(s\\) keep every channel: a: `norm`"):
+        small = shrink(model, 0.5)
+    assert small.get_layer("a").units == 8 and small.get_layer("b").units == 4
