@@ -47,6 +47,20 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def interleaved(
+    sides: dict[str, Callable[[], Any]], repeats: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """`stats` of each side's calls, the sides alternating call by call after `warmup` rounds."""
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(repeats):
+        for side, fn in sides.items():
+            times[side].append(timed(fn))
+    return {side: stats(t) for side, t in times.items()}
+
+
 def ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
     """Ratio of the medians of two `stats` results."""
     return a["median_s"] / b["median_s"]

@@ -30,7 +30,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -94,15 +93,7 @@ def onnx_runner(path, threads, x):
 
 
 def interleaved(dense, pruned, repeats):
-    for _ in range(WARMUP):
-        dense(), pruned()
-    times = {"dense": [], "pruned": []}
-    for _ in range(repeats):
-        for side, fn in (("dense", dense), ("pruned", pruned)):
-            start = time.perf_counter()
-            fn()
-            times[side].append(time.perf_counter() - start)
-    return {side: _common.stats(t) for side, t in times.items()}
+    return _common.interleaved({"dense": dense, "pruned": pruned}, repeats, WARMUP)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 import keras_prune
 from keras_prune.compare import datasets
+from keras_prune.compare.task import seed_model
 
 pytestmark = pytest.mark.slow  # trains models or starts Python processes
 
@@ -72,3 +73,26 @@ def test_kerashub_example_prints_the_readme_table(capsys):
     start = README.index("```\nlayer", README.index("keras_hub.models.BertBackbone"))
     table = README[start + 4 : README.index("\n```", start + 4)]
     assert printed == table
+
+
+def test_shrink_example_halves_the_channels_and_fine_tunes(monkeypatch, tmp_path):
+    (x_train, y_train), (x_test, y_test) = datasets.load_dataset()
+    monkeypatch.chdir(tmp_path)
+    model = seed_model()  # the quickstart's CNN
+    code = replace(block("keras_prune.shrink(dense"), "epochs=10", "epochs=3")
+    names = {
+        "keras": keras,
+        "keras_prune": keras_prune,
+        "model": model,
+        "x_train": x_train[:4000],
+        "y_train": y_train[:4000],
+        "x_test": x_test[:500],
+        "y_test": y_test[:500],
+    }
+    exec(compile(code, "README.md", "exec"), names)
+    small = names["small"]
+    assert small.count_params() == 108_618  # the figure the README prints
+    loss, accuracy = small.evaluate(x_test[:500], y_test[:500], verbose=0)
+    assert accuracy > 0.85
+    loaded = keras.saving.load_model(tmp_path / "small.keras")
+    assert [w.shape for w in loaded.weights] == [w.shape for w in small.weights]

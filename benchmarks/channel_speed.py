@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Inference speed of models with half their channels removed (`keras_prune.shrink`) against the dense ones.
+
+    KERAS_BACKEND=tensorflow python benchmarks/channel_speed.py [--models resnet50,seed]
+        [--sparsity 0.5] [--round-to 8] [--repeats 7] [--out FILE]
+
+For each model: the dense model (random weights: latency does not depend
+on their values) and `keras_prune.shrink(model, sparsity, round_to=...)`,
+their parameters and FLOPs (2 x multiply-adds of Conv, Dense and depthwise
+layers) and their latency, dense and shrunk alternating call by call after
+a warm-up:
+
+* Keras `model.predict` on the backend running the script, at batch 1 and
+  32 for ResNet50 (224x224) and at batch 250 for the seed CNN (the
+  article's test batch);
+* on the TensorFlow backend also the files `keras_prune.export` writes:
+  `.tflite` run by LiteRT (XNNPack, 2 threads) and `.onnx` run by ONNX
+  Runtime (CPU, 2 threads), at batch 1.
+
+Reported: medians and ranges, and dense/shrunk (> 1: the shrunk model is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # the checkout, not an installed copy
+
+import _common  # noqa: E402
+
+WARMUP = 3
+
+
+def flops(model) -> int:
+    """2 x the multiply-adds of the model's Conv, SeparableConv, DepthwiseConv and Dense layers, per sample.
+
+    Each output position of such a layer costs one multiply-add per kernel
+    entry (a depthwise kernel's entries included, a separable layer's two).
+    """
+    import keras
+
+    L = keras.layers
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+            kernels = [layer.depthwise_kernel, layer.pointwise_kernel]
+        elif isinstance(
+            layer, (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.Dense)
+        ):
+            kernels = [layer.kernel]
+        else:
+            continue
+        positions = math.prod(layer.output.shape[1:-1])
+        total += positions * sum(math.prod(kernel.shape) for kernel in kernels)
+    return 2 * total
+
+
+def predictor(model, x):
+    return lambda: model.predict(x, batch_size=len(x), verbose=0)
+
+
+def interleaved(dense, small, repeats):
+    return _common.interleaved({"dense": dense, "shrunk": small}, repeats, WARMUP)
+
+
+def report(results, name, setting, timing):
+    d, s = timing["dense"], timing["shrunk"]
+    run = {"model": name, "setting": setting, **timing, "dense_over_shrunk": _common.ratio(d, s)}
+    results["runs"].append(run)
+    print(
+        f"{name:<9} {setting:<28} dense {d['median_s'] * 1e3:8.2f} ms ({d['min_s'] * 1e3:.2f}-"
+        f"{d['max_s'] * 1e3:.2f}), shrunk {s['median_s'] * 1e3:8.2f} ms ({s['min_s'] * 1e3:.2f}-"
+        f"{s['max_s'] * 1e3:.2f}), dense/shrunk {run['dense_over_shrunk']:.2f}x",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--models", default="resnet50,seed")
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+
+    import keras_prune
+    from keras_prune.compare.task import seed_model
+
+    backend = keras.backend.backend()
+    out = args.out or os.path.join(HERE, "results", f"channel_speed_{backend}.json")
+    keras.utils.set_random_seed(0)
+    builders = {
+        "resnet50": (lambda: keras.applications.ResNet50(weights=None), (1, 32)),
+        "seed": (seed_model, (250,)),
+    }
+    results = {"machine": _common.machine_info(), "command": " ".join(sys.argv), "backend": backend}
+    results["runs"], results["models"] = [], []
+    rng = np.random.default_rng(0)
+    for name in args.models.split(","):
+        build, batches = builders[name]
+        dense = build()
+        small = keras_prune.shrink(dense, args.sparsity, round_to=args.round_to)
+        sizes = {
+            "model": name,
+            "dense_params": dense.count_params(),
+            "shrunk_params": small.count_params(),
+            "dense_flops": flops(dense),
+            "shrunk_flops": flops(small),
+        }
+        results["models"].append(sizes)
+        print(
+            f"{name}: params {sizes['dense_params']:,} -> {sizes['shrunk_params']:,} "
+            f"({sizes['dense_params'] / sizes['shrunk_params']:.2f}x), FLOPs "
+            f"{sizes['dense_flops'] / 1e9:.3f} G -> {sizes['shrunk_flops'] / 1e9:.3f} G "
+            f"({sizes['dense_flops'] / sizes['shrunk_flops']:.2f}x)",
+            flush=True,
+        )
+        for batch in batches:
+            x = rng.random((batch, *dense.input_shape[1:]), dtype=np.float32)
+            timing = interleaved(
+                predictor(dense, x),
+                predictor(small, x),
+                args.repeats if batch > 1 else 4 * args.repeats,
+            )
+            report(results, name, f"keras predict, batch {batch}", timing)
+        if backend != "tensorflow":
+            continue
+        from runtime_latency import litert_runner, onnx_runner
+
+        x = rng.random((1, *dense.input_shape[1:]), dtype=np.float32)
+        with tempfile.TemporaryDirectory() as tmp:
+            for suffix, runner in ((".tflite", litert_runner), (".onnx", onnx_runner)):
+                paths = {}
+                for side, model in (("dense", dense), ("shrunk", small)):
+                    paths[side] = os.path.join(tmp, side + suffix)
+                    keras_prune.export(model, paths[side])
+                timing = interleaved(
+                    runner(paths["dense"], 2, x), runner(paths["shrunk"], 2, x), 6 * args.repeats
+                )
+                runtime = "LiteRT" if suffix == ".tflite" else "ONNX Runtime"
+                report(results, name, f"{runtime}, batch 1, 2 threads", timing)
+    _common.write_results(out, results)
+
+
+if __name__ == "__main__":
+    main()
