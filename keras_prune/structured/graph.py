@@ -7,6 +7,9 @@ convolutions. `channel_groups` walks a Functional or Sequential model's
 graph and returns those sets: each `ChannelGroup` is a number of channels
 produced together by one or more layers (the producers: Conv, Dense,
 SeparableConv), whose channel `c` is removed from all of them at once.
+The heads of a `MultiHeadAttention` are a group too: removing head `h`
+removes its query, key and value projections and its rows of the output
+projection.
 
 A group is removable unless something the walk cannot shrink exactly
 touches it: a model output (its shape stays), a model input, a layer it
@@ -138,6 +141,8 @@ class Graph:
     # A group cut in pieces (a Multiply of one group by a concatenation of
     # two): root -> the groups of its pieces, in channel order.
     splits: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    # id(MultiHeadAttention) -> (the layer, the group of its heads)
+    heads: dict[int, tuple[keras.layers.Layer, int]] = dataclasses.field(default_factory=dict)
 
     def find(self, index: int) -> int:
         while self.groups[index].parent != index:
@@ -304,6 +309,8 @@ class _Walk:
             return self.merge(layer, layouts)
         if kind is L.Concatenate:
             return self.concatenate(layer, inputs, layouts)
+        if kind is L.MultiHeadAttention:
+            return self.attention(layer, layouts, outputs[0])
         if len(layouts) != 1:
             return None
         (layout,) = layouts
@@ -354,6 +361,20 @@ class _Walk:
         units = layer.units if isinstance(layer, L.Dense) else layer.filters
         group = self.new(units, [(layer, 0)], None)
         return [Layout((group,), (_zero_at_zero(layer.activation),))]
+
+    def attention(self, layer: keras.layers.MultiHeadAttention, layouts: list[Layout], output: Any):
+        """Its heads are a group of their own; its input and output channels stay."""
+        kernels = [layer.query_dense.kernel, layer.key_dense.kernel, layer.value_dense.kernel]
+        heads = layer.num_heads
+        if layer.get_config().get("use_gate") or layer.output_dense.kernel.shape[0] != heads:
+            return None
+        if any(len(kernel.shape) != 3 or kernel.shape[1] != heads for kernel in kernels):
+            return None
+        reason = f"`{layer.name}` (MultiHeadAttention) reads it; only its heads are removed"
+        for layout in layouts:
+            self.freeze(layout, reason)
+        self.graph.heads[id(layer)] = (layer, self.new(heads, [(layer, 0)], None))
+        return [self.opaque(output, f"it is the output of `{layer.name}` (MultiHeadAttention)")]
 
     def merge(self, layer: keras.layers.Layer, layouts: list[Layout]):
         aligned = self.align(layouts)

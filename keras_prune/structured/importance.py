@@ -1,8 +1,9 @@
 """How much each channel of a group matters: the norm of the weights that produce it.
 
 A channel's weights are its slice of every producer's kernel (a Conv
-filter, a Dense column, a SeparableConv's pointwise filter); biases and
-normalisation weights do not count. "l2" scores channel `c` of a group
+filter, a Dense column, a SeparableConv's pointwise filter, an attention
+head's query, key, value and output kernels); biases and normalisation
+weights do not count. "l2" scores channel `c` of a group
 with producers `k_1..k_n` as `sqrt(sum_i ||k_i[..., c]||^2)`, "l1" as
 `sum_i |k_i[..., c]|_1`. A callable receives one `(channels, fan_in)`
 array per producer and returns one score per channel.
@@ -42,10 +43,22 @@ def check(importance: Any) -> Importance:
     return importance
 
 
+def _numpy(variable: keras.Variable) -> np.ndarray:
+    return keras.ops.convert_to_numpy(variable).astype("float64")
+
+
 def channel_weights(layer: keras.layers.Layer) -> np.ndarray:
-    """`layer`'s kernel as a `(output channels, fan_in)` array."""
-    kernel = layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
-    kernel = keras.ops.convert_to_numpy(kernel).astype("float64")
+    """`layer`'s kernel as a `(output channels, fan_in)` array.
+
+    For a MultiHeadAttention the channels are its heads, and a head's weights
+    its query, key and value kernels and its rows of the output kernel.
+    """
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        projections = (layer.query_dense, layer.key_dense, layer.value_dense)
+        per_head = [np.moveaxis(_numpy(p.kernel), 1, 0) for p in projections]
+        per_head.append(_numpy(layer.output_dense.kernel))
+        return np.concatenate([w.reshape(layer.num_heads, -1) for w in per_head], axis=1)
+    kernel = _numpy(layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel)
     return kernel.reshape(-1, kernel.shape[-1]).T
 
 

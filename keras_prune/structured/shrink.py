@@ -4,8 +4,8 @@
 `model` (`structured.graph`) by the norm of their weights
 (`structured.importance`), removes the lowest `sparsity` fraction of each
 group, and rebuilds the model with smaller layers: Conv filters, Dense
-units, the matching inputs of the layers that read them, and the
-BatchNormalization and depthwise weights that carry them. The result holds
+units and attention heads, the matching inputs of the layers that read
+them, and the BatchNormalization and depthwise weights that carry them. The result holds
 only Keras layers, so it saves and loads without keras_prune and exports
 like any model; its predictions are those of `model` with the removed
 channels' weights set to zero (`structured.graph` says which weights).
@@ -24,6 +24,7 @@ small.compile(...); small.fit(...)   # fine-tune what is left
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
@@ -138,21 +139,37 @@ def _config(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
     config = layer.get_config()
     if isinstance(layer, PRODUCERS) and outputs is not None:
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = len(outputs)
+    if isinstance(layer, keras.layers.MultiHeadAttention) and outputs is not None:
+        config["num_heads"] = len(outputs)
     if isinstance(layer, keras.layers.Reshape) and inputs is not None:
         config["target_shape"] = (*config["target_shape"][:-1], len(inputs))
     return config
+
+
+def _attribute(layer: keras.layers.Layer, path: str) -> Any:
+    """`layer.a.b` for the path "a.b", or None."""
+    for name in path.split("."):
+        layer = getattr(layer, name, None)
+    return layer
 
 
 def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.ndarray | None):
     """`{attribute: value}` of `layer`'s weights with the removed channels cut out."""
 
     def value(name: str) -> np.ndarray | None:
-        variable = getattr(layer, name, None)
+        variable = _attribute(layer, name)
         return None if variable is None else keras.ops.convert_to_numpy(variable)
 
     def cut(array: np.ndarray | None, index: np.ndarray | None, axis: int) -> np.ndarray | None:
         return array if array is None or index is None else np.take(array, index, axis=axis)
 
+    if isinstance(layer, keras.layers.MultiHeadAttention):  # `outputs` are the heads kept
+        sliced = {"output_dense.kernel": cut(value("output_dense.kernel"), outputs, 0)}
+        sliced["output_dense.bias"] = value("output_dense.bias")
+        for projection in ("query_dense", "key_dense", "value_dense"):
+            sliced[f"{projection}.kernel"] = cut(value(f"{projection}.kernel"), outputs, 1)
+            sliced[f"{projection}.bias"] = cut(value(f"{projection}.bias"), outputs, 0)
+        return sliced
     if isinstance(layer, (*CONVOLUTIONS, keras.layers.Dense)):
         kernel = cut(cut(value("kernel"), inputs, -2), outputs, -1)
         return {"kernel": kernel, "bias": cut(value("bias"), outputs, 0)}
@@ -178,6 +195,8 @@ def rebuild(model: keras.Model, graph: Graph, keep: Keep) -> keras.Model:
     plans: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
     for layer, inputs, outputs in graph.calls.values():
         plans[id(layer)] = (indices(graph, inputs, keep), indices(graph, outputs, keep))
+    for layer, group in graph.heads.values():
+        plans[id(layer)] = (None, keep.get(graph.find(group)))
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -198,5 +217,5 @@ def rebuild(model: keras.Model, graph: Graph, keep: Keep) -> keras.Model:
                 f"cannot shrink `{old.name}`: it has weights other than {sorted(sliced)}"
             )
         for name, array in sliced.items():
-            getattr(new, name).assign(array)
+            _attribute(new, name).assign(array)
     return clone

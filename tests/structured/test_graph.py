@@ -108,3 +108,12 @@ def test_a_subclassed_model_or_an_unbuilt_one_is_refused_with_what_to_do():
         channel_groups(keras.Sequential([L.Dense(3)]))
     with pytest.raises(TypeError, match="`model` must be a keras.Model"):
         channel_groups(L.Dense(3))
+
+
+def test_attention_heads_are_a_group_unless_gated():
+    x = keras.Input((5, 8))
+    a = L.MultiHeadAttention(4, 2, name="plain")(x, x)
+    b = L.MultiHeadAttention(4, 2, use_gate=True, name="gated")(a, a)
+    groups = _groups(keras.Model(x, L.Dense(2, name="out")(b)))
+    assert groups[("plain",)].size == 4 and groups[("plain",)].removable
+    assert ("gated",) not in groups

@@ -303,3 +303,52 @@ def test_layers_it_cannot_shrink_are_left_whole_with_a_warning():
     with pytest.warns(UserWarning, match="1 channel group\\(s\\) keep every channel: a: `norm`"):
         small = shrink(model, 0.5)
     assert small.get_layer("a").units == 8 and small.get_layer("b").units == 4
+
+
+def _encoder(hidden=16, heads=4, ffn=32, blocks=2, length=6, vocab=50):
+    """A BERT-style encoder from Keras layers: attention and FFN blocks between LayerNorms."""
+    ids = keras.Input((length,), dtype="int32")
+    x = L.Embedding(vocab, hidden, name="embedding")(ids)
+    for i in range(blocks):
+        attention = L.MultiHeadAttention(heads, hidden // heads, name=f"attention_{i}")(x, x)
+        x = L.LayerNormalization(name=f"norm_{i}_a")(L.Add()([x, attention]))
+        h = L.Dense(ffn, activation="gelu", name=f"ffn_{i}_in")(x)
+        h = L.Dense(hidden, name=f"ffn_{i}_out")(h)
+        x = L.LayerNormalization(name=f"norm_{i}_b")(L.Add()([x, h]))
+    y = L.Dense(3, name="out")(L.GlobalAveragePooling1D()(x))
+    return keras.Model(ids, y)
+
+
+def test_a_transformer_encoder_loses_heads_and_ffn_units_and_keeps_its_width():
+    model = _encoder()
+    _randomize(model)
+    groups = {g.producers: g for g in channel_groups(model)}
+    assert groups[("attention_0",)].size == 4 and groups[("attention_0",)].removable
+    assert groups[("ffn_0_in",)].removable
+    assert "LayerNormalization" in groups[("ffn_0_out",)].reason  # the residual width stays
+    with pytest.warns(UserWarning, match="keep every channel"):
+        small = shrink(model, 0.5)
+    assert small.get_layer("attention_1").num_heads == 2
+    assert small.get_layer("attention_1").query_dense.kernel.shape == (16, 2, 4)
+    assert small.get_layer("ffn_1_in").units == 16 and small.get_layer("ffn_1_out").units == 16
+    reference = _copy(model)
+    for i in range(2):
+        original = model.get_layer(f"attention_{i}")
+        heads = np.concatenate(
+            [
+                np.moveaxis(_numpy(p.kernel), 1, 0).reshape(4, -1)
+                for p in (original.query_dense, original.key_dense, original.value_dense)
+            ]
+            + [_numpy(original.output_dense.kernel).reshape(4, -1)],
+            axis=1,
+        )
+        removed = np.sort(np.argsort((heads.astype("float64") ** 2).sum(axis=1))[:2])
+        attention = reference.get_layer(f"attention_{i}")
+        _zero(attention.value_dense, "kernel", removed, axis=1)  # a removed head outputs 0
+        _zero(attention.value_dense, "bias", removed, axis=0)
+        ffn = reference.get_layer(f"ffn_{i}_in")
+        removed = _removed([model.get_layer(f"ffn_{i}_in")])
+        _zero(ffn, "kernel", removed)
+        _zero(ffn, "bias", removed, axis=0)
+    ids = np.random.RandomState(0).randint(0, 50, (4, 6))
+    _close(_outputs(small, ids), _outputs(reference, ids))
