@@ -80,3 +80,17 @@ def shared(layer: keras.layers.Layer, key: Hashable, compute: Callable[[], Any])
 def entry_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     """The outermost layer (usually the model) of the current forward pass."""
     return _keras.call_context(layer).entry_layer
+
+
+def outer_layer(layer: keras.layers.Layer, unknown: str) -> keras.layers.Layer:
+    """The model that `layer` runs in now, to look up its partners in.
+
+    JAX's trainer calls each top-level layer on its own (see above), so
+    there the layer is its own entry layer and cannot find the model:
+    raises ValueError, `unknown` saying what the layer is missing and how
+    to link it beforehand.
+    """
+    root = entry_layer(layer)
+    if root is layer:
+        raise ValueError(f"{layer.name!r} {unknown}")
+    return root

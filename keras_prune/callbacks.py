@@ -18,6 +18,7 @@ from keras_prune import _tfevents, global_pruning
 from keras_prune.masks import keep_count
 from keras_prune.prune import pruned_layers
 from keras_prune.schedules import pruning_points
+from keras_prune.structured import channel_mask
 from keras_prune.wrapper import PruneLowMagnitude
 
 
@@ -42,13 +43,16 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         wrappers = list(pruned_layers(self.model))
         global_pruning.link(wrappers)
+        masks = channel_mask.channel_masks(self.model)
+        channel_mask.link(self.model)  # a loaded model's masks find the layers they score
         # The first pruning step of this run (a resumed model starts past 1).
         steps = [int(ops.convert_to_numpy(w.pruning_step)) for w in wrappers]
         self._first_step = min(steps, default=0) + 1
-        if not wrappers:
+        if not wrappers and not masks:
             warnings.warn(
-                "UpdatePruningStep: the model has no PruneLowMagnitude layers; "
-                "nothing will be pruned. Call keras_prune.prune_low_magnitude first.",
+                "UpdatePruningStep: the model has no PruneLowMagnitude or ChannelMask layers; "
+                "nothing will be pruned. Call keras_prune.prune_low_magnitude (or "
+                "prune_channels) first.",
                 UserWarning,
                 stacklevel=2,
             )

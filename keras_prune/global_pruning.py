@@ -55,13 +55,12 @@ def group_members(wrapper: PruneLowMagnitude) -> list[PruneLowMagnitude]:
     """The wrappers in `wrapper`'s global group (linked by `link`)."""
     members = getattr(wrapper, "_group_members", None)
     if members is None:
-        root = _forward_pass.entry_layer(wrapper)
-        if root is wrapper:
-            raise ValueError(
-                f"{wrapper.name!r} is in the global pruning group {wrapper.global_group!r} "
-                "but does not know its other members (a loaded model?). Train with "
-                "keras_prune.UpdatePruningStep() among the callbacks."
-            )
+        root = _forward_pass.outer_layer(
+            wrapper,
+            f"is in the global pruning group {wrapper.global_group!r} but does not know its "
+            "other members (a loaded model?). Train with keras_prune.UpdatePruningStep() "
+            "among the callbacks.",
+        )
         # The wrapper's own class finds its kind in the model, without an
         # import of the wrapper module (which imports this one).
         link(layer for layer in _keras.flatten_layers(root) if isinstance(layer, type(wrapper)))

@@ -32,10 +32,10 @@ LAYERS = [
         "structured.importance",
     },
     {"global_pruning"},
-    {"wrapper"},
+    {"wrapper", "structured.channel_mask"},
     {"policy"},
-    {"prune", "report", "saving"},
-    {"callbacks", "kps", "sensitivity", "structured.shrink"},
+    {"prune", "report", "saving", "structured.shrink"},
+    {"callbacks", "kps", "sensitivity", "structured.prune_channels"},
     {"runtimes", "tfmot"},
     {"__init__"},
 ]

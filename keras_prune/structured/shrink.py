@@ -24,6 +24,7 @@ small.compile(...); small.fit(...)   # fine-tune what is left
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -31,6 +32,7 @@ import numpy as np
 
 from keras_prune import _keras, _validation
 from keras_prune.structured import importance as importance_lib
+from keras_prune.structured.channel_mask import ChannelMask, channel_masks
 from keras_prune.structured.graph import (
     CONVOLUTIONS,
     DEPTHWISE,
@@ -48,17 +50,20 @@ Keep = dict[int, np.ndarray]  # root group -> indices of its channels that stay
 
 def shrink(
     model: keras.Model,
-    sparsity: float,
+    sparsity: float | None = None,
     *,
     importance: importance_lib.Importance = "l2",
     round_to: int = 1,
 ) -> keras.Model:
-    """Removes the least important `sparsity` fraction of every removable channel group of `model`.
+    """Removes whole channels of `model`: those its masks removed, or the least important at once.
 
     Args:
-        model: a built Functional or Sequential model, trained and not
-            pruned by weights (call `strip_pruning` first).
-        sparsity: the fraction of each group's channels to remove, in [0, 1).
+        model: a built Functional or Sequential model: one that
+            `prune_channels` made and trained (its masked channels go), or
+            any trained model not pruned by weights (call `strip_pruning`
+            first), whose channels `shrink` scores and removes at once.
+        sparsity: None for a model from `prune_channels`; else the fraction
+            of each group's channels to remove, in [0, 1).
         importance: "l2" or "l1" (the norm of a channel's kernel weights),
             or a callable (see `structured.importance`).
         round_to: keep a multiple of this many channels in each group (and
@@ -76,7 +81,6 @@ def shrink(
     walk does not know) are listed in one warning.
     """
     check_model(model)
-    sparsity = _validation.sparsity(sparsity, "sparsity")
     importance = importance_lib.check(importance)
     round_to = _validation.count(round_to, "round_to", minimum=1)
     if any(isinstance(layer, PruneLowMagnitude) for layer in _keras.flatten_layers(model)):
@@ -84,6 +88,22 @@ def shrink(
             "`model` is pruned by weights (it has PruneLowMagnitude layers); call "
             "`keras_prune.strip_pruning(model)` first, then shrink the stripped model."
         )
+    masks = channel_masks(model)
+    if masks:
+        if sparsity is not None or importance != "l2" or round_to != 1:
+            raise ValueError(
+                f"`model` comes from prune_channels: its masks say which channels go, so "
+                f"`sparsity`, `importance` and `round_to` must be left out; got "
+                f"sparsity={sparsity!r}, importance={importance!r}, round_to={round_to!r}."
+            )
+        return _shrink_masked(model, masks)
+    if sparsity is None:
+        raise ValueError(
+            "`sparsity` is needed: `model` has no channel masks (it is not from "
+            "prune_channels), so shrink scores its channels and removes this fraction of "
+            "each group at once, e.g. `shrink(model, 0.5)`."
+        )
+    sparsity = _validation.sparsity(sparsity, "sparsity")
     graph = analyse(model)
     removable = graph.removable()
     if not removable:
@@ -190,22 +210,70 @@ def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
     return {name: cut(value(name), inputs, 0) for name in names}
 
 
-def rebuild(model: keras.Model, graph: Graph, keep: Keep) -> keras.Model:
-    """`model` with the channels not in `keep` cut out of every layer (groups absent from `keep` stay whole)."""
+def clone(
+    model: keras.Model,
+    configure: Callable[[keras.layers.Layer], dict[str, Any]],
+    skip: Callable[[keras.layers.Layer], bool] = lambda layer: False,
+    after: Callable[[keras.layers.Layer], keras.layers.Layer | None] = lambda layer: None,
+) -> tuple[keras.Model, list[tuple[keras.layers.Layer, keras.layers.Layer]]]:
+    """`model`'s graph with new layers made from `configure(layer)`, without the layers
+    `skip` picks and with the layer `after(layer)` (if any) called on each layer's output.
+
+    Returns the new model and the `(old, new)` layer pairs, whose weights the
+    caller sets.
+    """
+    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+    originals: dict[int, keras.layers.Layer] = {}
+
+    def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
+        new = layer.__class__.from_config(configure(layer))
+        originals[id(new)] = layer
+        if not skip(layer):
+            pairs.append((layer, new))
+        return new
+
+    if isinstance(model, keras.Sequential):  # clone_model calls no call_function on these
+        layers = []
+        for layer in model.layers:
+            if not skip(layer):
+                layers.append(clone_function(layer))
+                extra = after(layer)
+                layers += [] if extra is None else [extra]
+        source = model.inputs[0]
+        inputs = keras.Input(batch_shape=source.shape, dtype=source.dtype)
+        return keras.Sequential([inputs, *layers], name=model.name), pairs
+
+    def call_function(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
+        original = originals[id(layer)]
+        if skip(original):
+            return args[0]
+        outputs = layer(*args, **kwargs)
+        extra = after(original)
+        return outputs if extra is None else extra(outputs)
+
+    return keras.models.clone_model(
+        model, clone_function=clone_function, call_function=call_function
+    ), pairs
+
+
+def rebuild(
+    model: keras.Model,
+    graph: Graph,
+    keep: Keep,
+    after: Callable[[keras.layers.Layer], keras.layers.Layer | None] = lambda layer: None,
+) -> keras.Model:
+    """`model` with the channels not in `keep` cut out of every layer (groups absent from
+    `keep` stay whole), and `after(layer)` called on the output of each layer."""
     plans: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
     for layer, inputs, outputs in graph.calls.values():
         plans[id(layer)] = (indices(graph, inputs, keep), indices(graph, outputs, keep))
     for layer, group in graph.heads.values():
         plans[id(layer)] = (None, keep.get(graph.find(group)))
-    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
 
-    def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        inputs, outputs = plans.get(id(layer), (None, None))
-        new = layer.__class__.from_config(_config(layer, inputs, outputs))
-        pairs.append((layer, new))
-        return new
+    def configure(layer: keras.layers.Layer) -> dict[str, Any]:
+        return _config(layer, *plans.get(id(layer), (None, None)))
 
-    clone = keras.models.clone_model(model, clone_function=clone_function)
+    result, pairs = clone(model, configure, after=after)
     for old, new in pairs:
         inputs, outputs = plans.get(id(old), (None, None))
         if inputs is None and outputs is None:
@@ -218,4 +286,38 @@ def rebuild(model: keras.Model, graph: Graph, keep: Keep) -> keras.Model:
             )
         for name, array in sliced.items():
             _attribute(new, name).assign(array)
-    return clone
+    return result
+
+
+def _unmasked(model: keras.Model) -> keras.Model:
+    """`model` without its `ChannelMask` layers, with its weights."""
+    result, pairs = clone(
+        model, lambda layer: layer.get_config(), skip=lambda layer: isinstance(layer, ChannelMask)
+    )
+    for old, new in pairs:
+        new.set_weights(old.get_weights())
+    return result
+
+
+def _shrink_masked(model: keras.Model, masks: list[ChannelMask]) -> keras.Model:
+    """Removes the channels that `model`'s `ChannelMask` layers mask to 0."""
+    plain = _unmasked(model)
+    graph = analyse(plain)
+    keep: Keep = {}
+    for mask in masks:
+        _, _, layout = graph.calls[id(plain.get_layer(mask.source))]
+        values = keras.ops.convert_to_numpy(mask.mask)
+        start = 0
+        for group in layout.groups:
+            size = graph.groups[group].size
+            kept = np.flatnonzero(values[start : start + size])
+            start += size
+            if len(kept) == size:
+                continue
+            if group in keep and not np.array_equal(keep[group], kept):
+                raise ValueError(
+                    f"the masks of `model` disagree on the channels of one group ({mask.name} "
+                    f"keeps {len(kept)}); it cannot be shrunk. Was a mask set by hand?"
+                )
+            keep[group] = kept
+    return rebuild(plain, graph, keep)

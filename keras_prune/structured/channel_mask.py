@@ -1,0 +1,218 @@
+"""`ChannelMask`: zeroes the removed channels of a tensor while `prune_channels` trains.
+
+`prune_channels` puts one after every layer whose output holds channels it
+prunes (a Conv, Dense or SeparableConv, a BatchNormalization, a depthwise
+convolution), so a removed channel is exactly 0 wherever it is read, as it
+is absent from the model `shrink` makes. Its mask is one 0/1 entry per
+channel, in segments: one per channel group of the tensor (a concatenation
+has several), each naming the layers that produce the group.
+
+Each training call advances the layer's `pruning_step` once per batch inside
+the compiled train step, as `PruneLowMagnitude` does, and when the schedule
+says so recomputes the mask: in each segment the channels with the largest
+norm of their producers' kernel slices stay, `kept_count(channels,
+sparsity, round_to)` of them, removed channels scoring 0 so that they stay
+removed. Every `ChannelMask` of a group computes the same channels from the
+same weights (once per forward pass, then shared), so the group is removed
+as one without a shared variable, and a saved model resumes as it was.
+
+Example:
+
+```python
+masked = keras_prune.prune_channels(model, keras_prune.PolynomialDecay(0, 0.5, 0, 1000))
+[layer.name for layer in masked.layers if isinstance(layer, ChannelMask)]   # ['conv1_channel_mask', ...]
+```
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_prune import _backend, _forward_pass, _keras, _validation
+from keras_prune.schedules import PruningSchedule
+
+IMPORTANCES = ("l1", "l2")
+
+
+def _segment(value: Any) -> dict[str, Any]:
+    """A segment as stored in the config: its group name, size and producers."""
+    if not isinstance(value, dict) or set(value) != {"group", "size", "producers"}:
+        raise TypeError(
+            "each of `segments` must be a dict with keys 'group', 'size' and 'producers'; "
+            f"got {value!r}."
+        )
+    producers = [(str(name), int(first)) for name, first in value["producers"]]
+    return {"group": str(value["group"]), "size": int(value["size"]), "producers": producers}
+
+
+@keras.saving.register_keras_serializable(package="keras_prune")
+class ChannelMask(keras.layers.Layer):
+    """Multiplies its input's channels (last axis) by a 0/1 mask that a pruning schedule updates.
+
+    Made by `prune_channels`; public so that `isinstance` checks and
+    `keras.saving` find it.
+
+    Args:
+        pruning_schedule: a `PruningSchedule`; its sparsity is the fraction
+            of each group's channels removed.
+        segments: one dict per channel group along the last axis, in order:
+            `{"group": name, "size": channels, "producers": [[layer name,
+            first output channel], ...]}`; a segment with no producers is
+            never pruned.
+        importance: "l2" or "l1", the norm of a channel's kernel weights.
+        round_to: keep a multiple of this many channels per group (and at
+            least this many).
+        source: the name of the layer whose output this masks.
+    """
+
+    def __init__(
+        self,
+        pruning_schedule: PruningSchedule,
+        segments: list[dict[str, Any]],
+        importance: str = "l2",
+        round_to: int = 1,
+        source: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        _validation.instance(
+            pruning_schedule, "pruning_schedule", PruningSchedule, "a keras_prune.PruningSchedule"
+        )
+        self.pruning_schedule = pruning_schedule
+        self.segments = [_segment(s) for s in segments]
+        self.importance = _validation.one_of(importance, "importance", IMPORTANCES)
+        self.round_to = _validation.count(round_to, "round_to", minimum=1)
+        self.source = source
+        self.supports_masking = True
+
+    def build(self, input_shape: Any) -> None:
+        channels = sum(s["size"] for s in self.segments)
+        if input_shape[-1] != channels:
+            raise ValueError(
+                f"{self.name!r} masks {channels} channels but its input has {input_shape[-1]}."
+            )
+        self.mask = self.add_weight(
+            name="mask", shape=(channels,), initializer="ones", dtype="float32", trainable=False
+        )
+        # Training batches seen; the first batch is step 1, as for PruneLowMagnitude.
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), initializer="zeros", dtype="int32", trainable=False
+        )
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if training:
+            self._update()
+        return ops.multiply(inputs, ops.cast(self.mask.value, inputs.dtype))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    # The mask update ------------------------------------------------------
+    def _update(self) -> None:
+        if not _forward_pass.first_call(self, ("step", id(self))):
+            return
+        with _keras.full_precision():  # float32 weights under a mixed policy (see _keras)
+            self._advance_and_prune()
+
+    @_backend.eager
+    def _advance_and_prune(self) -> None:
+        step = ops.add(self.pruning_step.value, 1)
+        self.pruning_step.assign(step)
+        should_prune, sparsity = self.pruning_schedule(step)
+        should_prune = ops.convert_to_tensor(should_prune, "bool")
+        if _backend.known_false(should_prune):  # eager torch: most steps cost nothing more
+            return
+        sparsity = ops.convert_to_tensor(sparsity, "float32")
+        current = self.mask.value
+        parts, start = [], 0
+        for segment in self.segments:
+            previous = current[start : start + segment["size"]]
+            start += segment["size"]
+            if not segment["producers"]:
+                parts.append(previous)
+                continue
+            key = ("channel_group", segment["group"])
+            compute = lambda s=segment, p=previous: self._keep(s, p, sparsity)  # noqa: E731
+            parts.append(_forward_pass.shared(self, key, compute))
+        new = ops.concatenate(parts) if len(parts) > 1 else parts[0]
+        self.mask.assign(ops.where(should_prune, new, current))
+
+    def _keep(self, segment: dict[str, Any], previous: Any, sparsity: Any) -> Any:
+        """1.0 for the segment's channels that stay at `sparsity`, 0.0 for the others."""
+        size = segment["size"]
+        scores = None
+        for layer, first in self._producers(segment):
+            kernel = layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+            kernel = ops.reshape(ops.cast(kernel.value, "float32"), (-1, kernel.shape[-1]))
+            part = kernel[:, first : first + size]
+            score = ops.sum(ops.square(part) if self.importance == "l2" else ops.abs(part), axis=0)
+            scores = score if scores is None else scores + score
+        scores = ops.stop_gradient(scores) * previous  # removed channels stay removed
+        kept = size - ops.floor(sparsity * size + 1e-6)
+        kept = ops.maximum(ops.ceil(kept / self.round_to) * self.round_to, self.round_to)
+        kept = ops.minimum(kept, size)
+        # The rank of each channel, ties to the lower index: exact and the
+        # same on every backend (a sort's tie order is not).
+        index = ops.arange(size)
+        above = ops.greater(scores[None, :], scores[:, None])
+        tied = ops.logical_and(
+            ops.equal(scores[None, :], scores[:, None]), ops.less(index[None, :], index[:, None])
+        )
+        rank = ops.sum(ops.cast(ops.logical_or(above, tied), "float32"), axis=1)
+        return ops.cast(ops.less(rank, kept), "float32")
+
+    def _producers(self, segment: dict[str, Any]) -> list[tuple[keras.layers.Layer, int]]:
+        layers = getattr(self, "_linked", None)
+        if layers is None:
+            root = _forward_pass.outer_layer(
+                self,
+                "does not know the layers it scores (a loaded model trained by a custom "
+                "loop?). Train with keras_prune.UpdatePruningStep() among the callbacks, or "
+                "call keras_prune.structured.channel_mask.link(model) first.",
+            )
+            link(root)
+            layers = self._linked
+        return [(layers[name], first) for name, first in segment["producers"]]
+
+    def mask_sparsity(self) -> float:
+        """The fraction of the channels masked to 0."""
+        return 1.0 - float(ops.convert_to_numpy(ops.mean(self.mask.value)))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+            "segments": [
+                {**s, "producers": [list(p) for p in s["producers"]]} for s in self.segments
+            ],
+            "importance": self.importance,
+            "round_to": self.round_to,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ChannelMask:
+        config = dict(config)
+        config["pruning_schedule"] = keras.saving.deserialize_keras_object(
+            config["pruning_schedule"]
+        )
+        return cls(**config)
+
+
+def channel_masks(model: keras.layers.Layer) -> list[ChannelMask]:
+    """Every `ChannelMask` in `model`, nested models included."""
+    return [layer for layer in _keras.flatten_layers(model) if isinstance(layer, ChannelMask)]
+
+
+def link(model: keras.layers.Layer) -> None:
+    """Tells each `ChannelMask` in `model` the layers (by name) whose kernels score its channels."""
+    # A read-only mapping, not a dict: Keras tracks neither (the producers are
+    # the model's layers already), and `.keras` saving, which walks every
+    # dict, list and layer attribute, would save the layers' weights there.
+    layers = types.MappingProxyType({layer.name: layer for layer in _keras.flatten_layers(model)})
+    for mask in channel_masks(model):
+        object.__setattr__(mask, "_linked", layers)

@@ -1,0 +1,154 @@
+"""`prune_channels`: gradual pruning of whole channels during training, then `shrink`.
+
+The structured counterpart of `prune_low_magnitude`: the same schedules, the
+same `model.fit` (with `UpdatePruningStep`, compiled steps, every backend)
+and the same `.keras` files, but the schedule's sparsity is the fraction of
+each channel group's channels removed (`structured.graph` finds the groups).
+The model it returns computes with the removed channels at exactly 0 (a
+`ChannelMask` after every layer that holds them), and `shrink(model)`
+then cuts them out: same predictions, smaller layers.
+
+Example:
+
+```python
+schedule = keras_prune.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=1000, frequency=100)
+masked = keras_prune.prune_channels(model, schedule, round_to=8)
+masked.compile(...); masked.fit(x, y, epochs=4, callbacks=[keras_prune.UpdatePruningStep()])
+small = keras_prune.shrink(masked)        # a plain Keras model, half the channels
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from keras_prune import _keras, _validation
+from keras_prune.prune import Selection
+from keras_prune.schedules import PruningSchedule
+from keras_prune.structured.channel_mask import IMPORTANCES, ChannelMask, link
+from keras_prune.structured.graph import DEPTHWISE, PRODUCERS, Graph, analyse, check_model
+from keras_prune.structured.shrink import rebuild
+from keras_prune.wrapper import PruneLowMagnitude
+
+# Layers after which a removed channel could be nonzero: those with per-channel weights.
+_MASKED_AFTER = (*PRODUCERS, *DEPTHWISE, keras.layers.BatchNormalization)
+
+
+def prune_channels(
+    to_prune: keras.Model,
+    pruning_schedule: PruningSchedule,
+    importance: str = "l2",
+    select: Any = None,
+    round_to: int = 1,
+) -> keras.Model:
+    """A copy of `to_prune` that removes whole channels as `pruning_schedule` says while it trains.
+
+    Args:
+        to_prune: a built Functional or Sequential model (its weights are
+            copied; it is not changed).
+        pruning_schedule: a `PruningSchedule` (`ConstantSparsity`,
+            `PolynomialDecay`, a subclass); its sparsity is the fraction of
+            each group's channels removed.
+        importance: "l2" or "l1": channels whose producers' kernel slices
+            have the smallest norm go first. (`shrink(model, sparsity)` also
+            takes a callable.)
+        select: None (every group that can shrink), or layers by instance,
+            name or class, a predicate `f(layer) -> bool`, or a list of
+            these: the groups produced by a selected layer.
+        round_to: keep a multiple of this many channels per group, and at
+            least this many.
+
+    Returns:
+        The model with a `ChannelMask` after each layer that holds pruned
+        channels, uncompiled. Train it, then call `shrink(model)`.
+
+    Raises:
+        ValueError: a selected layer whose channels cannot be removed (named,
+            with the reason), a model without any removable channel, a model
+            already pruned, or an argument out of range.
+    """
+    check_model(to_prune, "to_prune")
+    _validation.instance(
+        pruning_schedule, "pruning_schedule", PruningSchedule, "a keras_prune.PruningSchedule"
+    )
+    if callable(importance) and not isinstance(importance, str):
+        raise TypeError(
+            "`importance` must be 'l1' or 'l2' for prune_channels (a callable works with "
+            "`shrink(model, sparsity)`, one-shot)."
+        )
+    _validation.one_of(importance, "importance", IMPORTANCES)
+    round_to = _validation.count(round_to, "round_to", minimum=1)
+    selection = Selection(select)
+    layers = _keras.flatten_layers(to_prune)
+    if any(isinstance(layer, (PruneLowMagnitude, ChannelMask)) for layer in layers):
+        raise ValueError(
+            "`to_prune` is already pruned (it has PruneLowMagnitude or ChannelMask layers); "
+            "prune channels of the plain model (`strip_pruning` gives it for weight pruning)."
+        )
+    graph = analyse(to_prune)
+    chosen = _chosen_groups(graph, selection, layers)
+    masks: dict[int, ChannelMask] = {}
+    for layer, _, outputs in graph.calls.values():
+        if not isinstance(layer, _MASKED_AFTER) or not set(outputs.groups) & chosen:
+            continue
+        segments = []
+        for group in outputs.groups:
+            producers = graph.groups[group].producers if group in chosen else []
+            segments.append(
+                {
+                    "group": f"group_{group}",
+                    "size": graph.groups[group].size,
+                    "producers": [[p.name, first] for p, first in producers],
+                }
+            )
+        masks[id(layer)] = ChannelMask(
+            pruning_schedule,
+            segments,
+            importance=importance,
+            round_to=round_to,
+            source=layer.name,
+            name=f"{layer.name}_channel_mask",
+        )
+    model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)))
+    link(model)
+    return model
+
+
+def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set[int]:
+    removable = set(graph.removable())
+    heads = {graph.find(group) for _, group in graph.heads.values()}
+    producers = set()
+    chosen = set()
+    for root in graph.roots():
+        group = graph.groups[root]
+        producers.update(id(layer) for layer, _ in group.producers)
+        picked = [layer for layer, _ in group.producers if selection(layer)]
+        if not picked:
+            continue
+        reason = group.reason
+        if root in heads:
+            reason = "attention heads are removed one-shot only, by `shrink(model, sparsity)`"
+        if reason is None and root in removable:
+            chosen.add(root)
+        elif any(selection.explicit(layer) for layer in picked):
+            names = ", ".join(layer.name for layer in picked)
+            raise ValueError(f"`select` picks {names}, whose channels cannot be removed: {reason}.")
+    for layer in layers:
+        if selection.explicit(layer) and id(layer) not in producers:
+            raise ValueError(
+                f"`select` picks {layer.name} ({type(layer).__name__}), which produces no "
+                "channels to remove: select Conv, Dense or SeparableConv layers."
+            )
+    selection.check_all_used()
+    if not chosen:
+        raise ValueError(
+            "`to_prune` has no channel group that prune_channels can remove"
+            + ("" if selection.everything else " among the selected layers")
+            + ": "
+            + "; ".join(
+                sorted({graph.groups[i].reason or "attention heads" for i in graph.roots()})
+            )
+        )
+    return chosen

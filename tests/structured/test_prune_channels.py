@@ -1,0 +1,204 @@
+"""Tests for keras_prune.prune_channels: channels removed while `fit` trains, then `shrink`."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import small_cnn, small_images
+
+import keras_prune
+from keras_prune import ChannelMask, prune_channels, shrink
+
+L = keras.layers
+
+
+def _numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _masks(model):
+    return {
+        layer.source: _numpy(layer.mask) for layer in model.layers if isinstance(layer, ChannelMask)
+    }
+
+
+def _top(kernel, count):
+    """The `count` output channels of `kernel` with the largest L2 norm, by a full sort."""
+    flat = _numpy(kernel).reshape(-1, kernel.shape[-1]).astype("float64")
+    return np.sort(np.argsort(-(flat**2).sum(axis=0), kind="stable")[:count])
+
+
+def _se_residual_model():
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(8, 1, name="a")(x)
+    b = L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="b")(x))
+    s = L.Activation("relu")(L.Add()([a, b]))
+    d = L.Conv2D(8, 1, activation="relu", name="d")(s)
+    cat = L.Concatenate()([s, d])
+    se = L.Conv2D(4, 1, activation="relu", name="squeeze")(
+        L.GlobalAveragePooling2D(keepdims=True)(cat)
+    )
+    se = L.Conv2D(16, 1, activation="sigmoid", name="excite")(se)
+    h = L.Multiply()([cat, se])
+    h = L.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    y = L.Dense(4, activation="softmax", name="out")(L.GlobalAveragePooling2D()(L.ReLU()(h)))
+    return keras.Model(x, y)
+
+
+def test_the_masks_keep_the_largest_channels_and_shrink_gives_the_masked_predictions():
+    x, y = small_images(64)
+    model = small_cnn()
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")  # weights stay
+    masked.fit(
+        x, y, batch_size=32, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
+    )
+    masks = _masks(masked)
+    assert sorted(masks) == [model.layers[0].name, model.layers[2].name, model.layers[4].name]
+    for name, mask in masks.items():
+        expected = np.zeros(len(mask))
+        expected[_top(model.get_layer(name).kernel, len(mask) // 2)] = 1
+        np.testing.assert_array_equal(mask, expected)
+    small = shrink(masked)
+    assert small.count_params() == 520 and not any(
+        isinstance(la, ChannelMask) for la in small.layers
+    )
+    np.testing.assert_allclose(
+        _numpy(small(x, training=False)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_exactly():
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(96, 8, 8, 3).astype("float32"), rng.randint(0, 4, 96)
+    masked = prune_channels(
+        _se_residual_model(), keras_prune.PolynomialDecay(0.0, 0.5, 0, 6, frequency=2), round_to=2
+    )
+    masked.compile("adam", "sparse_categorical_crossentropy")
+    masked.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    masks = _masks(masked)
+    # a, b and the features' half of excite: one group of 8; d and the other half: another.
+    assert masks["a"].sum() == masks["b"].sum() == masks["bn"].sum() == 4
+    np.testing.assert_array_equal(masks["a"], masks["bn"])
+    np.testing.assert_array_equal(masks["excite"], np.concatenate([masks["a"], masks["d"]]))
+    np.testing.assert_array_equal(masks["dw"], masks["excite"])
+    assert masks["squeeze"].sum() == 2
+    small = shrink(masked)
+    assert small.get_layer("excite").filters == 8 and small.get_layer("dw").kernel.shape[-2] == 8
+    np.testing.assert_allclose(
+        _numpy(small(x[:8], training=False)),
+        _numpy(masked(x[:8], training=False)),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_a_saved_model_resumes_pruning_where_it_stopped(tmp_path):
+    x, y = small_images(128)
+
+    def start():
+        keras.utils.set_random_seed(7)
+        masked = prune_channels(
+            small_cnn(), keras_prune.PolynomialDecay(0.0, 0.75, 0, 8, frequency=2)
+        )
+        masked.compile("adam", "sparse_categorical_crossentropy")
+        return masked
+
+    whole = start()
+    whole.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    half = start()
+    half.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    half.save(tmp_path / "half.keras")
+    resumed = keras.saving.load_model(tmp_path / "half.keras")
+    np.testing.assert_allclose(
+        _numpy(resumed(x[:8], training=False)), _numpy(half(x[:8], training=False)), rtol=1e-6
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "nothing will be pruned" warning
+        resumed.fit(
+            x, y, batch_size=32, epochs=1, shuffle=False, verbose=0,
+            callbacks=[keras_prune.UpdatePruningStep()],
+        )  # fmt: skip
+    for mask, expected in zip(_masks(resumed).values(), _masks(whole).values(), strict=True):
+        np.testing.assert_array_equal(mask, expected)
+        assert mask.sum() == len(mask) // 4
+    np.testing.assert_allclose(
+        _numpy(resumed(x[:8], training=False)), _numpy(whole(x[:8], training=False)), atol=1e-4
+    )
+
+
+def test_select_and_round_to():
+    model = small_cnn()
+    masked = prune_channels(
+        model,
+        keras_prune.ConstantSparsity(0.9, 0, frequency=1),
+        select=[model.layers[2].name],
+        round_to=4,
+    )
+    masked.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = small_images(32)
+    masked.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert {name: int(m.sum()) for name, m in _masks(masked).items()} == {model.layers[2].name: 4}
+
+
+def test_bad_arguments_are_named_before_anything_is_built():
+    model = small_cnn()
+    schedule = keras_prune.ConstantSparsity(0.5, 0)
+    with pytest.raises(TypeError, match="`pruning_schedule` must be a keras_prune.PruningSchedule"):
+        prune_channels(model, 0.5)
+    with pytest.raises(ValueError, match="`importance` must be one of 'l1', 'l2'; got 'l3'"):
+        prune_channels(model, schedule, importance="l3")
+    with pytest.raises(TypeError, match="a callable works with `shrink"):
+        prune_channels(model, schedule, importance=lambda w: w)
+    with pytest.raises(ValueError, match="`round_to` must be >= 1"):
+        prune_channels(model, schedule, round_to=0)
+    with pytest.raises(
+        ValueError, match="picks dense_1, whose channels cannot be removed: it reaches"
+    ):
+        prune_channels(model, schedule, select="dense_1")
+    with pytest.raises(
+        ValueError, match="picks max_pooling2d \\(MaxPooling2D\\), which produces no channels"
+    ):
+        prune_channels(model, schedule, select="max_pooling2d")
+    with pytest.raises(ValueError, match="not in the model"):
+        prune_channels(model, schedule, select="nope")
+    with pytest.raises(ValueError, match="already pruned"):
+        prune_channels(keras_prune.prune_low_magnitude(model, schedule), schedule)
+    masked = prune_channels(model, schedule)
+    with pytest.raises(ValueError, match="already pruned"):
+        prune_channels(masked, schedule)
+    with pytest.raises(ValueError, match="its masks say which channels go"):
+        shrink(masked, 0.5)
+    with pytest.raises(ValueError, match="`sparsity` is needed"):
+        shrink(model)
+
+
+def test_attention_heads_are_refused_by_name():
+    x = keras.Input((5, 8))
+    h = L.MultiHeadAttention(2, 4, name="attention")(x, x)
+    model = keras.Model(x, L.Dense(2)(L.Dense(6, name="hidden")(h)))
+    with pytest.raises(ValueError, match="attention heads are removed one-shot only"):
+        prune_channels(model, keras_prune.ConstantSparsity(0.5, 0), select="attention")
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
+    assert list(_masks(masked)) == ["hidden"]
+
+
+def test_a_loaded_model_finds_its_layers_or_says_how_to(tmp_path):
+    x, y = small_images(32)
+    masked = prune_channels(small_cnn(), keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked.compile("sgd", "sparse_categorical_crossentropy")
+    masked.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    if keras.backend.backend() == "jax":  # its trainer calls each layer on its own
+        with pytest.raises(
+            ValueError, match="does not know the layers it scores.*UpdatePruningStep"
+        ):
+            loaded.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        loaded = keras.saving.load_model(tmp_path / "m.keras")
+        loaded.fit(x, y, batch_size=32, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    else:
+        loaded.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert all(m.sum() == len(m) // 2 for m in _masks(loaded).values())
