@@ -23,7 +23,6 @@ Reported: medians and ranges, and dense/shrunk (> 1: the shrunk model is faster)
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -35,30 +34,6 @@ sys.path.insert(0, os.path.dirname(HERE))  # the checkout, not an installed copy
 import _common  # noqa: E402
 
 WARMUP = 3
-
-
-def flops(model) -> int:
-    """2 x the multiply-adds of the model's Conv, SeparableConv, DepthwiseConv and Dense layers, per sample.
-
-    Each output position of such a layer costs one multiply-add per kernel
-    entry (a depthwise kernel's entries included, a separable layer's two).
-    """
-    import keras
-
-    L = keras.layers
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-            kernels = [layer.depthwise_kernel, layer.pointwise_kernel]
-        elif isinstance(
-            layer, (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.Dense)
-        ):
-            kernels = [layer.kernel]
-        else:
-            continue
-        positions = math.prod(layer.output.shape[1:-1])
-        total += positions * sum(math.prod(kernel.shape) for kernel in kernels)
-    return 2 * total
 
 
 def predictor(model, x):
@@ -114,8 +89,8 @@ def main() -> None:
             "model": name,
             "dense_params": dense.count_params(),
             "shrunk_params": small.count_params(),
-            "dense_flops": flops(dense),
-            "shrunk_flops": flops(small),
+            "dense_flops": keras_prune.flops(dense),
+            "shrunk_flops": keras_prune.flops(small),
         }
         results["models"].append(sizes)
         print(

@@ -51,6 +51,7 @@ _EXPORTS = {
     "export": "runtimes",
     "load": "kps",
     "gzipped_model_size": "report",
+    "flops": "report",
     "Sensitivity": "sensitivity",
     "sensitivity": "sensitivity",
     "ChannelGroup": "structured.graph",
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
     from keras_prune.policy import PruneForLatencyOnXNNPack, PruningPolicy
     from keras_prune.prune import prune_low_magnitude, pruned_layers, strip_pruning
     from keras_prune.registry import PrunableLayer, get_prunable_weights, register_prunable
-    from keras_prune.report import SparsityReport, gzipped_model_size, sparsity_report
+    from keras_prune.report import SparsityReport, flops, gzipped_model_size, sparsity_report
     from keras_prune.runtimes import export
     from keras_prune.saving import load_model, prune_scope, save_model
     from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule

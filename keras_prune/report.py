@@ -160,6 +160,55 @@ def _relative_path(weight: keras.Variable, layer: keras.layers.Layer) -> str:
     return path[path.rindex(prefix) + len(prefix) :] if prefix in path else weight.name
 
 
+_L = keras.layers
+_FLOP_LAYERS = (
+    _L.Conv1D,
+    _L.Conv2D,
+    _L.Conv3D,
+    _L.DepthwiseConv1D,
+    _L.DepthwiseConv2D,
+    _L.SeparableConv1D,
+    _L.SeparableConv2D,
+    _L.Dense,
+)
+
+
+def flops(model: keras.Model) -> int:
+    """Floating-point operations of one sample through `model`'s Conv, DepthwiseConv,
+    SeparableConv and Dense layers: 2 per multiply-add.
+
+    Each output position of such a layer costs one multiply-add per kernel
+    entry (a separable layer's two kernels both count), each time the layer
+    is called; zeros inside a kernel count too, as dense kernels compute
+    them. Activations, pooling and normalisation are left out (a few percent
+    in a CNN). `model` must be Functional or Sequential (nested ones count).
+
+    Example:
+
+    >>> keras_prune.flops(keras.applications.ResNet50(weights=None))   # 7.7 G
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; got {type(model).__name__}.")
+    if not (isinstance(model, keras.Sequential) or _keras.is_functional(model)):
+        raise ValueError(
+            f"`model` must be Functional or Sequential to count its FLOPs; {model.name} is a "
+            f"subclassed {type(model).__name__}, whose `call` has no graph to count."
+        )
+    total = 0
+    for operation, _, outputs in _keras.graph_calls(model):
+        if isinstance(operation, keras.Model):
+            total += flops(operation)
+        elif isinstance(operation, _FLOP_LAYERS):
+            names = ("depthwise_kernel", "pointwise_kernel")
+            kernels = [
+                getattr(operation, n) for n in names if getattr(operation, n, None) is not None
+            ]
+            kernels = kernels or [operation.kernel]
+            positions = math.prod(outputs[0].shape[1:-1])
+            total += 2 * positions * sum(math.prod(k.shape) for k in kernels)
+    return total
+
+
 def gzipped_model_size(model: keras.Model, file_format: str = "h5") -> int:
     """Bytes of the saved `model` compressed with zip/deflate, as in tfmot's guide.
 

@@ -32,8 +32,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from keras_prune.compare.datasets import DATASETS
+from keras_prune.compare.results import STRUCTURES, run_distributions, shown_distribution
 from keras_prune.compare.results import label as run_label
-from keras_prune.compare.results import shown_distribution
 
 __all__ = ["main"]
 
@@ -64,14 +64,19 @@ def _sparsities(text: str) -> list[float]:
     return [_fraction(item) for item in _comma_list(text)]
 
 
-def _distributions(text: str) -> list[str]:
-    items = _comma_list(text)
-    for item in items:
-        if item not in DISTRIBUTIONS:
-            raise argparse.ArgumentTypeError(
-                f"unknown distribution {item!r}: use {', '.join(DISTRIBUTIONS)}"
-            )
-    return items
+def _names(kind: str, allowed: Sequence[str]) -> Any:
+    """An argparse type: a comma-separated list of `allowed` names."""
+
+    def parse(text: str) -> list[str]:
+        items = _comma_list(text)
+        for item in items:
+            if item not in allowed:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {item!r}: use {', '.join(allowed)}"
+                )
+        return items
+
+    return parse
 
 
 def _at_least(minimum: int) -> Any:
@@ -128,12 +133,21 @@ def _parser() -> _Parser:
     )
     add(
         "--distribution",
-        type=_distributions,
+        type=_names("distribution", DISTRIBUTIONS),
         default=["uniform"],
         metavar="LIST",
         help="how each schedule's sparsity is spread over the layers, comma-separated: "
         "uniform (every layer the same), global (one magnitude threshold), erk "
         "(Erdős–Rényi-Kernel: small layers denser) (default: uniform)",
+    )
+    add(
+        "--structure",
+        type=_names("structure", STRUCTURES),
+        default=["weights"],
+        metavar="LIST",
+        help="what the schedules remove, comma-separated: weights (single weights, zeros in "
+        "dense kernels), channels (whole channels, keras_prune.prune_channels, then shrink: "
+        "smaller, faster layers) (default: weights)",
     )
     add(
         "--epochs", type=_at_least(1), default=30, metavar="N", help="training epochs (default: 30)"
@@ -259,6 +273,17 @@ def _mean_std(pair: Sequence[float] | None, digits: int, seeds: int) -> str:
     return f"{mean:.{digits}f}" if seeds == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _count(pair: Sequence[float] | None) -> str:
+    """A mean count in thousands or millions ("1.23 M"); "-" where not measured."""
+    if pair is None:
+        return "-"  # runs resumed from results.json format 4 and older
+    mean = pair[0]
+    for scale, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if mean >= scale:
+            return f"{mean / scale:.3g}{suffix}"
+    return f"{mean:.0f}"
+
+
 def _bytes(pair: Sequence[float] | None, seeds: int) -> str:
     if pair is None:
         return "-"
@@ -284,7 +309,7 @@ def format_results(results: dict[str, Any]) -> str:
         f"seeds {min(min(s) for s in seeds)}..{max(max(s) for s in seeds)}",
         "",
     ]
-    distributions = config.get("distributions", ["uniform"])
+    distributions = run_distributions(config)
     headers = [
         run_label(
             row["schedule"],
@@ -351,6 +376,14 @@ def format_results(results: dict[str, Any]) -> str:
         (
             "seconds per epoch",
             [_mean_std(row["seconds_per_epoch"], 2, n) for row, n in zip(summary, count)],
+        )
+    )
+    table.append(("parameters", [_count(row.get("parameters")) for row in summary]))
+    table.append(("FLOPs per sample", [_count(row.get("flops")) for row in summary]))
+    table.append(
+        (
+            f"predict ms (batch {config['batch_size']})",
+            [_mean_std(row.get("predict_ms"), 1, n) for row, n in zip(summary, count)],
         )
     )
     first = max(len(name) for name, _ in table)
@@ -431,6 +464,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             schedules=tuple(args.schedules),
             sparsities=tuple(args.sparsity),
             distributions=tuple(args.distribution),
+            structures=tuple(args.structure),
             epochs=args.epochs,
             batch_size=args.batch_size,
             begin_fraction=args.begin_fraction,
@@ -468,7 +502,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             run.schedule,
             run.sparsity,
             len(config.sparsities) > 1,
-            shown_distribution(config.distributions, run.distribution),
+            shown_distribution(run_distributions(vars(config)), run.distribution),
         )
         left = planned - done
         eta = (time.perf_counter() - started) / (done - resumed) * left

@@ -63,11 +63,19 @@ from keras_prune import _files, _validation, runtimes
 from keras_prune.callbacks import UpdatePruningStep, final_sparsity_shortfalls
 from keras_prune.compare import results, stats
 from keras_prune.compare.datasets import DATASETS, load_dataset
-from keras_prune.compare.results import BASELINE, RunResult, label, shown_distribution
+from keras_prune.compare.results import (
+    BASELINE,
+    CHANNELS,
+    STRUCTURES,
+    RunResult,
+    label,
+    run_distributions,
+    shown_distribution,
+)
 from keras_prune.compare.task import Data, Task, file_task, load_npz, seed_model, seed_task
 from keras_prune.kps import export, load
 from keras_prune.prune import prune_low_magnitude, strip_pruning
-from keras_prune.report import gzipped_model_size, sparsity_report
+from keras_prune.report import flops, gzipped_model_size, sparsity_report
 from keras_prune.schedules import (
     ConstantSparsity,
     PolynomialDecay,
@@ -75,6 +83,8 @@ from keras_prune.schedules import (
     pruning_points,
 )
 from keras_prune.sparsity_distribution import NAMES as DISTRIBUTIONS
+from keras_prune.structured.prune_channels import prune_channels
+from keras_prune.structured.shrink import shrink
 
 __all__ = [
     "BASELINE",
@@ -168,12 +178,16 @@ class ExperimentConfig:
     modules imported before the model file is loaded, which register its
     custom layers (e.g. "keras_hub", "my_layers"). `limit` keeps only
     the first `limit` training and test samples (for quick checks);
-    `verbose` is passed to `model.fit` (1: progress bars).
+    `verbose` is passed to `model.fit` (1: progress bars). `structures` says
+    what the schedules remove: single "weights" (spread over the layers by
+    each of `distributions`), whole "channels" (`prune_channels`, then
+    `shrink`), or both side by side.
     """
 
     schedules: tuple[str, ...] = BUILTIN_SCHEDULES
     sparsities: tuple[float, ...] = (0.875,)
     distributions: tuple[str, ...] = ("uniform",)
+    structures: tuple[str, ...] = ("weights",)
     epochs: int = 30
     batch_size: int = 250
     begin_fraction: float = 0.2
@@ -191,7 +205,7 @@ class ExperimentConfig:
     imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("schedules", "sparsities", "distributions"):
+        for name in ("schedules", "sparsities", "distributions", "structures"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
                 raise TypeError(f"`{name}` must be a non-empty sequence; got {value!r}.")
@@ -204,6 +218,13 @@ class ExperimentConfig:
             schedule_factory(schedule)
         for distribution in self.distributions:
             _validation.one_of(distribution, "distributions", DISTRIBUTIONS)
+        for structure in self.structures:
+            _validation.one_of(structure, "structures", STRUCTURES)
+        if "weights" not in self.structures and self.distributions != ("uniform",):
+            raise ValueError(
+                "`distributions` spread pruned weights over the layers; with `structures` "
+                f"{list(self.structures)} no weights are pruned. Add 'weights' to `structures`."
+            )
         object.__setattr__(
             self, "sparsities", tuple(_validation.fraction(s, "sparsity") for s in self.sparsities)
         )
@@ -307,7 +328,7 @@ def run_once(
     if schedule != BASELINE:
         schedule_factory(schedule)
         sparsity = _validation.fraction(sparsity, "sparsity")
-        _validation.one_of(distribution, "distribution", DISTRIBUTIONS)
+        _validation.one_of(distribution, "distribution", (*DISTRIBUTIONS, CHANNELS))
     _validation.count(seed, "seed", 0)
     task = data if isinstance(data, Task) else seed_task(data, _NUM_CLASSES)
     metric = task.metric
@@ -324,9 +345,12 @@ def run_once(
             pruning_schedule = make_schedule(
                 schedule, sparsity, begin_step, end_step, config.frequency
             )
-            model = prune_low_magnitude(
-                model, pruning_schedule=pruning_schedule, sparsity_distribution=distribution
-            )
+            if distribution == CHANNELS:
+                model = prune_channels(model, pruning_schedule)
+            else:
+                model = prune_low_magnitude(
+                    model, pruning_schedule=pruning_schedule, sparsity_distribution=distribution
+                )
             callbacks.append(UpdatePruningStep())
         task.compiled(model)
         history = model.fit(
@@ -356,12 +380,18 @@ def run_once(
         warnings.warn(message, UserWarning, stacklevel=2)
 
     scores = task.evaluate(model, config.batch_size)
-    if schedule != BASELINE:
-        stripped = strip_pruning(model)
-    else:  # an uncompiled copy, as strip_pruning returns: no optimizer in the .keras file
-        stripped = keras.models.clone_model(model)
-        stripped.set_weights(model.get_weights())
-    report = sparsity_report(stripped)
+    if distribution == CHANNELS and schedule != BASELINE:
+        stripped = shrink(model)
+        layer_sparsity, total_sparsity = _removed_weights(model, stripped)
+    else:
+        if schedule != BASELINE:
+            stripped = strip_pruning(model)
+        else:  # an uncompiled copy, as strip_pruning returns: no optimizer in the .keras file
+            stripped = keras.models.clone_model(model)
+            stripped.set_weights(model.get_weights())
+        report = sparsity_report(stripped)
+        layer_sparsity = {f"{row.layer}/{row.weight}": row.sparsity for row in report}
+        total_sparsity = report.total_sparsity
     tflite: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         float32_bytes = export(stripped, os.path.join(tmp, "float32.kps"))
@@ -378,8 +408,8 @@ def run_once(
         test_accuracy=scores[metric],
         test_loss=scores["loss"],
         int8_test_accuracy=int8_scores[metric],
-        layer_sparsity={f"{row.layer}/{row.weight}": row.sparsity for row in report},
-        total_sparsity=report.total_sparsity,
+        layer_sparsity=layer_sparsity,
+        total_sparsity=total_sparsity,
         gzip_h5_bytes=gzipped_model_size(stripped, "h5"),
         gzip_keras_bytes=gzipped_model_size(stripped, "keras"),
         export_float32_bytes=float32_bytes,
@@ -388,8 +418,34 @@ def run_once(
         val_accuracy=[float(v) for v in history.history[f"val_{metric}"]],
         test_metrics=scores,
         warnings=messages,
+        parameters=stripped.count_params(),
+        flops=flops(stripped),
+        predict_ms=_predict_ms(stripped, task.x_test[: config.batch_size]),
         **tflite,
     )
+
+
+def _removed_weights(masked: keras.Model, shrunk: keras.Model) -> tuple[dict[str, float], float]:
+    """Per prunable weight of a channel-pruned model, the fraction of its entries `shrink`
+    removed, and that fraction over all of them: the counterparts of weight sparsity."""
+    dense = {f"{r.layer}/{r.weight}": r.size for r in sparsity_report(masked)}
+    small = {f"{r.layer}/{r.weight}": r.size for r in sparsity_report(shrunk)}
+    removed = {name: 1.0 - small[name] / size for name, size in dense.items()}
+    return removed, 1.0 - sum(small.values()) / sum(dense.values())
+
+
+_PREDICT_REPEATS = 7
+
+
+def _predict_ms(model: keras.Model, x: Any) -> float:
+    """Milliseconds of `model.predict` on the batch `x`: the median of a few calls after one."""
+    model.predict(x, batch_size=len(x), verbose=0)
+    times = []
+    for _ in range(_PREDICT_REPEATS):
+        start = time.perf_counter()
+        model.predict(x, batch_size=len(x), verbose=0)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def _measure_tflite(model: keras.Model, directory: str, task: Task) -> dict[str, Any]:
@@ -422,6 +478,9 @@ _MEASURES = (
     "tflite_float32_bytes",
     "tflite_int8_bytes",
     "tflite_int8_test_accuracy",
+    "parameters",
+    "flops",
+    "predict_ms",
 )
 
 
@@ -489,14 +548,11 @@ class Comparison:
         and distribution) at each sparsity; `p_value` is None with fewer than
         two seeds per side. `first` and `second` are the runs' labels."""
         groups = self.groups()
-        shown = self.config.distributions
+        shown = run_distributions(dataclasses.asdict(self.config))
         results = []
         for sparsity in self.config.sparsities:
             names = [
-                (s, d)
-                for s in self.config.schedules
-                for d in self.config.distributions
-                if (s, d, sparsity) in groups
+                (s, d) for s in self.config.schedules for d in shown if (s, d, sparsity) in groups
             ]
             for i, first in enumerate(names):
                 for second in names[i + 1 :]:
@@ -526,7 +582,7 @@ class Comparison:
         per_seed = [(BASELINE, 0.0, "uniform")] + [
             (n, s, d)
             for n in config.schedules
-            for d in config.distributions
+            for d in run_distributions(dataclasses.asdict(config))
             for s in config.sparsities
         ]
         return [(name, s, seed, d) for seed in range(config.seeds) for name, s, d in per_seed]
@@ -555,8 +611,9 @@ class Comparison:
             )
         results.check_format(previous)
         ours = json.loads(json.dumps(dataclasses.asdict(self.config)))
-        # Files of format 2 and older compared the uniform distribution only.
-        theirs = {"distributions": ["uniform"], **previous["config"]}
+        # Files of format 2 and older compared the uniform distribution only,
+        # of format 4 and older weights only.
+        theirs = {"distributions": ["uniform"], "structures": ["weights"], **previous["config"]}
         differ = sorted(
             key
             for key in ours.keys() | theirs.keys()

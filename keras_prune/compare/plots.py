@@ -8,7 +8,10 @@ the non-interactive Agg backend, so the library does not need it otherwise.
 - `val_accuracy.png`: validation accuracy per epoch per schedule (mean over
   seeds, the band one standard deviation when seeds > 1);
 - `accuracy_vs_sparsity.png` (only when several sparsities were run): test
-  accuracy against target sparsity, mean ± std, the dense baseline dashed.
+  accuracy against target sparsity, mean ± std, the dense baseline dashed;
+- `accuracy_vs_latency.png` (only when channels were pruned,
+  `--structure channels`): test accuracy against the time of Keras
+  `predict` on one batch, one point per sparsity, the dense baseline a star.
 
 "accuracy" in the names and labels is the comparison's metric (`results.json`'s
 `metric`): `val_mae.png` and `mae_vs_sparsity.png` for a model compiled with
@@ -29,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_prune.compare.results import CHANNELS, run_distributions, shown_distribution
 from keras_prune.compare.results import label as run_label
-from keras_prune.compare.results import shown_distribution
 
 __all__ = ["require_matplotlib", "write_plots"]
 
@@ -87,7 +90,7 @@ def _key(entry: dict[str, Any]) -> tuple[str, str, float]:
 
 def _label(row: dict[str, Any], config: dict[str, Any], sparsity: bool) -> str:
     schedule, distribution, value = _key(row)
-    shown = shown_distribution(config.get("distributions", ["uniform"]), distribution)
+    shown = shown_distribution(run_distributions(config), distribution)
     return run_label(schedule, value, sparsity, shown)
 
 
@@ -117,14 +120,19 @@ def _plot_val_accuracy(plt: Any, results: dict[str, Any], path: str) -> None:
     plt.close(figure)
 
 
+def _pruned_series(results: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The summary rows of each pruned (schedule, distribution), by sparsity."""
+    pairs = dict.fromkeys(_key(r)[:2] for r in results["summary"] if r["schedule"] != "baseline")
+    return [
+        sorted((r for r in results["summary"] if _key(r)[:2] == pair), key=lambda r: r["sparsity"])
+        for pair in pairs
+    ]
+
+
 def _plot_accuracy_vs_sparsity(plt: Any, results: dict[str, Any], path: str) -> None:
     config, metric = results["config"], _metric(results)
     figure, axes = plt.subplots(figsize=(7, 4))
-    pairs = dict.fromkeys(_key(r)[:2] for r in results["summary"] if r["schedule"] != "baseline")
-    for pair in pairs:
-        rows = sorted(
-            (r for r in results["summary"] if _key(r)[:2] == pair), key=lambda r: r["sparsity"]
-        )
+    for rows in _pruned_series(results):
         axes.errorbar(
             [r["sparsity"] for r in rows],
             [r["test_accuracy"][0] for r in rows],
@@ -149,6 +157,37 @@ def _plot_accuracy_vs_sparsity(plt: Any, results: dict[str, Any], path: str) -> 
     plt.close(figure)
 
 
+def _plot_accuracy_vs_latency(plt: Any, results: dict[str, Any], path: str) -> None:
+    config, metric = results["config"], _metric(results)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for rows in _pruned_series(results):
+        axes.errorbar(
+            [r["predict_ms"][0] for r in rows],
+            [r["test_accuracy"][0] for r in rows],
+            xerr=[r["predict_ms"][1] for r in rows],
+            yerr=[r["test_accuracy"][1] for r in rows],
+            marker="o",
+            capsize=3,
+            label=_label(rows[0], config, False),
+        )
+        for row in rows:
+            axes.annotate(f"{row['sparsity']:g}", (row["predict_ms"][0], row["test_accuracy"][0]))
+    for row in results["summary"]:
+        if row["schedule"] == "baseline":
+            axes.plot(
+                row["predict_ms"][0], row["test_accuracy"][0], "k*", ms=12, label="dense baseline"
+            )
+    axes.set(
+        xlabel=f"Keras predict, ms per batch of {config['batch_size']}",
+        ylabel=f"test {metric}",
+        title=f"Test {metric} against inference time (labels: target sparsity)",
+    )
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def write_plots(results: dict[str, Any], directory: str | os.PathLike[str]) -> list[str]:
     """Draws the comparison `results` (the `results.json` dict) into PNGs in
     `directory`; returns their paths."""
@@ -166,6 +205,10 @@ def write_plots(results: dict[str, Any], directory: str | os.PathLike[str]) -> l
     drawings = [("schedules.png", _plot_schedules), (f"val_{metric}.png", _plot_val_accuracy)]
     if len(results["config"]["sparsities"]) > 1:
         drawings.append((f"{metric}_vs_sparsity.png", _plot_accuracy_vs_sparsity))
+    if CHANNELS in results["config"].get("structures", ()) and all(
+        row.get("predict_ms") for row in results["summary"]
+    ):
+        drawings.append((f"{metric}_vs_latency.png", _plot_accuracy_vs_latency))
     paths = []
     for name, draw in drawings:
         path = os.path.join(directory, name)

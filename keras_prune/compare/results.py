@@ -22,9 +22,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: The version of `results.json` this code writes (3: sparsity distributions;
-#: 4: your own model and data, `metric` and `test_metrics`).
-FORMAT = 4
+#: 4: your own model and data, `metric` and `test_metrics`; 5: channel
+#: pruning, `parameters`, `flops` and `predict_ms`).
+FORMAT = 5
 BASELINE = "baseline"
+#: The `distribution` of runs that remove whole channels (`prune_channels`,
+#: then `shrink`) instead of single weights.
+CHANNELS = "channels"
+STRUCTURES = ("weights", CHANNELS)
 
 
 @dataclasses.dataclass
@@ -57,9 +62,16 @@ class RunResult:
     tflite_float32_bytes: int | None = None
     tflite_int8_bytes: int | None = None
     tflite_int8_test_accuracy: float | None = None
-    # How the sparsity was spread over the layers (keras_prune.sparsity_distribution).
+    # How the sparsity was spread over the layers (keras_prune.sparsity_distribution),
+    # or "channels": whole channels removed (prune_channels, then shrink).
     distribution: str = "uniform"
     test_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The model as shipped (stripped, or shrunk): its parameters, FLOPs per
+    # sample (keras_prune.flops) and milliseconds of Keras `predict` on one
+    # batch of test samples (median of repeats).
+    parameters: int | None = None
+    flops: int | None = None
+    predict_ms: float | None = None
 
     @classmethod
     def from_dict(cls, run: Mapping[str, Any]) -> RunResult:
@@ -103,6 +115,18 @@ def label(schedule: str, sparsity: float, several: bool, distribution: str | Non
         return schedule
     name = schedule if distribution is None else f"{schedule}/{distribution}"
     return f"{name}@{sparsity:g}" if several else name
+
+
+def run_distributions(config: Mapping[str, Any]) -> list[str]:
+    """The `distribution` values of a comparison's pruned runs: its sparsity
+    distributions when it prunes weights, then "channels" when it prunes channels.
+
+    `config` is an `ExperimentConfig` as a dict (files of format 4 and older
+    pruned weights only; of format 2 and older, uniformly only).
+    """
+    structures = config.get("structures", ["weights"])
+    weights = list(config.get("distributions", ["uniform"])) if "weights" in structures else []
+    return weights + ([CHANNELS] if CHANNELS in structures else [])
 
 
 def shown_distribution(distributions: Sequence[str], distribution: str) -> str | None:

@@ -205,6 +205,33 @@ def test_compare_distributions_end_to_end(tmp_path):
         assert image.format == "PNG"
 
 
+@pytest.mark.slow
+def test_compare_channels_beside_weights_end_to_end(tmp_path):
+    args = ["--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1"]
+    args += ["--schedules", "constant", "--sparsity", "0.5,0.75", "--no-tflite", "--quiet"]
+    done = _run("compare", *args, "--structure", "weights,channels", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.strip().startswith("baseline"))
+    assert header.split() == [
+        "baseline",
+        "constant/uniform@0.5",
+        "constant/uniform@0.75",
+        "constant/channels@0.5",
+        "constant/channels@0.75",
+    ]
+    parameters = next(line for line in lines if line.startswith("parameters")).split()[1:]
+    # The seed CNN: 431,242 weights; half its channels: 108,618 (keras_prune.shrink's test).
+    assert parameters[:3] == ["431", "k", "431"] and parameters[-4:-2] == ["109", "k"]
+    assert any(line.startswith("FLOPs per sample") for line in lines)
+    assert any(line.startswith("predict ms (batch 50)") for line in lines)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["structures"] == ["weights", "channels"]
+    assert [r["distribution"] for r in results["runs"]][-2:] == ["channels", "channels"]
+    with Image.open(tmp_path / "accuracy_vs_latency.png") as image:
+        assert image.format == "PNG"
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -217,6 +244,8 @@ def test_compare_distributions_end_to_end(tmp_path):
         (["compare", "--seeds", "two"], "--seeds: 'two' is not a whole number"),
         (["compare", "--dataset", "cifar10"], "invalid choice: 'cifar10'"),
         (["compare", "--distribution", "uniform,rigl"], "unknown distribution 'rigl'"),
+        (["compare", "--structure", "filters"], "unknown structure 'filters'"),
+        (["compare", "--structure", "channels", "--distribution", "erk"], "Add 'weights'"),
         (["compare", "--backend", "theano"], "invalid choice: 'theano'"),
         (["compare", "--bogus"], "unrecognized arguments: --bogus"),
         ([], "the following arguments are required"),
@@ -289,7 +318,7 @@ def test_compare_your_own_model_and_data(own_model_and_data, tmp_path):
     # Nothing from TensorFlow's C++ side or absl reaches the user.
     assert "oneDNN" not in done.stderr and "absl" not in done.stderr, done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["metric"] == "mae" and results["format"] == 4
+    assert results["metric"] == "mae" and results["format"] == 5
     for run in results["runs"]:
         assert run["test_accuracy"] == run["test_metrics"]["mae"] > 0
     assert (tmp_path / "val_mae.png").stat().st_size > 1000

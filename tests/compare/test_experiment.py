@@ -73,6 +73,8 @@ def test_schedule_by_import_path(tmp_path, monkeypatch):
         ({"distributions": ("rigl",)}, ValueError, "`distributions` must be one of"),
         ({"distributions": ("erk", "erk")}, ValueError, "duplicates"),
         ({"distributions": ()}, TypeError, "`distributions` must be a non-empty"),
+        ({"structures": ("filters",)}, ValueError, "`structures` must be one of 'weights'"),
+        ({"structures": ("channels",), "distributions": ("erk",)}, ValueError, "Add 'weights'"),
     ],
 )
 def test_config_rejects_bad_settings(kwargs, error, words):
@@ -236,6 +238,35 @@ def test_tiny_runs_reach_their_sparsity_and_shrink_the_model(tiny_data):
     # int8 file, run by LiteRT, about as accurate as the Keras model.
     assert pruned.tflite_int8_bytes < pruned.tflite_float32_bytes < dense.tflite_float32_bytes / 3
     assert abs(pruned.tflite_int8_test_accuracy - pruned.test_accuracy) < 0.05
+
+
+@pytest.mark.slow
+def test_a_channel_run_shrinks_the_model_and_measures_its_speed(tiny_data):
+    config = ExperimentConfig(
+        epochs=2, batch_size=32, frequency=1, verbose=0, structures=("weights", "channels")
+    )
+    comparison = experiment.Comparison(config, data={}, steps={}, schedule_points={})
+    assert [(s, d) for s, _, _, d in comparison.planned_runs()][:3] == [
+        ("baseline", "uniform"),
+        ("constant", "uniform"),
+        ("constant", "channels"),
+    ]
+    dense = experiment.run_once(config, tiny_data, "baseline", 0.0, seed=0)
+    small = experiment.run_once(
+        config, tiny_data, "polynomial", 0.5, seed=0, distribution="channels"
+    )
+    # Half the filters of conv1 (32) and conv2 (64) and the units of dense1 (256) go:
+    # conv2 keeps a quarter of its kernel, dense1 a quarter, dense2 half.
+    kernels = {"conv1": 288, "conv2": 18432, "dense1": 409600, "dense2": 2560}
+    kept = {"conv1": 144, "conv2": 4608, "dense1": 102400, "dense2": 1280}
+    assert small.layer_sparsity == {f"{k}/kernel": 1 - kept[k] / n for k, n in kernels.items()}
+    assert small.total_sparsity == pytest.approx(1 - sum(kept.values()) / sum(kernels.values()))
+    biases = 16 + 32 + 128 + 10
+    assert small.parameters == sum(kept.values()) + biases
+    assert dense.parameters == sum(kernels.values()) + 32 + 64 + 256 + 10
+    assert small.flops < dense.flops / 3 and small.predict_ms > 0 and dense.predict_ms > 0
+    assert small.gzip_h5_bytes < dense.gzip_h5_bytes / 3
+    assert small.test_accuracy > 0.3 and small.warnings == []
 
 
 @pytest.mark.slow

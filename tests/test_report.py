@@ -1,0 +1,42 @@
+"""Tests for keras_prune.report.flops, counted by hand for small models."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+import keras_prune
+
+L = keras.layers
+
+
+def test_flops_are_two_per_multiply_add_of_each_kernel_entry_and_output_position():
+    x = keras.Input((10, 10, 3))
+    h = L.Conv2D(4, 3, name="conv")(x)  # 8x8 positions x 3*3*3*4 entries
+    h = L.DepthwiseConv2D(3, padding="same")(h)  # 8x8 x 3*3*4*1
+    h = L.SeparableConv2D(6, 1)(h)  # 8x8 x (1*1*4*1 + 1*1*4*6)
+    h = L.BatchNormalization()(h)  # not counted
+    y = L.Dense(5)(L.Flatten()(h))  # 1 x 384*5
+    model = keras.Model(x, y)
+    expected = 64 * 108 + 64 * 36 + 64 * (4 + 24) + 384 * 5
+    assert keras_prune.flops(model) == 2 * expected
+    sequence = keras.Sequential([keras.Input((7, 4)), L.Dense(3)])  # 7 positions x 12
+    assert keras_prune.flops(sequence) == 2 * 7 * 12
+
+
+def test_flops_count_every_call_and_nested_models_and_refuse_subclassed_models():
+    shared = L.Dense(4)
+    x = keras.Input((4,))
+    twice = keras.Model(x, shared(shared(x)))
+    assert keras_prune.flops(twice) == 2 * 2 * 16
+    outer = keras.Input((4,))
+    assert keras_prune.flops(keras.Model(outer, L.Dense(2)(twice(outer)))) == 64 + 2 * 8
+    with pytest.raises(TypeError, match="`model` must be a keras.Model"):
+        keras_prune.flops(L.Dense(3))
+
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="subclassed Net"):
+        keras_prune.flops(Net())
