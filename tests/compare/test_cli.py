@@ -83,6 +83,9 @@ def test_compare_prints_the_table(tiny_comparison):
         "compression vs dense .h5",
         "seconds per epoch",
         "sparsity dense1/kernel",
+        "parameters",
+        "FLOPs per sample",
+        "predict ms (batch 50)",
     ):
         assert any(line.startswith(label) for line in out.splitlines()), label
     assert "constant - polynomial at sparsity 0.875: test accuracy difference" in out
