@@ -13,6 +13,7 @@ import keras_prune
 from keras_prune import ChannelMask, prune_channels, shrink
 
 L = keras.layers
+pytestmark = pytest.mark.slow  # every test trains
 
 
 def _numpy(x):

@@ -191,6 +191,7 @@ def test_a_callable_importance_and_round_to():
         shrink(model, 0.5, importance=lambda weights: np.zeros(3))
 
 
+@pytest.mark.slow
 def test_the_original_is_untouched_and_the_result_trains_saves_and_loads_without_keras_prune(
     tmp_path,
 ):
