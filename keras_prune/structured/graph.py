@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 from typing import Any
 
 import keras
@@ -406,6 +407,23 @@ class _Walk:
 def analyse(model: keras.Model) -> Graph:
     """The walk behind `channel_groups`, with each layer's layouts (for `shrink`)."""
     return _Walk(model).run()
+
+
+def warn_left_whole(graph: Graph) -> None:
+    """One warning naming the groups that keep every channel for another reason than
+    reaching the model's output (which no user expects to shrink)."""
+    reasons = sorted(
+        {
+            f"{', '.join(layer.name for layer, _ in group.producers)}: {group.reason}"
+            for group in (graph.groups[i] for i in graph.roots())
+            if group.producers and group.reason and "model output" not in group.reason
+        }
+    )
+    if reasons:
+        warnings.warn(
+            f"{len(reasons)} channel group(s) keep every channel: " + "; ".join(reasons),
+            stacklevel=3,
+        )
 
 
 def check_model(model: Any, name: str = "model") -> keras.Model:

@@ -28,7 +28,14 @@ from keras_prune import _keras, _validation
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
 from keras_prune.structured.channel_mask import IMPORTANCES, ChannelMask, link
-from keras_prune.structured.graph import DEPTHWISE, PRODUCERS, Graph, analyse, check_model
+from keras_prune.structured.graph import (
+    DEPTHWISE,
+    PRODUCERS,
+    Graph,
+    analyse,
+    check_model,
+    warn_left_whole,
+)
 from keras_prune.structured.shrink import rebuild
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -89,6 +96,8 @@ def prune_channels(
         )
     graph = analyse(to_prune)
     chosen = _chosen_groups(graph, selection, layers)
+    if selection.everything:
+        warn_left_whole(graph)
     masks: dict[int, ChannelMask] = {}
     for layer, _, outputs in graph.calls.values():
         if not isinstance(layer, _MASKED_AFTER) or not set(outputs.groups) & chosen:

@@ -23,7 +23,6 @@ small.compile(...); small.fit(...)   # fine-tune what is left
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +41,7 @@ from keras_prune.structured.graph import (
     Layout,
     analyse,
     check_model,
+    warn_left_whole,
 )
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -113,7 +113,7 @@ def shrink(
         raise ValueError(
             f"`model` ({model.name}) has no channel that can be removed: " + "; ".join(reasons)
         )
-    _warn_left_whole(graph)
+    warn_left_whole(graph)
     keep: Keep = {}
     for root in removable:
         group = graph.groups[root]
@@ -122,21 +122,6 @@ def shrink(
         if len(kept) < group.size:
             keep[root] = kept
     return rebuild(model, graph, keep)
-
-
-def _warn_left_whole(graph: Graph) -> None:
-    reasons = sorted(
-        {
-            f"{', '.join(layer.name for layer, _ in group.producers)}: {group.reason}"
-            for group in (graph.groups[i] for i in graph.roots())
-            if group.producers and group.reason and "model output" not in group.reason
-        }
-    )
-    if reasons:
-        warnings.warn(
-            f"{len(reasons)} channel group(s) keep every channel: " + "; ".join(reasons),
-            stacklevel=3,
-        )
 
 
 def indices(graph: Graph, layout: Layout, keep: Keep) -> np.ndarray | None:

@@ -203,3 +203,13 @@ def test_a_loaded_model_finds_its_layers_or_says_how_to(tmp_path):
     else:
         loaded.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert all(m.sum() == len(m) // 2 for m in _masks(loaded).values())
+
+
+def test_groups_it_cannot_prune_are_named_in_one_warning():
+    x = keras.Input((6, 4))
+    a = L.Dense(8, name="a")(x)
+    b = L.Dense(8, name="b")(L.LayerNormalization(name="norm")(a))
+    model = keras.Model(x, L.Dense(2, name="out")(L.Activation("relu")(b)))
+    with pytest.warns(UserWarning, match="1 channel group\\(s\\) keep every channel: a: `norm`"):
+        masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
+    assert list(_masks(masked)) == ["b"]
