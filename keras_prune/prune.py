@@ -29,6 +29,7 @@ from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 from keras_prune.sparsity_distribution import Distribution
+from keras_prune.structured.channel_mask import channel_masks
 from keras_prune.wrapper import PruneLowMagnitude
 
 GLOBAL_GROUP = "global"
@@ -557,6 +558,12 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model to strip; got {type(model).__name__}.")
+    if channel_masks(model):
+        raise ValueError(
+            "`model` prunes channels (it has ChannelMask layers from prune_channels); call "
+            "`keras_prune.shrink(model)` instead, which removes the masked channels and "
+            "returns a plain Keras model."
+        )
     return _strip(model, {})
 
 

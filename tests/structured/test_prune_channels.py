@@ -175,6 +175,8 @@ def test_bad_arguments_are_named_before_anything_is_built():
         shrink(masked, 0.5)
     with pytest.raises(ValueError, match="`sparsity` is needed"):
         shrink(model)
+    with pytest.raises(ValueError, match="call `keras_prune.shrink\\(model\\)` instead"):
+        keras_prune.strip_pruning(masked)
 
 
 def test_attention_heads_are_refused_by_name():
