@@ -34,6 +34,7 @@ from keras import ops
 
 from keras_prune import _backend, _forward_pass, _keras, _validation
 from keras_prune.schedules import PruningSchedule
+from keras_prune.structured import importance
 
 IMPORTANCES = ("l1", "l2")
 
@@ -146,7 +147,7 @@ class ChannelMask(keras.layers.Layer):
         size = segment["size"]
         scores = None
         for layer, first in self._producers(segment):
-            kernel = layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+            kernel = importance.kernel(layer)
             kernel = ops.reshape(ops.cast(kernel.value, "float32"), (-1, kernel.shape[-1]))
             part = kernel[:, first : first + size]
             score = ops.sum(ops.square(part) if self.importance == "l2" else ops.abs(part), axis=0)
@@ -177,10 +178,6 @@ class ChannelMask(keras.layers.Layer):
             link(root)
             layers = self._linked
         return [(layers[name], first) for name, first in segment["producers"]]
-
-    def mask_sparsity(self) -> float:
-        """The fraction of the channels masked to 0."""
-        return 1.0 - float(ops.convert_to_numpy(ops.mean(self.mask.value)))
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -47,6 +47,12 @@ def _numpy(variable: keras.Variable) -> np.ndarray:
     return keras.ops.convert_to_numpy(variable).astype("float64")
 
 
+def kernel(layer: keras.layers.Layer) -> keras.Variable:
+    """The kernel whose last axis holds a producer's output channels (a
+    SeparableConv's pointwise kernel)."""
+    return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+
+
 def channel_weights(layer: keras.layers.Layer) -> np.ndarray:
     """`layer`'s kernel as a `(output channels, fan_in)` array.
 
@@ -58,8 +64,8 @@ def channel_weights(layer: keras.layers.Layer) -> np.ndarray:
         per_head = [np.moveaxis(_numpy(p.kernel), 1, 0) for p in projections]
         per_head.append(_numpy(layer.output_dense.kernel))
         return np.concatenate([w.reshape(layer.num_heads, -1) for w in per_head], axis=1)
-    kernel = _numpy(layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel)
-    return kernel.reshape(-1, kernel.shape[-1]).T
+    weights = _numpy(kernel(layer))
+    return weights.reshape(-1, weights.shape[-1]).T
 
 
 def scores(
