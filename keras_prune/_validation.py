@@ -65,6 +65,13 @@ def count(value: Any, name: str, minimum: int = 0) -> int:
     return int(value)
 
 
+def boolean(value: Any, name: str) -> bool:
+    """Returns `value` if it is True or False (not 0, 1 or None), else raises TypeError."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False; got {value!r}.")
+    return value
+
+
 def instance(value: Any, name: str, types: type | tuple[type, ...], description: str) -> Any:
     """Returns `value` if it is one of `types`, else raises TypeError naming `name`."""
     if not isinstance(value, types):

@@ -24,7 +24,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_prune import _keras, registry, sparsity_distribution
+from keras_prune import _keras, _validation, registry, sparsity_distribution
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
@@ -378,8 +378,7 @@ def prune_low_magnitude(
     if spread:
         _check_spreadable(to_prune, options)
 
-    if not isinstance(strict, bool):
-        raise TypeError(f"`strict` must be True or False; got {strict!r}.")
+    _validation.boolean(strict, "strict")
     if isinstance(to_prune, keras.Model):
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for a model: {sorted(kwargs)}.")
@@ -422,8 +421,7 @@ def _distribution(distribution: Any, global_pruning: Any) -> Distribution:
     distribution = sparsity_distribution.check(distribution)
     if global_pruning is None:
         return distribution
-    if not isinstance(global_pruning, bool):
-        raise TypeError(f"`global_pruning` must be True or False; got {global_pruning!r}.")
+    _validation.boolean(global_pruning, "global_pruning")
     warnings.warn(
         "`global_pruning` is deprecated: write sparsity_distribution="
         f"{'global' if global_pruning else 'uniform'!r}.",

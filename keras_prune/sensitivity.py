@@ -148,8 +148,7 @@ def sensitivity(
     sparsities = tuple(_validation.sparsity(s, "sparsities") for s in sparsities)
     if batch_size is not None:
         _validation.count(batch_size, "batch_size", 1)
-    if not isinstance(verbose, bool):
-        raise TypeError(f"`verbose` must be True or False; got {verbose!r}.")
+    _validation.boolean(verbose, "verbose")
     layers = _scanned_layers(model, Selection(select))
     if not layers:
         raise ValueError(

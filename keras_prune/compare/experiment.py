@@ -271,8 +271,7 @@ class ExperimentConfig:
             _validation.count(self.limit, "limit", 2)
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2; got {self.verbose!r}.")
-        if not isinstance(self.tflite, bool):
-            raise TypeError(f"`tflite` must be True or False; got {self.tflite!r}.")
+        _validation.boolean(self.tflite, "tflite")
         lacking = runtimes.missing(".tflite") if self.tflite else None
         if lacking:
             raise ValueError(f"`tflite`: measuring .tflite files needs {lacking}")

@@ -15,6 +15,9 @@ sparsity, round_to)` of them, removed channels scoring 0 so that they stay
 removed. Every `ChannelMask` of a group computes the same channels from the
 same weights (once per forward pass, then shared), so the group is removed
 as one without a shared variable, and a saved model resumes as it was.
+With `global_pruning`, one threshold over the normalised scores of all
+groups of the model (`importance.keep_global`) says how many channels each
+group keeps; the first mask of a pass computes it for all of them.
 
 Example:
 
@@ -68,6 +71,9 @@ class ChannelMask(keras.layers.Layer):
         round_to: keep a multiple of this many channels per group (and at
             least this many).
         source: the name of the layer whose output this masks.
+        global_pruning: False: each group loses the schedule's sparsity of
+            its channels; True: all groups of the model together do (see
+            `importance.keep_global`).
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class ChannelMask(keras.layers.Layer):
         importance: str = "l2",
         round_to: int = 1,
         source: str | None = None,
+        global_pruning: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -88,6 +95,7 @@ class ChannelMask(keras.layers.Layer):
         self.importance = _validation.one_of(importance, "importance", IMPORTANCES)
         self.round_to = _validation.count(round_to, "round_to", minimum=1)
         self.source = source
+        self.global_pruning = _validation.boolean(global_pruning, "global_pruning")
         self.supports_masking = True
 
     def build(self, input_shape: Any) -> None:
@@ -136,14 +144,20 @@ class ChannelMask(keras.layers.Layer):
             if not segment["producers"]:
                 parts.append(previous)
                 continue
+            if self.global_pruning:
+                compute = lambda: self._keep_global(sparsity)  # noqa: E731
+                parts.append(
+                    _forward_pass.shared(self, "channel_global", compute)[segment["group"]]
+                )
+                continue
             key = ("channel_group", segment["group"])
             compute = lambda s=segment, p=previous: self._keep(s, p, sparsity)  # noqa: E731
             parts.append(_forward_pass.shared(self, key, compute))
         new = ops.concatenate(parts) if len(parts) > 1 else parts[0]
         self.mask.assign(ops.where(should_prune, new, current))
 
-    def _keep(self, segment: dict[str, Any], previous: Any, sparsity: Any) -> Any:
-        """1.0 for the segment's channels that stay at `sparsity`, 0.0 for the others."""
+    def _scores(self, segment: dict[str, Any], previous: Any) -> Any:
+        """The segment's channel scores (`importance.scores`), 0 for those removed before."""
         size = segment["size"]
         scores = None
         for layer, first in self._producers(segment):
@@ -152,21 +166,42 @@ class ChannelMask(keras.layers.Layer):
             part = kernel[:, first : first + size]
             score = ops.sum(ops.square(part) if self.importance == "l2" else ops.abs(part), axis=0)
             scores = score if scores is None else scores + score
-        scores = ops.stop_gradient(scores) * previous  # removed channels stay removed
-        kept = size - ops.floor(sparsity * size + 1e-6)
-        kept = ops.maximum(ops.ceil(kept / self.round_to) * self.round_to, self.round_to)
-        kept = ops.minimum(kept, size)
-        # The rank of each channel, ties to the lower index: exact and the
-        # same on every backend (a sort's tie order is not).
-        index = ops.arange(size)
-        above = ops.greater(scores[None, :], scores[:, None])
-        tied = ops.logical_and(
-            ops.equal(scores[None, :], scores[:, None]), ops.less(index[None, :], index[:, None])
-        )
-        rank = ops.sum(ops.cast(ops.logical_or(above, tied), "float32"), axis=1)
-        return ops.cast(ops.less(rank, kept), "float32")
+        if self.importance == "l2":
+            scores = ops.sqrt(scores)
+        return ops.stop_gradient(scores) * previous  # removed channels stay removed
 
-    def _producers(self, segment: dict[str, Any]) -> list[tuple[keras.layers.Layer, int]]:
+    def _rounded(self, kept: Any, size: int) -> Any:
+        """`kept` rounded up to a multiple of `round_to`, at least `round_to`, at most `size`."""
+        kept = ops.maximum(ops.ceil(kept / self.round_to) * self.round_to, self.round_to)
+        return ops.minimum(kept, size)
+
+    def _keep(self, segment: dict[str, Any], previous: Any, sparsity: Any) -> Any:
+        """1.0 for the segment's channels that stay at `sparsity`, 0.0 for the others."""
+        size = segment["size"]
+        kept = self._rounded(size - ops.floor(sparsity * size + 1e-6), size)
+        return _top(self._scores(segment, previous), kept)
+
+    def _keep_global(self, sparsity: Any) -> dict[str, Any]:
+        """`{group: 1.0/0.0 per channel}` for every group of the model, with one threshold."""
+        groups = _groups(self._linked_layers())
+        scores = {}
+        for name, (mask, start, segment) in groups.items():
+            previous = mask.mask.value[start : start + segment["size"]]
+            score = self._scores(segment, previous)
+            # Divided by the mean over the channels still there (removed ones score 0).
+            mean = ops.sum(score) / ops.maximum(ops.sum(previous), 1.0)
+            scores[name] = ops.where(mean > 0, score / ops.maximum(mean, 1e-30), score)
+        values = ops.sort(ops.concatenate(list(scores.values())))
+        removed = ops.cast(ops.floor(sparsity * values.shape[0] + 1e-6), "int32")
+        threshold = ops.where(removed > 0, ops.take(values, ops.maximum(removed - 1, 0)), -1.0)
+        result = {}
+        for name, (_, _, segment) in groups.items():
+            above = ops.sum(ops.cast(ops.greater(scores[name], threshold), "float32"))
+            result[name] = _top(scores[name], self._rounded(above, segment["size"]))
+        return result
+
+    def _linked_layers(self) -> Any:
+        """The model's layers by name (`link`), linking the model this runs in if needed."""
         layers = getattr(self, "_linked", None)
         if layers is None:
             root = _forward_pass.outer_layer(
@@ -177,6 +212,10 @@ class ChannelMask(keras.layers.Layer):
             )
             link(root)
             layers = self._linked
+        return layers
+
+    def _producers(self, segment: dict[str, Any]) -> list[tuple[keras.layers.Layer, int]]:
+        layers = self._linked_layers()
         return [(layers[name], first) for name, first in segment["producers"]]
 
     def get_config(self) -> dict[str, Any]:
@@ -189,6 +228,7 @@ class ChannelMask(keras.layers.Layer):
             "importance": self.importance,
             "round_to": self.round_to,
             "source": self.source,
+            "global_pruning": self.global_pruning,
         }
 
     @classmethod
@@ -198,6 +238,36 @@ class ChannelMask(keras.layers.Layer):
             config["pruning_schedule"]
         )
         return cls(**config)
+
+
+def _top(scores: Any, kept: Any) -> Any:
+    """1.0 for the `kept` highest `scores`, 0.0 for the others.
+
+    By each channel's rank, ties to the lower index: exact and the same on
+    every backend (a sort's tie order is not).
+    """
+    index = ops.arange(scores.shape[0])
+    above = ops.greater(scores[None, :], scores[:, None])
+    tied = ops.logical_and(
+        ops.equal(scores[None, :], scores[:, None]), ops.less(index[None, :], index[:, None])
+    )
+    rank = ops.sum(ops.cast(ops.logical_or(above, tied), "float32"), axis=1)
+    return ops.cast(ops.less(rank, kept), "float32")
+
+
+def _groups(layers: Any) -> dict[str, tuple[ChannelMask, int, dict[str, Any]]]:
+    """`{group: (a mask holding it, its first channel there, its segment)}` of
+    every pruned group among `layers` (by name), in name order."""
+    groups: dict[str, tuple[ChannelMask, int, dict[str, Any]]] = {}
+    for name in sorted(layers):
+        if not isinstance(layers[name], ChannelMask):
+            continue
+        start = 0
+        for segment in layers[name].segments:
+            if segment["producers"] and segment["group"] not in groups:
+                groups[segment["group"]] = (layers[name], start, segment)
+            start += segment["size"]
+    return groups
 
 
 def channel_masks(model: keras.layers.Layer) -> list[ChannelMask]:

@@ -8,6 +8,11 @@ with producers `k_1..k_n` as `sqrt(sum_i ||k_i[..., c]||^2)`, "l1" as
 `sum_i |k_i[..., c]|_1`. A callable receives one `(channels, fan_in)`
 array per producer and returns one score per channel.
 
+Groups are pruned each to the sparsity (`keep`), or, with global pruning,
+to one threshold over all of them (`keep_global`): a group's scores are
+divided by their mean first, so that layers whose weights differ in scale
+compete fairly (as Torch-Pruning's "mean" normaliser does).
+
 Example:
 
 ```python
@@ -102,8 +107,43 @@ def kept_count(channels: int, sparsity: float, round_to: int) -> int:
     return min(channels, kept)
 
 
-def keep(scores: np.ndarray, sparsity: float, round_to: int) -> np.ndarray:
-    """The indices of the channels to keep, ascending: the highest scores (the lower index on a tie)."""
-    count = kept_count(len(scores), sparsity, round_to)
+def _top(scores: np.ndarray, count: int) -> np.ndarray:
+    """The indices of the `count` highest scores, ascending (the lower index on a tie)."""
     order = np.argsort(-scores, kind="stable")
     return np.sort(order[:count])
+
+
+def keep(scores: np.ndarray, sparsity: float, round_to: int) -> np.ndarray:
+    """The indices of the channels to keep, ascending: the highest scores (the lower index on a tie)."""
+    return _top(scores, kept_count(len(scores), sparsity, round_to))
+
+
+def normalized(scores: np.ndarray) -> np.ndarray:
+    """`scores` divided by their mean (unchanged if that is 0), to compare across groups."""
+    mean = float(np.mean(scores)) if len(scores) else 0.0
+    return scores / mean if mean > 0 else scores
+
+
+def global_threshold(scores: Sequence[np.ndarray], sparsity: float) -> float:
+    """The normalised score at or below which channels go, so that a
+    `sparsity` fraction of all channels of all groups goes (-inf: none)."""
+    values = np.sort(np.concatenate([normalized(s) for s in scores]))
+    removed = math.floor(sparsity * len(values) + 1e-9)
+    return float(values[removed - 1]) if removed else -math.inf
+
+
+def keep_global(scores: Sequence[np.ndarray], sparsity: float, round_to: int) -> list[np.ndarray]:
+    """The indices of the channels to keep in each group, with one threshold for all groups.
+
+    A `sparsity` fraction of all the groups' channels goes: those whose
+    normalised score is at or below `global_threshold`. Each group keeps the
+    rest, its count rounded up to a multiple of `round_to` and at least
+    `round_to` (so slightly less than `sparsity` may go).
+    """
+    threshold = global_threshold(scores, sparsity)
+    result = []
+    for group in scores:
+        above = int(np.sum(normalized(group) > threshold))
+        count = min(len(group), max(round_to, math.ceil(above / round_to) * round_to))
+        result.append(_top(group, count))
+    return result

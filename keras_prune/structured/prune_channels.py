@@ -48,6 +48,7 @@ def prune_channels(
     pruning_schedule: PruningSchedule,
     importance: str = "l2",
     select: Any = None,
+    global_pruning: bool = False,
     round_to: int = 1,
 ) -> keras.Model:
     """A copy of `to_prune` that removes whole channels as `pruning_schedule` says while it trains.
@@ -64,6 +65,11 @@ def prune_channels(
         select: None (every group that can shrink), or layers by instance,
             name or class, a predicate `f(layer) -> bool`, or a list of
             these: the groups produced by a selected layer.
+        global_pruning: False: every group loses the schedule's sparsity of
+            its channels. True: the groups together do, the channels with
+            the lowest score relative to their group's mean going first,
+            so groups that matter less lose more (each keeps at least
+            `round_to`).
         round_to: keep a multiple of this many channels per group, and at
             least this many.
 
@@ -86,6 +92,7 @@ def prune_channels(
             "`shrink(model, sparsity)`, one-shot)."
         )
     _validation.one_of(importance, "importance", IMPORTANCES)
+    global_pruning = _validation.boolean(global_pruning, "global_pruning")
     round_to = _validation.count(round_to, "round_to", minimum=1)
     selection = Selection(select)
     layers = _keras.flatten_layers(to_prune)
@@ -118,6 +125,7 @@ def prune_channels(
             importance=importance,
             round_to=round_to,
             source=layer.name,
+            global_pruning=global_pruning,
             name=f"{layer.name}_channel_mask",
         )
     model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)))

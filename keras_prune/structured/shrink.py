@@ -54,6 +54,7 @@ def shrink(
     *,
     importance: importance_lib.Importance = "l2",
     round_to: int = 1,
+    global_pruning: bool = False,
 ) -> keras.Model:
     """Removes whole channels of `model`: those its masks removed, or the least important at once.
 
@@ -68,6 +69,10 @@ def shrink(
             or a callable (see `structured.importance`).
         round_to: keep a multiple of this many channels in each group (and
             at least this many), e.g. 8 for the kernels of most CPUs and GPUs.
+        global_pruning: False removes `sparsity` of each group's channels;
+            True removes `sparsity` of all channels together, those with
+            the lowest score divided by their group's mean score (so layers
+            that matter less lose more; see `structured.importance`).
 
     Returns:
         A new plain Keras model with the same inputs and outputs, fewer
@@ -83,6 +88,7 @@ def shrink(
     check_model(model)
     importance = importance_lib.check(importance)
     round_to = _validation.count(round_to, "round_to", minimum=1)
+    global_pruning = _validation.boolean(global_pruning, "global_pruning")
     if any(isinstance(layer, PruneLowMagnitude) for layer in _keras.flatten_layers(model)):
         raise ValueError(
             "`model` is pruned by weights (it has PruneLowMagnitude layers); call "
@@ -90,11 +96,12 @@ def shrink(
         )
     masks = channel_masks(model)
     if masks:
-        if sparsity is not None or importance != "l2" or round_to != 1:
+        if sparsity is not None or importance != "l2" or round_to != 1 or global_pruning:
             raise ValueError(
                 f"`model` comes from prune_channels: its masks say which channels go, so "
-                f"`sparsity`, `importance` and `round_to` must be left out; got "
-                f"sparsity={sparsity!r}, importance={importance!r}, round_to={round_to!r}."
+                f"`sparsity`, `importance`, `round_to` and `global_pruning` must be left out; "
+                f"got sparsity={sparsity!r}, importance={importance!r}, round_to={round_to!r}, "
+                f"global_pruning={global_pruning!r}."
             )
         return _shrink_masked(model, masks)
     if sparsity is None:
@@ -114,13 +121,17 @@ def shrink(
             f"`model` ({model.name}) has no channel that can be removed: " + "; ".join(reasons)
         )
     warn_left_whole(graph)
-    keep: Keep = {}
-    for root in removable:
-        group = graph.groups[root]
-        scores = importance_lib.scores(importance, group.producers, group.size)
-        kept = importance_lib.keep(scores, sparsity, round_to)
-        if len(kept) < group.size:
-            keep[root] = kept
+    scores = [
+        importance_lib.scores(importance, graph.groups[root].producers, graph.groups[root].size)
+        for root in removable
+    ]
+    if global_pruning:
+        kept = importance_lib.keep_global(scores, sparsity, round_to)
+    else:
+        kept = [importance_lib.keep(s, sparsity, round_to) for s in scores]
+    keep: Keep = {
+        root: k for root, k, s in zip(removable, kept, scores, strict=True) if len(k) < len(s)
+    }
     return rebuild(model, graph, keep)
 
 

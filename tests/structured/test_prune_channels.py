@@ -72,6 +72,39 @@ def test_the_masks_keep_the_largest_channels_and_shrink_gives_the_masked_predict
     )
 
 
+def test_global_pruning_keeps_the_channels_of_a_full_sort_over_all_groups():
+    x, y = small_images(64)
+    model = small_cnn()
+    conv = model.layers[0]
+    kernel = _numpy(conv.kernel)
+    kernel[..., :6] *= 0.05  # six of conv1's eight channels matter little next to the others
+    conv.kernel.assign(kernel * 100)  # its scale as a whole does not count
+    names = [model.layers[i].name for i in (0, 2, 4)]
+    scores = []
+    for name in names:
+        flat = _numpy(model.get_layer(name).kernel).astype("float64")
+        scores.append(np.sqrt((flat.reshape(-1, flat.shape[-1]) ** 2).sum(axis=0)))
+    values = np.sort(np.concatenate([s / s.mean() for s in scores]))
+    threshold = values[len(values) // 2 - 1]  # half of all 32 channels go
+    masked = prune_channels(
+        model, keras_prune.ConstantSparsity(0.5, 0, frequency=1), global_pruning=True
+    )
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")  # weights stay
+    masked.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    masks = _masks(masked)
+    for name, score in zip(names, scores):
+        np.testing.assert_array_equal(masks[name], (score / score.mean() > threshold).astype(float))
+    assert masks[names[0]].sum() == 2  # not the 4 that uniform pruning keeps
+    assert sum(mask.sum() for mask in masks.values()) == 16
+    small = shrink(masked)
+    one_shot = shrink(model, 0.5, global_pruning=True)
+    for name in names:
+        assert small.get_layer(name).kernel.shape == one_shot.get_layer(name).kernel.shape
+    np.testing.assert_allclose(
+        _numpy(small(x, training=False)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-6
+    )
+
+
 def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_exactly():
     rng = np.random.RandomState(0)
     x, y = rng.rand(96, 8, 8, 3).astype("float32"), rng.randint(0, 4, 96)
@@ -156,6 +189,8 @@ def test_bad_arguments_are_named_before_anything_is_built():
         prune_channels(model, schedule, importance=lambda w: w)
     with pytest.raises(ValueError, match="`round_to` must be >= 1"):
         prune_channels(model, schedule, round_to=0)
+    with pytest.raises(TypeError, match="`global_pruning` must be True or False"):
+        prune_channels(model, schedule, global_pruning="yes")
     with pytest.raises(
         ValueError, match="picks dense_1, whose channels cannot be removed: it reaches"
     ):

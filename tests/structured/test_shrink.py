@@ -191,6 +191,45 @@ def test_a_callable_importance_and_round_to():
         shrink(model, 0.5, importance=lambda weights: np.zeros(3))
 
 
+def _global_kept(layers, sparsity):
+    """Kept channels of single-producer groups with one threshold: each layer's
+    L2 norms divided by their mean, all of them sorted together."""
+    scores = [
+        np.sqrt((_numpy(la.kernel).astype("float64") ** 2).reshape(-1, la.kernel.shape[-1]).sum(0))
+        for la in layers
+    ]
+    values = np.sort(np.concatenate([s / s.mean() for s in scores]))
+    threshold = values[int(np.floor(sparsity * len(values))) - 1]
+    return [np.flatnonzero(s / s.mean() > threshold) for s in scores]
+
+
+def test_global_pruning_removes_the_lowest_normalised_scores_of_all_groups():
+    model = small_cnn()
+    _randomize(model)
+    first = model.get_layer(index=0)
+    kernel = _numpy(first.kernel)
+    kernel[..., :6] *= 0.05  # six of conv1's eight channels matter little next to the others
+    first.kernel.assign(kernel * 100)  # its scale as a whole does not count
+    layers = [model.get_layer(index=i) for i in (0, 2, 4)]
+    kept = _global_kept(layers, 0.5)
+    assert len(kept[0]) == 2  # not the 4 that uniform pruning keeps
+    small = shrink(model, 0.5, global_pruning=True)
+    for i, k in zip((0, 2, 4), kept):
+        assert small.get_layer(index=i).output.shape[-1] == len(k)
+    np.testing.assert_array_equal(
+        _numpy(small.get_layer(index=0).kernel), _numpy(first.kernel)[..., kept[0]]
+    )
+    reference = _copy(model)
+    for layer, k in zip(layers, kept):
+        removed = np.setdiff1d(np.arange(layer.kernel.shape[-1]), k)
+        _zero(reference.get_layer(layer.name), "kernel", removed)
+        _zero(reference.get_layer(layer.name), "bias", removed, axis=0)
+    x, _ = small_images(8)
+    _close(_outputs(small, x), _outputs(reference, x))
+    rounded = shrink(model, 0.9, global_pruning=True, round_to=4)  # every group keeps 4 or more
+    assert all(rounded.get_layer(index=i).output.shape[-1] % 4 == 0 for i in (0, 2, 4))
+
+
 @pytest.mark.slow
 def test_the_original_is_untouched_and_the_result_trains_saves_and_loads_without_keras_prune(
     tmp_path,
@@ -280,6 +319,8 @@ def test_bad_arguments_are_named():
         shrink(model, 0.5, importance="l3")
     with pytest.raises(ValueError, match="`round_to` must be >= 1"):
         shrink(model, 0.5, round_to=0)
+    with pytest.raises(TypeError, match="`global_pruning` must be True or False; got 1"):
+        shrink(model, 0.5, global_pruning=1)
     only_output = keras.Sequential([keras.Input((4,)), L.Dense(2)])
     with pytest.raises(
         ValueError, match="no channel that can be removed: it reaches the model output"
