@@ -15,6 +15,8 @@ import numpy as np
 from keras import ops
 
 from keras_prune import _keras, registry
+from keras_prune.structured.channel_mask import ChannelMask, channel_masks
+from keras_prune.structured.importance import kernel as channel_kernel
 from keras_prune.wrapper import PruneLowMagnitude
 
 _FORMATS = ("h5", "keras")
@@ -94,6 +96,9 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     A weight inside a custom layer is named by its path in that layer
     (`self_attention_layer/query/kernel`). Layers whose weights keras_prune
     does not know are listed in `report.unpruned` and below the table.
+    In a model from `prune_channels`, the output channels that a
+    `ChannelMask` removes count as zeros of the kernel that produces them
+    (`shrink` also removes the inputs of the next layer that read them).
 
     Example:
 
@@ -118,8 +123,11 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         if not (registry.is_known(layer) or isinstance(layer, (keras.Model, PruneLowMagnitude)))
         for inner in _keras.flatten_layers(layer)
     }
+    channel_mask = {mask.source: mask for mask in channel_masks(model)}
     for layer in layers:
         notes = None
+        if isinstance(layer, ChannelMask):
+            continue
         if isinstance(layer, PruneLowMagnitude):
             inner = layer.layer
             pairs = [(w, ops.multiply(w.value, m.value)) for w, m, _ in layer.pruning_vars]
@@ -134,6 +142,8 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         else:
             inner = layer
             pairs = [(w, w.value) for w in registry.get_prunable_weights(layer)]
+            if layer.name in channel_mask:
+                pairs, notes = _masked_channels(layer, pairs, channel_mask[layer.name])
         for i, (weight, value) in enumerate(pairs):
             zeros = int(np.count_nonzero(ops.convert_to_numpy(value) == 0))
             relative = _relative_path(weight, inner)
@@ -151,6 +161,23 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
                 )
             )
     return report
+
+
+def _masked_channels(
+    layer: keras.layers.Layer, pairs: list[tuple[Any, Any]], mask: ChannelMask
+) -> tuple[list[tuple[Any, Any]], list[str]]:
+    """`pairs` with the channels `mask` removes zeroed in `layer`'s channel kernel, and notes."""
+    kept = ops.convert_to_numpy(mask.mask)
+    note = (
+        f"{int(len(kept) - kept.sum())} of {len(kept)} output channels removed by its ChannelMask"
+    )
+    kernel = channel_kernel(layer)
+    result, notes = [], []
+    for weight, value in pairs:
+        is_kernel = weight is kernel and weight.shape[-1] == len(kept)
+        result.append((weight, ops.multiply(value, kept) if is_kernel else value))
+        notes.append(note if is_kernel else "")
+    return result, notes
 
 
 def _relative_path(weight: keras.Variable, layer: keras.layers.Layer) -> str:

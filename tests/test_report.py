@@ -1,9 +1,10 @@
-"""Tests for keras_prune.report.flops, counted by hand for small models."""
+"""Tests for keras_prune.report: flops counted by hand, sparsity_report of channel masks."""
 
 from __future__ import annotations
 
 import keras
 import pytest
+from conftest import small_cnn, small_images
 
 import keras_prune
 
@@ -40,3 +41,23 @@ def test_flops_count_every_call_and_nested_models_and_refuse_subclassed_models()
 
     with pytest.raises(ValueError, match="subclassed Net"):
         keras_prune.flops(Net())
+
+
+@pytest.mark.slow  # trains
+def test_sparsity_report_counts_the_channels_a_channel_mask_removes():
+    x, y = small_images(64)
+    masked = keras_prune.prune_channels(
+        small_cnn(), keras_prune.PolynomialDecay(0.0, 0.75, 0, 2, frequency=1)
+    )
+    masked.compile("sgd", "sparse_categorical_crossentropy")
+    masked.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    report = keras_prune.sparsity_report(masked)
+    assert not report.unpruned  # the ChannelMask layers are not "unknown layers"
+    small = keras_prune.shrink(masked)
+    rows = {row.layer: row for row in report}
+    assert len(rows) == 4
+    for layer in small.layers:
+        if layer.name in rows:  # the shrunk kernel keeps the channels the report does not count
+            original = masked.get_layer(layer.name).kernel.shape[-1]
+            assert rows[layer.name].sparsity == pytest.approx(1 - layer.kernel.shape[-1] / original)
+    assert [rows[name].sparsity for name in rows][:3] == [0.75, 0.75, 0.75]
