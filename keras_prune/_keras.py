@@ -20,6 +20,7 @@ layers = _keras.flatten_layers(model)   # every layer at any depth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -187,3 +188,16 @@ def graph_calls(model: keras.Model) -> list[tuple[Any, list[Any], list[Any]]]:
             if not node.is_input:
                 calls.append((node.operation, list(node.input_tensors), list(node.output_tensors)))
     return calls
+
+
+def run_graph(model: keras.Model, inputs: Any, call: Callable[..., Any]) -> Any:
+    """`model`'s graph run on the Keras tensors `inputs`, each call made by
+    `call(operation, *args, **kwargs)`; the outputs, connected to `inputs`.
+
+    `Function._run_through_graph` (3.0) is what `keras.models.clone_model`
+    runs; but `clone_model` then wraps the outputs in a new Functional
+    model, which copies the graph when `inputs` are not `keras.Input`
+    tensors, so its outputs no longer connect to the tensors given.
+    """
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    return graph._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call)

@@ -28,10 +28,10 @@ LAYERS = [
         "registry",
         "_forward_pass",
         "sparsity_distribution",
-        "structured.graph",
+        "structured.flatten",
         "structured.importance",
     },
-    {"global_pruning"},
+    {"global_pruning", "structured.graph"},
     {"wrapper", "structured.channel_mask"},
     {"policy"},
     {"prune", "report", "saving", "structured.shrink"},
@@ -61,6 +61,7 @@ PRIVATE_KERAS = (
     "_keras_history",
     "_nodes_by_depth",
     "._functional",
+    "_run_through_graph",
 )
 
 

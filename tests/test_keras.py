@@ -151,3 +151,25 @@ def test_graph_calls_list_every_call_with_its_tensors_inputs_first(kind):
     assert inputs[0] is model.inputs[0] and outputs[0].shape == (None, 3)
     assert calls[1][1][0] is outputs[0]  # relu reads what dense made
     assert calls[-1][2][0] is model.outputs[0]
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_run_graph_calls_each_operation_on_the_tensors_given_and_stays_connected(kind):
+    dense, relu = keras.layers.Dense(3, name="dense"), keras.layers.ReLU(name="relu")
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((4,)), dense, relu])
+    else:
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, relu(dense(inputs)))
+    x = keras.Input((4,))
+    start = keras.layers.Dense(4, name="start")(x)  # not a keras.Input: clone_model would copy
+    seen = []
+
+    def call(operation, *args, **kwargs):
+        seen.append(operation.name)
+        return operation(*args, **kwargs)
+
+    outputs = _keras.run_graph(model, [start], call)
+    assert seen == ["dense", "relu"]
+    joined = keras.Model(x, outputs)  # raises unless the outputs connect to `x`
+    assert [layer.name for layer in joined.layers[1:]] == ["start", "dense", "relu"]

@@ -46,6 +46,7 @@ import keras
 import numpy as np
 
 from keras_prune import _keras
+from keras_prune.structured.flatten import flatten
 
 L = keras.layers
 CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
@@ -451,13 +452,14 @@ def channel_groups(model: keras.Model) -> list[ChannelGroup]:
 
     Args:
         model: a built Functional or Sequential model (a subclassed model
-            has no graph: `ValueError`).
+            has no graph: `ValueError`). Nested models called once are
+            seen as part of its graph (`structured.flatten`).
 
     Returns:
         One `ChannelGroup` per set of channels that layers produce together;
         `reason` is None for the groups channel pruning can shrink.
     """
-    graph = analyse(check_model(model))
+    graph = analyse(flatten(check_model(model)))
     result = []
     for index in graph.roots():
         group = graph.groups[index]

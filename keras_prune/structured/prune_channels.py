@@ -28,6 +28,7 @@ from keras_prune import _keras, _validation
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
 from keras_prune.structured.channel_mask import IMPORTANCES, ChannelMask, link
+from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     DEPTHWISE,
     PRODUCERS,
@@ -94,13 +95,18 @@ def prune_channels(
     _validation.one_of(importance, "importance", IMPORTANCES)
     global_pruning = _validation.boolean(global_pruning, "global_pruning")
     round_to = _validation.count(round_to, "round_to", minimum=1)
-    selection = Selection(select)
+    Selection(select)  # checks it before anything is built
     layers = _keras.flatten_layers(to_prune)
     if any(isinstance(layer, (PruneLowMagnitude, ChannelMask)) for layer in layers):
         raise ValueError(
             "`to_prune` is already pruned (it has PruneLowMagnitude or ChannelMask layers); "
             "prune channels of the plain model (`strip_pruning` gives it for weight pruning)."
         )
+    flat = flatten(to_prune)
+    if flat is not to_prune:  # its layers are copies, with the same names
+        select = _by_name(select, layers)
+        to_prune, layers = flat, _keras.flatten_layers(flat)
+    selection = Selection(select)
     graph = analyse(to_prune)
     chosen = _chosen_groups(graph, selection, layers)
     if selection.everything:
@@ -131,6 +137,16 @@ def prune_channels(
     model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)))
     link(model)
     return model
+
+
+def _by_name(select: Any, layers: list[keras.layers.Layer]) -> Any:
+    """`select` with instances of `layers` replaced by their names."""
+    ids = {id(layer) for layer in layers}
+
+    def one(item: Any) -> Any:
+        return item.name if isinstance(item, keras.layers.Layer) and id(item) in ids else item
+
+    return [one(item) for item in select] if isinstance(select, (list, tuple, set)) else one(select)
 
 
 def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set[int]:

@@ -32,6 +32,7 @@ import numpy as np
 from keras_prune import _keras, _validation
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import ChannelMask, channel_masks
+from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     CONVOLUTIONS,
     DEPTHWISE,
@@ -111,6 +112,7 @@ def shrink(
             "each group at once, e.g. `shrink(model, 0.5)`."
         )
     sparsity = _validation.sparsity(sparsity, "sparsity")
+    model = flatten(model)
     graph = analyse(model)
     removable = graph.removable()
     if not removable:

@@ -105,6 +105,42 @@ def test_global_pruning_keeps_the_channels_of_a_full_sort_over_all_groups():
     )
 
 
+def test_a_nested_model_is_pruned_as_one_graph_and_select_finds_its_layers():
+    x, y = small_images(64)
+    features = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            L.Conv2D(8, 3, activation="relu", name="c1"),
+            L.MaxPooling2D(2),
+            L.Conv2D(8, 3, activation="relu", name="c2"),
+        ],
+        name="features",
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            features,
+            L.Flatten(),
+            L.Dense(16, activation="relu", name="d"),
+            L.Dense(4, activation="softmax", name="out"),
+        ]
+    )
+    schedule = keras_prune.ConstantSparsity(0.5, 0, frequency=1)
+    masked = prune_channels(model, schedule, select=[features.get_layer("c2"), "d"])
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")  # weights stay
+    masked.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    masks = _masks(masked)
+    assert sorted(masks) == ["c2", "d"]  # c1 was not selected
+    expected = np.zeros(8)
+    expected[_top(features.get_layer("c2").kernel, 4)] = 1
+    np.testing.assert_array_equal(masks["c2"], expected)
+    small = shrink(masked)
+    assert small.get_layer("c2").filters == 4 and small.get_layer("c1").filters == 8
+    np.testing.assert_allclose(
+        _numpy(small(x, training=False)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-6
+    )
+
+
 def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_exactly():
     rng = np.random.RandomState(0)
     x, y = rng.rand(96, 8, 8, 3).astype("float32"), rng.randint(0, 4, 96)

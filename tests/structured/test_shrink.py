@@ -267,6 +267,27 @@ def test_the_original_is_untouched_and_the_result_trains_saves_and_loads_without
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_a_base_model_inside_a_sequential_model_shrinks_as_one_graph():
+    """Transfer learning's shape: a keras.applications base, pooling, a new head.
+    Shrunk, it predicts what the same layers wired without nesting do."""
+    base = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(32, 32, 3), alpha=0.35
+    )
+    head = L.Dense(10, name="head")
+    nested = keras.Sequential([keras.Input((32, 32, 3)), base, L.GlobalAveragePooling2D(), head])
+    _randomize(base)
+    wired = keras.Model(base.input, head(L.GlobalAveragePooling2D()(base.output)))
+    small = shrink(nested, 0.5)
+    assert not any(isinstance(layer, keras.Model) for layer in small.layers)
+    # Conv_1's 1280 channels feed the head through the pooling, so they shrink too.
+    assert (
+        small.get_layer("Conv_1").filters == 640 and small.get_layer("head").kernel.shape[0] == 640
+    )
+    inputs = np.random.RandomState(0).rand(2, 32, 32, 3).astype("float32")
+    _close(_outputs(small, inputs), _outputs(shrink(wired, 0.5), inputs))
+    _close(_outputs(small, inputs), _outputs(_masked_reference(wired), inputs))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, build",

@@ -1,0 +1,64 @@
+"""Tests for keras_prune.structured.flatten: nested models inlined into one graph.
+
+The reference is the nested model itself: the flat one must predict what it does.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from keras_prune.structured.flatten import flatten
+
+L = keras.layers
+
+
+def _numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _nested():
+    """Sequential( Functional(two branches, a nested Sequential inside), Dense )."""
+    x = keras.Input((6, 6, 2))
+    deep = keras.Sequential([keras.Input((6, 6, 4)), L.Conv2D(4, 1, name="deep_conv")], name="deep")
+    a = L.Conv2D(4, 3, padding="same", name="a")(x)
+    b = deep(L.BatchNormalization(name="bn")(a))
+    inner = keras.Model(x, L.Concatenate(name="cat")([a, b]), name="inner")
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            inner,
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(3, name="out"),
+        ]
+    )
+
+
+def test_nested_models_called_once_become_one_graph_with_the_same_predictions():
+    model = _nested()
+    for layer in model.get_layer("inner").layers:  # moving statistics that are not 0 and 1
+        if isinstance(layer, L.BatchNormalization):
+            layer.moving_mean.assign(np.full(4, 0.3, "float32"))
+            layer.moving_variance.assign(np.full(4, 2.0, "float32"))
+    flat = flatten(model)
+    assert not any(isinstance(layer, keras.Model) for layer in flat.layers)
+    names = [layer.name for layer in flat.layers[1:]]
+    assert names == ["a", "bn", "deep_conv", "cat", "gap", "out"]
+    x = np.random.RandomState(0).rand(5, 6, 6, 2).astype("float32")
+    np.testing.assert_allclose(
+        _numpy(flat(x, training=False)), _numpy(model(x, training=False)), rtol=1e-5, atol=1e-6
+    )
+    assert flat.get_layer("a") is not model.get_layer("inner").get_layer("a")  # copies
+    assert flatten(flat) is flat
+
+
+def test_a_model_called_twice_stays_nested_and_clashing_names_are_refused():
+    shared = keras.Sequential([keras.Input((4,)), L.Dense(4, name="shared_dense")], name="shared")
+    x = keras.Input((4,))
+    siamese = keras.Model(x, L.Add()([shared(x), shared(L.Dense(4)(x))]))
+    assert flatten(siamese) is siamese  # copies would stop sharing the weights
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(4, name="same")], name="inner")
+    clash = keras.Sequential([keras.Input((4,)), inner, L.Dense(2, name="same")])
+    with pytest.raises(ValueError, match=r"share names \(same\)"):
+        flatten(clash)
