@@ -171,6 +171,11 @@ def source_operation(tensor: Any) -> Any:
     return tensor._keras_history.operation
 
 
+def _graph(model: keras.Model) -> Any:
+    """The Functional graph of `model`: itself, or a Sequential model's `_functional` (3.0)."""
+    return model._functional if isinstance(model, keras.Sequential) else model
+
+
 def graph_calls(model: keras.Model) -> list[tuple[Any, list[Any], list[Any]]]:
     """`(operation, input tensors, output tensors)` of every call in `model`'s graph, inputs first.
 
@@ -181,7 +186,7 @@ def graph_calls(model: keras.Model) -> list[tuple[Any, list[Any], list[Any]]]:
     other, so deepest first is an order in which every input is made before
     it is read.
     """
-    graph = model._functional if isinstance(model, keras.Sequential) else model
+    graph = _graph(model)
     calls = []
     for depth in sorted(graph._nodes_by_depth, reverse=True):
         for node in graph._nodes_by_depth[depth]:
@@ -199,5 +204,4 @@ def run_graph(model: keras.Model, inputs: Any, call: Callable[..., Any]) -> Any:
     model, which copies the graph when `inputs` are not `keras.Input`
     tensors, so its outputs no longer connect to the tensors given.
     """
-    graph = model._functional if isinstance(model, keras.Sequential) else model
-    return graph._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call)
+    return _graph(model)._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call)

@@ -174,7 +174,7 @@ def _masked_channels(
     kernel = channel_kernel(layer)
     result, notes = [], []
     for weight, value in pairs:
-        is_kernel = weight is kernel and weight.shape[-1] == len(kept)
+        is_kernel = weight is kernel  # its last axis holds the channels `mask` masks
         result.append((weight, ops.multiply(value, kept) if is_kernel else value))
         notes.append(note if is_kernel else "")
     return result, notes

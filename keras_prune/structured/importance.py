@@ -102,9 +102,12 @@ def kept_count(channels: int, sparsity: float, round_to: int) -> int:
     At most `floor(sparsity * channels)` go; the count kept is rounded up to a
     multiple of `round_to`, and never below `round_to` (or all, if fewer).
     """
-    kept = channels - math.floor(sparsity * channels + 1e-9)
-    kept = max(round_to, math.ceil(kept / round_to) * round_to)
-    return min(channels, kept)
+    return _rounded(channels - math.floor(sparsity * channels + 1e-9), channels, round_to)
+
+
+def _rounded(kept: int, channels: int, round_to: int) -> int:
+    """`kept` rounded up to a multiple of `round_to`, at least `round_to`, at most `channels`."""
+    return min(channels, max(round_to, math.ceil(kept / round_to) * round_to))
 
 
 def _top(scores: np.ndarray, count: int) -> np.ndarray:
@@ -124,10 +127,10 @@ def normalized(scores: np.ndarray) -> np.ndarray:
     return scores / mean if mean > 0 else scores
 
 
-def global_threshold(scores: Sequence[np.ndarray], sparsity: float) -> float:
-    """The normalised score at or below which channels go, so that a
-    `sparsity` fraction of all channels of all groups goes (-inf: none)."""
-    values = np.sort(np.concatenate([normalized(s) for s in scores]))
+def global_threshold(normalised: Sequence[np.ndarray], sparsity: float) -> float:
+    """The score at or below which channels go, so that a `sparsity`
+    fraction of all channels of the `normalised` groups goes (-inf: none)."""
+    values = np.sort(np.concatenate(normalised))
     removed = math.floor(sparsity * len(values) + 1e-9)
     return float(values[removed - 1]) if removed else -math.inf
 
@@ -140,10 +143,9 @@ def keep_global(scores: Sequence[np.ndarray], sparsity: float, round_to: int) ->
     rest, its count rounded up to a multiple of `round_to` and at least
     `round_to` (so slightly less than `sparsity` may go).
     """
-    threshold = global_threshold(scores, sparsity)
-    result = []
-    for group in scores:
-        above = int(np.sum(normalized(group) > threshold))
-        count = min(len(group), max(round_to, math.ceil(above / round_to) * round_to))
-        result.append(_top(group, count))
-    return result
+    normalised = [normalized(group) for group in scores]
+    threshold = global_threshold(normalised, sparsity)
+    return [
+        _top(group, _rounded(int(np.sum(n > threshold)), len(group), round_to))
+        for group, n in zip(scores, normalised, strict=True)
+    ]
