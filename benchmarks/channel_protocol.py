@@ -7,7 +7,7 @@
         --out benchmarks/results/seed_fashion_mnist_channels
 
 Trains what `keras-prune compare --schedules polynomial --structure channels
---sparsity S --seeds N --dataset D` trains, except that each seed's dense
+--sparsity S --seeds N --dataset D [--end-fraction F --frequency N]` trains, except that each seed's dense
 baseline is taken from the `--earlier` comparison's `results.json` (same
 dataset, split, epochs, batch size and seed) instead of being trained
 again: on the full Fashion-MNIST protocol a run takes 11-15 minutes, and the
@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--sparsity", default="0.5", help="comma-separated, e.g. 0.25,0.5,0.75")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--end-fraction", type=float, default=1.0)
+    parser.add_argument("--frequency", type=int, default=100)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -52,6 +54,8 @@ def main() -> None:
         sparsities=tuple(float(s) for s in args.sparsity.split(",")),
         seeds=args.seeds,
         dataset=args.dataset,
+        end_fraction=args.end_fraction,
+        frequency=args.frequency,
         verbose=2,
     )
     with open(args.earlier) as f:
@@ -66,6 +70,8 @@ def main() -> None:
         if run["schedule"] == experiment.BASELINE
     }
     comparison, task = experiment.prepare(config)
+    for note in comparison.notes:
+        print("warning:", note, flush=True)
     if earlier["data"] != comparison.data:
         raise SystemExit(f"--earlier used other data: {earlier['data']} vs {comparison.data}")
     done = os.path.join(args.out, "results.json")

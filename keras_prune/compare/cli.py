@@ -102,6 +102,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _end_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1]")
+    return value
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="keras-prune", description="Magnitude pruning experiments with keras-prune."
@@ -164,7 +174,15 @@ def _parser() -> _Parser:
         type=_fraction,
         default=0.2,
         metavar="F",
-        help="pruning begins at step int(F * end_step) (default: 0.2)",
+        help="pruning begins at step int(F * training steps) (default: 0.2)",
+    )
+    add(
+        "--end-fraction",
+        type=_end_fraction,
+        default=1.0,
+        metavar="F",
+        help="pruning ends at step int(F * training steps), leaving the rest to fine-tune at "
+        "the final sparsity (default: 1.0, the last batch, as in the seed article)",
     )
     add(
         "--frequency",
@@ -468,6 +486,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             begin_fraction=args.begin_fraction,
+            end_fraction=args.end_fraction,
             frequency=args.frequency,
             seeds=args.seeds,
             dataset=args.data or args.dataset or "mnist10k",

@@ -181,7 +181,8 @@ class ExperimentConfig:
     `verbose` is passed to `model.fit` (1: progress bars). `structures` says
     what the schedules remove: single "weights" (spread over the layers by
     each of `distributions`), whole "channels" (`prune_channels`, then
-    `shrink`), or both side by side.
+    `shrink`), or both side by side. Pruning runs from `begin_fraction` to
+    `end_fraction` of the training steps (`pruning_steps`).
     """
 
     schedules: tuple[str, ...] = BUILTIN_SCHEDULES
@@ -191,6 +192,7 @@ class ExperimentConfig:
     epochs: int = 30
     batch_size: int = 250
     begin_fraction: float = 0.2
+    end_fraction: float = 1.0
     frequency: int = 100
     seeds: int = 1
     dataset: str = "mnist10k"
@@ -233,6 +235,13 @@ class ExperimentConfig:
         _validation.count(self.frequency, "frequency", 1)
         _validation.count(self.seeds, "seeds", 1)
         _validation.fraction(self.begin_fraction, "begin_fraction")
+        if _validation.positive_number(self.end_fraction, "end_fraction") > 1.0:
+            raise ValueError(f"`end_fraction` must be in (0, 1]; got {self.end_fraction!r}.")
+        if self.begin_fraction >= self.end_fraction:
+            raise ValueError(
+                f"`begin_fraction` ({self.begin_fraction!r}) must be below `end_fraction` "
+                f"({self.end_fraction!r}): pruning must begin before it ends."
+            )
         _validation.fraction(self.validation_split, "validation_split")
         _validation.instance(self.dataset, "dataset", str, "a dataset name or an .npz path")
         if self.dataset not in DATASETS and not self.dataset.endswith(".npz"):
@@ -280,18 +289,21 @@ class ExperimentConfig:
 def pruning_steps(num_train: int, config: ExperimentConfig) -> tuple[int, int, int]:
     """`(steps_per_epoch, begin_step, end_step)` as in the seed article.
 
-    `end_step = ceil(n_fit / batch_size) * epochs`, where n_fit is the number
-    of images `model.fit` trains on after `validation_split` (split as Keras
-    does), and `begin_step = int(begin_fraction * end_step)`. The first
-    training batch is pruning step 1, so `end_step` is the last batch.
+    Training takes `steps = ceil(n_fit / batch_size) * epochs` batches,
+    where n_fit is the number of images `model.fit` trains on after
+    `validation_split` (split as Keras does); `begin_step = int(begin_fraction
+    * steps)` and `end_step = int(end_fraction * steps)`. The first training
+    batch is pruning step 1, so with the seed's `end_fraction=1.0`,
+    `end_step` is the last batch; a smaller one leaves the pruned model
+    `steps - end_step` batches to recover at its final sparsity.
     """
     _validation.count(num_train, "num_train", 2)
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"`config` must be an ExperimentConfig; got {type(config).__name__}.")
     num_fit = int(math.floor(num_train * (1.0 - config.validation_split)))
     steps_per_epoch = math.ceil(num_fit / config.batch_size)
-    end_step = steps_per_epoch * config.epochs
-    return steps_per_epoch, int(config.begin_fraction * end_step), end_step
+    steps = steps_per_epoch * config.epochs
+    return steps_per_epoch, int(config.begin_fraction * steps), int(config.end_fraction * steps)
 
 
 class _EpochTimer(keras.callbacks.Callback):
@@ -611,8 +623,14 @@ class Comparison:
         results.check_format(previous)
         ours = json.loads(json.dumps(dataclasses.asdict(self.config)))
         # Files of format 2 and older compared the uniform distribution only,
-        # of format 4 and older weights only.
-        theirs = {"distributions": ["uniform"], "structures": ["weights"], **previous["config"]}
+        # of format 4 and older weights only, of format 5 and older ended
+        # pruning at the last batch.
+        theirs = {
+            "distributions": ["uniform"],
+            "structures": ["weights"],
+            "end_fraction": 1.0,
+            **previous["config"],
+        }
         differ = sorted(
             key
             for key in ours.keys() | theirs.keys()

@@ -23,8 +23,8 @@ from typing import Any
 
 #: The version of `results.json` this code writes (3: sparsity distributions;
 #: 4: your own model and data, `metric` and `test_metrics`; 5: channel
-#: pruning, `parameters`, `flops` and `predict_ms`).
-FORMAT = 5
+#: pruning, `parameters`, `flops` and `predict_ms`; 6: `end_fraction`).
+FORMAT = 6
 BASELINE = "baseline"
 #: The `distribution` of runs that remove whole channels (`prune_channels`,
 #: then `shrink`) instead of single weights.

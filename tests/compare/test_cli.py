@@ -212,6 +212,7 @@ def test_compare_distributions_end_to_end(tmp_path):
 def test_compare_channels_beside_weights_end_to_end(tmp_path):
     args = ["--limit", "250", "--epochs", "1", "--batch-size", "50", "--frequency", "1"]
     args += ["--schedules", "constant", "--sparsity", "0.5,0.75", "--no-tflite", "--quiet"]
+    args += ["--end-fraction", "0.5"]
     done = _run("compare", *args, "--structure", "weights,channels", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
@@ -230,6 +231,11 @@ def test_compare_channels_beside_weights_end_to_end(tmp_path):
     assert any(line.startswith("predict ms (batch 50)") for line in lines)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["structures"] == ["weights", "channels"]
+    # 200 images in batches of 50: pruning ends after 2 of the 4 steps and
+    # the weight-pruned runs are at their sparsity.
+    assert results["steps"] == {"per_epoch": 4, "begin_step": 0, "end_step": 2}
+    reached = [r["total_sparsity"] for r in results["runs"] if r["distribution"] == "uniform"]
+    assert reached[1:] == [pytest.approx(0.5, abs=0.01), pytest.approx(0.75, abs=0.01)]
     assert [r["distribution"] for r in results["runs"]][-2:] == ["channels", "channels"]
     with Image.open(tmp_path / "accuracy_vs_latency.png") as image:
         assert image.format == "PNG"
@@ -242,6 +248,8 @@ def test_compare_channels_beside_weights_end_to_end(tmp_path):
         (["compare", "--schedules", "constant,no_such_module_xyz:make"], "cannot import"),
         (["compare", "--sparsity", "1.0"], "outside [0, 1)"),
         (["compare", "--sparsity", "0.5,-0.2"], "outside [0, 1)"),
+        (["compare", "--end-fraction", "0"], "--end-fraction: 0.0 is outside (0, 1]"),
+        (["compare", "--begin-fraction", "0.5", "--end-fraction", "0.4"], "must be below"),
         (["compare", "--epochs", "0"], "--epochs: 0 must be >= 1"),
         (["compare", "--epochs", "-3"], "--epochs"),
         (["compare", "--seeds", "two"], "--seeds: 'two' is not a whole number"),
@@ -321,7 +329,7 @@ def test_compare_your_own_model_and_data(own_model_and_data, tmp_path):
     # Nothing from TensorFlow's C++ side or absl reaches the user.
     assert "oneDNN" not in done.stderr and "absl" not in done.stderr, done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["metric"] == "mae" and results["format"] == 5
+    assert results["metric"] == "mae" and results["format"] == 6
     for run in results["runs"]:
         assert run["test_accuracy"] == run["test_metrics"]["mae"] > 0
     assert (tmp_path / "val_mae.png").stat().st_size > 1000

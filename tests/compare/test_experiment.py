@@ -24,6 +24,9 @@ def test_pruning_steps_are_the_seeds():
     assert experiment.pruning_steps(8000, config) == (26, 156, 780)
     short = ExperimentConfig(epochs=2, batch_size=50, begin_fraction=0.5)
     assert experiment.pruning_steps(300, short) == (5, 5, 10)
+    # Ending at 80 % of training leaves the last 6 of 30 epochs to fine-tune.
+    early = ExperimentConfig(end_fraction=0.8)
+    assert experiment.pruning_steps(60000, early) == (192, 1152, 4608)
 
 
 def test_builtin_schedules_are_the_seeds():
@@ -69,6 +72,10 @@ def test_schedule_by_import_path(tmp_path, monkeypatch):
         ({"epochs": 2.5}, TypeError, "`epochs`"),
         ({"seeds": 0}, ValueError, "`seeds` must be >= 1"),
         ({"begin_fraction": 1.0}, ValueError, "`begin_fraction`"),
+        ({"end_fraction": 0.0}, ValueError, "`end_fraction` must be > 0"),
+        ({"end_fraction": 1.5}, ValueError, r"`end_fraction` must be in \(0, 1\]"),
+        ({"end_fraction": True}, TypeError, "`end_fraction`"),
+        ({"end_fraction": 0.2}, ValueError, "`begin_fraction` .0.2. must be below `end_fraction`"),
         ({"dataset": "cifar10"}, ValueError, "`dataset` must be one of"),
         ({"distributions": ("rigl",)}, ValueError, "`distributions` must be one of"),
         ({"distributions": ("erk", "erk")}, ValueError, "duplicates"),
@@ -112,6 +119,10 @@ def test_schedules_are_checked_before_training():
         "(pruning steps 156..780 every 100); --frequency 78 ends exactly on it."
     )
     assert experiment.check_schedules(ExperimentConfig(frequency=78), 8000) == []
+    # Ending at 80 % (step 624), the last pruning step is 556.
+    (note,) = experiment.check_schedules(ExperimentConfig(end_fraction=0.8), 8000)
+    assert note.startswith("polynomial@0.875: the last pruning step, 556, prescribes 87.2")
+    assert note.endswith("(pruning steps 156..624 every 100); --frequency 78 ends exactly on it.")
     # One epoch: 26 steps from step 5; PolynomialDecay's one pruning step prescribes 0.
     with pytest.raises(ValueError) as error:
         experiment.check_schedules(ExperimentConfig(epochs=1), 8000)
@@ -201,6 +212,23 @@ def test_resume_reads_a_file_from_before_distributions():
     )
     with pytest.raises(ValueError, match=r"differs in distributions \['uniform'\] vs \['erk'\]"):
         spread.resume(old)
+
+
+def test_resume_reads_a_file_from_before_end_fraction():
+    data = {"train": 8, "validation": 2, "test": 10}
+    earlier = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
+    earlier.runs = [_result("baseline", 0.0, 0, 0.99, 1600000)]
+    old = _saved(earlier)
+    old["format"] = 5
+    del old["config"]["end_fraction"]
+    later = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
+    later.resume(old)
+    assert later.runs == earlier.runs
+    early = experiment.Comparison(
+        ExperimentConfig(end_fraction=0.8), data=data, steps={}, schedule_points={}
+    )
+    with pytest.raises(ValueError, match="differs in end_fraction 1.0 vs 0.8"):
+        early.resume(old)
 
 
 @pytest.fixture(scope="module")
