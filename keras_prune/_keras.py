@@ -100,6 +100,11 @@ def is_functional(model: keras.Model) -> bool:
     return isinstance(model, Functional)
 
 
+def has_graph(model: Any) -> bool:
+    """True for a Sequential or Functional model: one whose layers form a graph to walk."""
+    return isinstance(model, keras.Sequential) or is_functional(model)
+
+
 def tracked_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers `model` tracks as its own (`Layer._layers`, 3.0), attributes included."""
     return model._layers

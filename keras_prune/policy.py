@@ -82,7 +82,7 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
         return isinstance(layer, keras.layers.Conv2D) and tuple(layer.kernel_size) == (1, 1)
 
     def ensure_model_supports_pruning(self, model: keras.Model) -> None:
-        if not (_keras.is_functional(model) or isinstance(model, keras.Sequential)):
+        if not _keras.has_graph(model):
             raise ValueError("Subclassed models are not supported currently.")
         if not model.built:
             raise ValueError("Unbuilt models are not supported currently.")

@@ -52,12 +52,6 @@ def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
             yield layer
 
 
-def _is_plain_model(model: keras.Model) -> bool:
-    # User subclasses of keras.Model are re-created from their config
-    # instead of cloned layer by layer.
-    return isinstance(model, keras.Sequential) or _keras.is_functional(model)
-
-
 def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     return layer.__class__.from_config(layer.get_config())
 
@@ -201,8 +195,10 @@ def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Mod
 
 
 def _transform_model(model: keras.Model, transform: Transform, memo: Memo) -> keras.Model:
-    if _is_plain_model(model):
+    if _keras.has_graph(model):
         return _transform_plain(model, transform, memo)
+    # User subclasses of keras.Model are re-created from their config
+    # instead of cloned layer by layer.
     return _transform_subclassed(model, transform)
 
 
@@ -210,7 +206,7 @@ def _check_training_argument(model: keras.Model) -> None:
     # Keras passes `training=True` into a model's layers only through a call
     # signature that has `training`; without it the wrappers never see a
     # training call and pruning would silently never happen.
-    if not _is_plain_model(model) and "training" not in inspect.signature(model.call).parameters:
+    if not _keras.has_graph(model) and "training" not in inspect.signature(model.call).parameters:
         raise ValueError(
             f"{type(model).__name__}.call must accept a `training` argument (e.g. "
             "`def call(self, x, training=None)`) so that Keras runs its layers in "
@@ -506,7 +502,7 @@ def _prune_model(
 ) -> keras.Model:
     """`model` with its selected layers wrapped; unknown weights left dense are added to `unknown`."""
     _check_training_argument(model)
-    plain = _is_plain_model(model)
+    plain = _keras.has_graph(model)
 
     def wrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
         if not isinstance(layer, keras.layers.Layer):  # an op such as `x + y` (MobileNetV3)
@@ -566,7 +562,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
 
 
 def _strip(model: keras.Model, memo: Memo) -> keras.Model:
-    plain = _is_plain_model(model)
+    plain = _keras.has_graph(model)
 
     def unwrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model):

@@ -216,7 +216,7 @@ def flops(model: keras.Model) -> int:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; got {type(model).__name__}.")
-    if not (isinstance(model, keras.Sequential) or _keras.is_functional(model)):
+    if not _keras.has_graph(model):
         raise ValueError(
             f"`model` must be Functional or Sequential to count its FLOPs; {model.name} is a "
             f"subclassed {type(model).__name__}, whose `call` has no graph to count."

@@ -74,6 +74,9 @@ def test_is_functional_tells_graph_models_from_the_rest():
     sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     assert _keras.is_functional(functional) and _keras.is_functional(FunctionalSubclass())
     assert not _keras.is_functional(sequential) and not _keras.is_functional(Scaled())
+    graphs = (functional, FunctionalSubclass(), sequential)
+    assert all(_keras.has_graph(model) for model in graphs)
+    assert not _keras.has_graph(Scaled()) and not _keras.has_graph(keras.layers.Dense(2))
 
 
 def test_call_context_names_the_outermost_layer_of_the_pass():

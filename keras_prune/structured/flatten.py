@@ -34,11 +34,7 @@ from keras_prune import _keras
 
 def _graph_models(model: keras.Model) -> list[keras.Model]:
     """The Functional and Sequential models called directly in `model`'s graph."""
-    return [
-        layer
-        for layer in model.layers
-        if isinstance(layer, keras.Sequential) or _keras.is_functional(layer)
-    ]
+    return [layer for layer in model.layers if _keras.has_graph(layer)]
 
 
 def inlinable(model: keras.Model) -> list[keras.Model]:

@@ -433,7 +433,7 @@ def check_model(model: Any, name: str = "model") -> keras.Model:
         raise TypeError(
             f"`{name}` must be a keras.Model; got {model!r} of type {type(model).__name__}."
         )
-    if not (isinstance(model, keras.Sequential) or _keras.is_functional(model)):
+    if not _keras.has_graph(model):
         raise ValueError(
             f"`{name}` must be a Functional or Sequential model; `{model.name}` is a subclassed "
             f"{type(model).__name__}, whose `call` has no graph to find channel groups in. Build it "
