@@ -20,6 +20,9 @@ step is traced and costs nothing at run time, on every backend (including
 JAX, where the step is a pure function traced once). The call context and
 the current stateless scope are Keras internals, reached through
 `keras_prune._keras`.
+
+A wrapper runs its layer on masked weights for the pass with
+`call_with_values`.
 """
 
 from __future__ import annotations
@@ -94,3 +97,26 @@ def outer_layer(layer: keras.layers.Layer, unknown: str) -> keras.layers.Layer:
     if root is layer:
         raise ValueError(f"{layer.name!r} {unknown}")
     return root
+
+
+def call_with_values(
+    wrapper: keras.layers.Layer, values: dict[int, Any], *args: Any, **kwargs: Any
+) -> Any:
+    """`wrapper.layer(*args, **kwargs)`, called in `wrapper.call`, with each variable whose `id` is in
+    `values` read as that value (a weight times its mask).
+
+    The scope maps every variable of the layer, so that values from an outer
+    stateless scope (JAX's train step) are seen; updates the layer makes
+    inside (normalisation statistics, a dropout's seed) are assigned, and its
+    losses added to `wrapper`.
+    """
+    current = [(v, values.get(id(v), v.value)) for v in wrapper.layer.variables]
+    with keras.StatelessScope(state_mapping=current, collect_losses=True) as scope:
+        outputs = wrapper.layer(*args, **kwargs)
+    for variable, value in current:
+        new_value = scope.get_current_value(variable)
+        if new_value is not value and id(variable) not in values:
+            variable.assign(new_value)
+    for loss in scope.losses:
+        wrapper.add_loss(loss)
+    return outputs

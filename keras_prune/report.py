@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_prune import _keras, registry
-from keras_prune.structured.channel_mask import ChannelMask, channel_masks
+from keras_prune.structured.channel_mask import ChannelMask, HeadMask, channel_masks
 from keras_prune.structured.importance import kernel as channel_kernel
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -98,7 +98,9 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     does not know are listed in `report.unpruned` and below the table.
     In a model from `prune_channels`, the output channels that a
     `ChannelMask` removes count as zeros of the kernel that produces them
-    (`shrink` also removes the inputs of the next layer that read them).
+    (`shrink` also removes the inputs of the next layer that read them),
+    and the heads a `HeadMask` removes as zeros of its attention layer's
+    query, key, value and output kernels.
 
     Example:
 
@@ -120,7 +122,10 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     inside_custom = {
         id(inner)
         for layer in layers
-        if not (registry.is_known(layer) or isinstance(layer, (keras.Model, PruneLowMagnitude)))
+        if not (
+            registry.is_known(layer)
+            or isinstance(layer, (keras.Model, PruneLowMagnitude, ChannelMask))
+        )
         for inner in _keras.flatten_layers(layer)
     }
     channel_mask = {mask.source: mask for mask in channel_masks(model)}
@@ -166,17 +171,26 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
 def _masked_channels(
     layer: keras.layers.Layer, pairs: list[tuple[Any, Any]], mask: ChannelMask
 ) -> tuple[list[tuple[Any, Any]], list[str]]:
-    """`pairs` with the channels `mask` removes zeroed in `layer`'s channel kernel, and notes."""
+    """`pairs` with the channels (or heads) `mask` removes zeroed, and notes."""
     kept = ops.convert_to_numpy(mask.mask)
-    note = (
-        f"{int(len(kept) - kept.sum())} of {len(kept)} output channels removed by its ChannelMask"
-    )
-    kernel = channel_kernel(layer)
+    removed = f"{int(len(kept) - kept.sum())} of {len(kept)}"
+    if isinstance(mask, HeadMask):  # a head is an axis of each projection's kernel
+        note = f"{removed} heads removed by its HeadMask"
+        projections = (layer.query_dense, layer.key_dense, layer.value_dense)
+        axes = {id(p.kernel): 1 for p in projections} | {id(layer.output_dense.kernel): 0}
+    else:
+        note = f"{removed} output channels removed by its ChannelMask"
+        kernel = channel_kernel(layer)
+        axes = {id(kernel): len(kernel.shape) - 1}
     result, notes = [], []
     for weight, value in pairs:
-        is_kernel = weight is kernel  # its last axis holds the channels `mask` masks
-        result.append((weight, ops.multiply(value, kept) if is_kernel else value))
-        notes.append(note if is_kernel else "")
+        axis = axes.get(id(weight))
+        if axis is not None:
+            shape = [1] * len(weight.shape)
+            shape[axis] = len(kept)
+            value = ops.multiply(value, kept.reshape(shape))
+        result.append((weight, value))
+        notes.append("" if axis is None else note)
     return result, notes
 
 

@@ -283,20 +283,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if not args and not kwargs and self._plain_embedding():
             return self._embedding_rows(inputs)
         pruned = {id(w): ops.multiply(w.value, m.value) for w, m, _ in self.pruning_vars}
-        current = [(v, pruned.get(id(v), v.value)) for v in self.layer.variables]
-        # Run the layer with its prunable variables read as weight * mask. The
-        # scope maps every variable of the layer, so that values from an outer
-        # stateless scope (JAX's train step) are seen; updates the layer makes
-        # inside (e.g. normalisation statistics) and its losses are passed on.
-        with keras.StatelessScope(state_mapping=current, collect_losses=True) as scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        for variable, value in current:
-            new_value = scope.get_current_value(variable)
-            if new_value is not value and id(variable) not in pruned:
-                variable.assign(new_value)
-        for loss in scope.losses:
-            self.add_loss(loss)
-        return outputs
+        return _forward_pass.call_with_values(self, pruned, inputs, *args, **kwargs)
 
     def _plain_embedding(self) -> bool:
         """Whether the layer is a `keras.layers.Embedding` (not a subclass, such

@@ -61,3 +61,25 @@ def test_sparsity_report_counts_the_channels_a_channel_mask_removes():
             original = masked.get_layer(layer.name).kernel.shape[-1]
             assert rows[layer.name].sparsity == pytest.approx(1 - layer.kernel.shape[-1] / original)
     assert [rows[name].sparsity for name in rows][:3] == [0.75, 0.75, 0.75]
+
+
+def test_sparsity_report_counts_the_heads_a_head_mask_removes():
+    x = keras.Input((5, 8))
+    h = keras.layers.MultiHeadAttention(4, 2, name="attention")(x, x)
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(keras.layers.Add()([x, h])))
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
+    (head_mask,) = [la for la in masked.layers if isinstance(la, keras_prune.HeadMask)]
+    head_mask.mask.assign([1.0, 0.0, 0.0, 1.0])  # as two pruning steps of training leave it
+    report = keras_prune.sparsity_report(masked)
+    assert not report.unpruned
+    rows = {row.weight: row for row in report if row.layer == "attention"}
+    assert sorted(rows) == [
+        "attention_output/kernel",
+        "key/kernel",
+        "query/kernel",
+        "value/kernel",
+    ]
+    for row in rows.values():  # half of every kernel: a removed head's slice
+        assert row.sparsity == 0.5 and row.note == "2 of 4 heads removed by its HeadMask"
+    # A head's slice of the (8, 4, 2) key kernel is 8 x 2 entries; two heads go.
+    assert rows["key/kernel"].zeros == 2 * 8 * 2

@@ -19,6 +19,9 @@ With `global_pruning`, one threshold over the normalised scores of all
 groups of the model (`importance.keep_global`) says how many channels each
 group keeps; the first mask of a pass computes it for all of them.
 
+The heads of a `MultiHeadAttention` are masked by a `HeadMask` that wraps
+it, since they are inside the layer.
+
 Example:
 
 ```python
@@ -161,9 +164,7 @@ class ChannelMask(keras.layers.Layer):
         size = segment["size"]
         scores = None
         for layer, first in self._producers(segment):
-            kernel = importance.kernel(layer)
-            kernel = ops.reshape(ops.cast(kernel.value, "float32"), (-1, kernel.shape[-1]))
-            part = kernel[:, first : first + size]
+            part = importance.kernel_columns(layer)[:, first : first + size]
             score = ops.sum(ops.square(part) if self.importance == "l2" else ops.abs(part), axis=0)
             scores = score if scores is None else scores + score
         if self.importance == "l2":
@@ -240,6 +241,76 @@ class ChannelMask(keras.layers.Layer):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="keras_prune")
+class HeadMask(ChannelMask):
+    """Wraps a `MultiHeadAttention` whose heads a pruning schedule removes.
+
+    The mask has one entry per head and is computed as a `ChannelMask`'s
+    (a head's weights are its query, key and value kernels and its rows of
+    the output kernel: `importance.kernel_columns`). The attention runs with
+    a removed head's value projection (kernel and bias) read as 0, so that
+    head adds exactly nothing to the output, as in the model `shrink` makes
+    without it. Made by `prune_channels`.
+
+    Args:
+        layer: the `MultiHeadAttention`.
+        pruning_schedule, segments, importance, round_to, source,
+            global_pruning: as for `ChannelMask`; `segments` is the one
+            group of `layer`'s heads.
+    """
+
+    def __init__(
+        self, layer: keras.layers.MultiHeadAttention, pruning_schedule: PruningSchedule, **kwargs
+    ):
+        super().__init__(pruning_schedule, **kwargs)
+        _validation.instance(
+            layer, "layer", keras.layers.MultiHeadAttention, "a keras.layers.MultiHeadAttention"
+        )
+        if sum(s["size"] for s in self.segments) != layer.num_heads:
+            raise ValueError(
+                f"{self.name!r}: `segments` hold {sum(s['size'] for s in self.segments)} "
+                f"channels but `{layer.name}` has {layer.num_heads} heads."
+            )
+        self.layer = layer
+
+    def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
+        if not self.layer.built:
+            self.layer.build(query_shape, value_shape, key_shape)
+        super().build((self.layer.num_heads,))
+
+    def call(self, query: Any, value: Any, key: Any = None, training: bool | None = None, **kwargs):
+        if training:
+            self._update()
+        projection = self.layer.value_dense
+        heads = self.mask.value
+        masked = {  # (inputs, heads, head size) and (heads, head size)
+            id(projection.kernel): projection.kernel.value
+            * ops.cast(heads[None, :, None], projection.kernel.dtype)
+        }
+        if projection.bias is not None:
+            masked[id(projection.bias)] = projection.bias.value * ops.cast(
+                heads[:, None], projection.bias.dtype
+            )
+        return _forward_pass.call_with_values(
+            self, masked, query, value, key, training=training, **kwargs
+        )
+
+    def compute_output_shape(self, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> HeadMask:
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return super().from_config(config)
+
+
 def _top(scores: Any, kept: Any) -> Any:
     """1.0 for the `kept` highest `scores`, 0.0 for the others.
 
@@ -277,9 +348,18 @@ def channel_masks(model: keras.layers.Layer) -> list[ChannelMask]:
 
 def link(model: keras.layers.Layer) -> None:
     """Tells each `ChannelMask` in `model` the layers (by name) whose kernels score its channels."""
+    masks = channel_masks(model)
+    # The producers are the model's own layers and the attention layers
+    # inside HeadMasks; they come first, so that a sublayer deeper down with
+    # the same name (every MultiHeadAttention has a "query") cannot hide one.
+    first = list(model.layers) if isinstance(model, keras.Model) else []
+    first += [mask.layer for mask in masks if isinstance(mask, HeadMask)]
+    layers: dict[str, keras.layers.Layer] = {}
+    for layer in first + _keras.flatten_layers(model):
+        layers.setdefault(layer.name, layer)
     # A read-only mapping, not a dict: Keras tracks neither (the producers are
     # the model's layers already), and `.keras` saving, which walks every
     # dict, list and layer attribute, would save the layers' weights there.
-    layers = types.MappingProxyType({layer.name: layer for layer in _keras.flatten_layers(model)})
-    for mask in channel_masks(model):
-        object.__setattr__(mask, "_linked", layers)
+    linked = types.MappingProxyType(layers)
+    for mask in masks:
+        object.__setattr__(mask, "_linked", linked)

@@ -29,6 +29,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 Importance = str | Callable[[list[np.ndarray]], Any]
 NAMES = ("l1", "l2")
@@ -48,29 +49,40 @@ def check(importance: Any) -> Importance:
     return importance
 
 
-def _numpy(variable: keras.Variable) -> np.ndarray:
-    return keras.ops.convert_to_numpy(variable).astype("float64")
-
-
 def kernel(layer: keras.layers.Layer) -> keras.Variable:
     """The kernel whose last axis holds a producer's output channels (a
     SeparableConv's pointwise kernel)."""
     return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
 
 
-def channel_weights(layer: keras.layers.Layer) -> np.ndarray:
-    """`layer`'s kernel as a `(output channels, fan_in)` array.
+def _last(axis: int, rank: int) -> list[int]:
+    """The permutation that moves `axis` last (`transpose` takes TensorFlow variables;
+    `moveaxis` does not)."""
+    return [a for a in range(rank) if a != axis] + [axis]
 
-    For a MultiHeadAttention the channels are its heads, and a head's weights
+
+def kernel_columns(layer: keras.layers.Layer) -> Any:
+    """`layer`'s kernel as a float32 `(fan_in, output channels)` tensor, one column per channel.
+
+    For a MultiHeadAttention the channels are its heads, and a head's column
     its query, key and value kernels and its rows of the output kernel.
     """
     if isinstance(layer, keras.layers.MultiHeadAttention):
+        heads = layer.num_heads
         projections = (layer.query_dense, layer.key_dense, layer.value_dense)
-        per_head = [np.moveaxis(_numpy(p.kernel), 1, 0) for p in projections]
-        per_head.append(_numpy(layer.output_dense.kernel))
-        return np.concatenate([w.reshape(layer.num_heads, -1) for w in per_head], axis=1)
-    weights = _numpy(kernel(layer))
-    return weights.reshape(-1, weights.shape[-1]).T
+        kernels = [(p.kernel, 1) for p in projections] + [(layer.output_dense.kernel, 0)]
+        columns = [  # the heads axis last
+            ops.reshape(ops.transpose(ops.cast(k.value, "float32"), _last(axis, 3)), (-1, heads))
+            for k, axis in kernels
+        ]
+        return ops.concatenate(columns, axis=0)
+    weights = ops.cast(kernel(layer).value, "float32")
+    return ops.reshape(weights, (-1, weights.shape[-1]))
+
+
+def channel_weights(layer: keras.layers.Layer) -> np.ndarray:
+    """`kernel_columns(layer)` as a float64 `(output channels, fan_in)` array."""
+    return ops.convert_to_numpy(kernel_columns(layer)).astype("float64").T
 
 
 def scores(

@@ -5,8 +5,9 @@ same `model.fit` (with `UpdatePruningStep`, compiled steps, every backend)
 and the same `.keras` files, but the schedule's sparsity is the fraction of
 each channel group's channels removed (`structured.graph` finds the groups).
 The model it returns computes with the removed channels at exactly 0 (a
-`ChannelMask` after every layer that holds them), and `shrink(model)`
-then cuts them out: same predictions, smaller layers.
+`ChannelMask` after every layer that holds them, a `HeadMask` around each
+`MultiHeadAttention` whose heads go), and `shrink(model)` then cuts them
+out: same predictions, smaller layers.
 
 Example:
 
@@ -27,7 +28,7 @@ import keras
 from keras_prune import _keras, _validation
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
-from keras_prune.structured.channel_mask import IMPORTANCES, ChannelMask, link
+from keras_prune.structured.channel_mask import IMPORTANCES, ChannelMask, HeadMask, link
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     DEPTHWISE,
@@ -76,7 +77,8 @@ def prune_channels(
 
     Returns:
         The model with a `ChannelMask` after each layer that holds pruned
-        channels, uncompiled. Train it, then call `shrink(model)`.
+        channels and each pruned `MultiHeadAttention` wrapped in a
+        `HeadMask`, uncompiled. Train it, then call `shrink(model)`.
 
     Raises:
         ValueError: a selected layer whose channels cannot be removed (named,
@@ -134,7 +136,30 @@ def prune_channels(
             global_pruning=global_pruning,
             name=f"{layer.name}_channel_mask",
         )
-    model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)))
+    heads: dict[int, list[dict[str, Any]]] = {}
+    for layer, group in graph.heads.values():
+        root = graph.find(group)
+        if root in chosen:
+            producers = [[p.name, first] for p, first in graph.groups[root].producers]
+            heads[id(layer)] = [
+                {"group": f"group_{root}", "size": layer.num_heads, "producers": producers}
+            ]
+
+    def wrap(layer: keras.layers.Layer, new: keras.layers.Layer) -> keras.layers.Layer:
+        if id(layer) not in heads:
+            return new
+        return HeadMask(
+            new,
+            pruning_schedule,
+            segments=heads[id(layer)],
+            importance=importance,
+            round_to=round_to,
+            source=layer.name,
+            global_pruning=global_pruning,
+            name=f"{layer.name}_head_mask",
+        )
+
+    model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)), wrap=wrap)
     link(model)
     return model
 
@@ -151,7 +176,6 @@ def _by_name(select: Any, layers: list[keras.layers.Layer]) -> Any:
 
 def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set[int]:
     removable = set(graph.removable())
-    heads = {graph.find(group) for _, group in graph.heads.values()}
     producers = set()
     chosen = set()
     for root in graph.roots():
@@ -161,8 +185,6 @@ def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set
         if not picked:
             continue
         reason = group.reason
-        if root in heads:
-            reason = "attention heads are removed one-shot only, by `shrink(model, sparsity)`"
         if reason is None and root in removable:
             chosen.add(root)
         elif any(selection.explicit(layer) for layer in picked):

@@ -31,7 +31,7 @@ import numpy as np
 
 from keras_prune import _keras, _validation
 from keras_prune.structured import importance as importance_lib
-from keras_prune.structured.channel_mask import ChannelMask, channel_masks
+from keras_prune.structured.channel_mask import ChannelMask, HeadMask, channel_masks
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     CONVOLUTIONS,
@@ -213,9 +213,14 @@ def clone(
     configure: Callable[[keras.layers.Layer], dict[str, Any]],
     skip: Callable[[keras.layers.Layer], bool] = lambda layer: False,
     after: Callable[[keras.layers.Layer], keras.layers.Layer | None] = lambda layer: None,
+    wrap: Callable[
+        [keras.layers.Layer, keras.layers.Layer], keras.layers.Layer
+    ] = lambda old, new: new,
 ) -> tuple[keras.Model, list[tuple[keras.layers.Layer, keras.layers.Layer]]]:
     """`model`'s graph with new layers made from `configure(layer)`, without the layers
-    `skip` picks and with the layer `after(layer)` (if any) called on each layer's output.
+    `skip` picks, each new layer called as `wrap(layer, new)`, and with the layer
+    `after(layer)` (if any) called on each layer's output. A `HeadMask` is
+    cloned as the attention layer it wraps.
 
     Returns the new model and the `(old, new)` layer pairs, whose weights the
     caller sets.
@@ -224,10 +229,12 @@ def clone(
     originals: dict[int, keras.layers.Layer] = {}
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        new = layer.__class__.from_config(configure(layer))
-        originals[id(new)] = layer
+        original = layer.layer if isinstance(layer, HeadMask) else layer
+        new = original.__class__.from_config(configure(original))
         if not skip(layer):
-            pairs.append((layer, new))
+            pairs.append((original, new))
+        new = wrap(original, new)
+        originals[id(new)] = layer
         return new
 
     if isinstance(model, keras.Sequential):  # clone_model calls no call_function on these
@@ -259,9 +266,13 @@ def rebuild(
     graph: Graph,
     keep: Keep,
     after: Callable[[keras.layers.Layer], keras.layers.Layer | None] = lambda layer: None,
+    wrap: Callable[
+        [keras.layers.Layer, keras.layers.Layer], keras.layers.Layer
+    ] = lambda old, new: new,
 ) -> keras.Model:
     """`model` with the channels not in `keep` cut out of every layer (groups absent from
-    `keep` stay whole), and `after(layer)` called on the output of each layer."""
+    `keep` stay whole), each new layer called as `wrap(layer, new)`, and
+    `after(layer)` called on the output of each layer."""
     plans: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
     for layer, inputs, outputs in graph.calls.values():
         plans[id(layer)] = (indices(graph, inputs, keep), indices(graph, outputs, keep))
@@ -271,7 +282,7 @@ def rebuild(
     def configure(layer: keras.layers.Layer) -> dict[str, Any]:
         return _config(layer, *plans.get(id(layer), (None, None)))
 
-    result, pairs = clone(model, configure, after=after)
+    result, pairs = clone(model, configure, after=after, wrap=wrap)
     for old, new in pairs:
         inputs, outputs = plans.get(id(old), (None, None))
         if inputs is None and outputs is None:
@@ -288,9 +299,12 @@ def rebuild(
 
 
 def _unmasked(model: keras.Model) -> keras.Model:
-    """`model` without its `ChannelMask` layers, with its weights."""
+    """`model` without its `ChannelMask` layers and with its `HeadMask`s' attention
+    layers unwrapped, with its weights."""
     result, pairs = clone(
-        model, lambda layer: layer.get_config(), skip=lambda layer: isinstance(layer, ChannelMask)
+        model,
+        lambda layer: layer.get_config(),
+        skip=lambda layer: type(layer) is ChannelMask,
     )
     for old, new in pairs:
         new.set_weights(old.get_weights())
@@ -303,10 +317,14 @@ def _shrink_masked(model: keras.Model, masks: list[ChannelMask]) -> keras.Model:
     graph = analyse(plain)
     keep: Keep = {}
     for mask in masks:
-        _, _, layout = graph.calls[id(plain.get_layer(mask.source))]
+        source = plain.get_layer(mask.source)
+        if isinstance(mask, HeadMask):
+            groups = (graph.find(graph.heads[id(source)][1]),)
+        else:
+            groups = graph.calls[id(source)][2].groups
         values = keras.ops.convert_to_numpy(mask.mask)
         start = 0
-        for group in layout.groups:
+        for group in groups:
             size = graph.groups[group].size
             kept = np.flatnonzero(values[start : start + size])
             start += size

@@ -21,6 +21,7 @@ def _numpy(x):
 
 
 def _masks(model):
+    """`{source layer: mask}` of the ChannelMask and HeadMask layers."""
     return {
         layer.source: _numpy(layer.mask) for layer in model.layers if isinstance(layer, ChannelMask)
     }
@@ -250,14 +251,92 @@ def test_bad_arguments_are_named_before_anything_is_built():
         keras_prune.strip_pruning(masked)
 
 
-def test_attention_heads_are_refused_by_name():
+def _attention_model():
     x = keras.Input((5, 8))
-    h = L.MultiHeadAttention(2, 4, name="attention")(x, x)
-    model = keras.Model(x, L.Dense(2)(L.Dense(6, name="hidden")(h)))
-    with pytest.raises(ValueError, match="attention heads are removed one-shot only"):
-        prune_channels(model, keras_prune.ConstantSparsity(0.5, 0), select="attention")
-    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
-    assert list(_masks(masked)) == ["hidden"]
+    h = L.MultiHeadAttention(4, 3, name="attention")(x, x)
+    h = L.Dense(6, activation="relu", name="hidden")(L.Add()([x, h]))
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(h)))
+
+
+def _head_scores(attention):
+    """Each head's L2 norm over its query, key, value and output kernels, by hand."""
+    parts = [
+        np.moveaxis(_numpy(p.kernel), 1, 0).reshape(attention.num_heads, -1)
+        for p in (attention.query_dense, attention.key_dense, attention.value_dense)
+    ]
+    parts.append(_numpy(attention.output_dense.kernel).reshape(attention.num_heads, -1))
+    return np.sqrt((np.concatenate(parts, axis=1).astype("float64") ** 2).sum(axis=1))
+
+
+def test_attention_heads_go_while_fit_trains_and_shrink_removes_them(tmp_path):
+    model = _attention_model()
+    attention = model.get_layer("attention")
+    for projection in (attention.query_dense, attention.value_dense):  # heads 1 and 2 matter less
+        kernel = _numpy(projection.kernel)
+        kernel[:, 1:3] *= 0.1
+        projection.kernel.assign(kernel)
+    for projection in (attention.value_dense, attention.query_dense):  # biases that are not 0
+        projection.bias.assign(np.random.RandomState(0).normal(size=(4, 3)).astype("float32"))
+    expected = np.zeros(4)
+    expected[np.sort(np.argsort(-_head_scores(attention), kind="stable")[:2])] = 1
+    assert expected.tolist() == [1, 0, 0, 1]
+    x = np.random.RandomState(1).normal(size=(32, 5, 8)).astype("float32")
+    y = np.random.RandomState(2).randint(0, 2, 32)
+
+    masked = prune_channels(
+        model, keras_prune.ConstantSparsity(0.5, 0, frequency=1), select="attention"
+    )
+    (head_mask,) = [la for la in masked.layers if isinstance(la, keras_prune.HeadMask)]
+    assert head_mask.source == "attention" and list(_masks(masked)) == ["attention"]
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")  # weights stay
+    masked.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    np.testing.assert_array_equal(_masks(masked)["attention"], expected)
+
+    # A removed head adds nothing: the masked model predicts what the model
+    # does with those heads' value projections zeroed by hand.
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    value = reference.get_layer("attention").value_dense
+    value.kernel.assign(_numpy(value.kernel) * expected[None, :, None])
+    value.bias.assign(_numpy(value.bias) * expected[:, None])
+    masked_out = _numpy(masked(x, training=False))
+    np.testing.assert_allclose(masked_out, _numpy(reference(x)), rtol=1e-5, atol=1e-6)
+
+    masked.save(tmp_path / "heads.keras")
+    loaded = keras.saving.load_model(tmp_path / "heads.keras")
+    np.testing.assert_allclose(_numpy(loaded(x, training=False)), masked_out, rtol=1e-6)
+    small = shrink(loaded)
+    assert small.get_layer("attention").num_heads == 2
+    assert small.get_layer("attention").query_dense.kernel.shape == (8, 2, 3)
+    assert not any(isinstance(la, ChannelMask) for la in small.layers)
+    np.testing.assert_allclose(_numpy(small(x, training=False)), masked_out, rtol=1e-4, atol=1e-6)
+
+
+def test_heads_and_units_train_and_shrink_together():
+    model = _attention_model()
+    x = np.random.RandomState(1).normal(size=(32, 5, 8)).astype("float32")
+    y = np.random.RandomState(2).randint(0, 2, 32)
+    for global_pruning in (False, True):
+        masked = prune_channels(
+            model,
+            keras_prune.PolynomialDecay(0.0, 0.5, 0, 4, frequency=1),
+            global_pruning=global_pruning,
+        )
+        masked.compile("adam", "sparse_categorical_crossentropy")
+        masked.fit(x, y, batch_size=8, epochs=2, verbose=0)  # real updates, compiled steps
+        masks = _masks(masked)
+        assert sorted(masks) == ["attention", "hidden"]
+        assert sum(m.sum() for m in masks.values()) == 5  # half of 4 heads and 6 units
+        small = shrink(masked)
+        kept = masks["attention"].sum()
+        assert small.get_layer("attention").num_heads == kept
+        assert small.get_layer("hidden").units == masks["hidden"].sum()
+        np.testing.assert_allclose(
+            _numpy(small(x, training=False)),
+            _numpy(masked(x, training=False)),
+            rtol=1e-4,
+            atol=1e-6,
+        )
 
 
 def test_a_loaded_model_finds_its_layers_or_says_how_to(tmp_path):
