@@ -44,3 +44,19 @@ def small_cnn(size=12, classes=4):
             keras.layers.Dense(classes, activation="softmax"),
         ]
     )
+
+
+def small_encoder(hidden=16, heads=4, ffn=32, blocks=2, length=6, vocab=50):
+    """A BERT-style encoder from Keras layers: attention and FFN blocks between LayerNorms."""
+    ids = keras.Input((length,), dtype="int32")
+    x = keras.layers.Embedding(vocab, hidden, name="embedding")(ids)
+    for i in range(blocks):
+        attention = keras.layers.MultiHeadAttention(heads, hidden // heads, name=f"attention_{i}")(
+            x, x
+        )
+        x = keras.layers.LayerNormalization(name=f"norm_{i}_a")(keras.layers.Add()([x, attention]))
+        h = keras.layers.Dense(ffn, activation="gelu", name=f"ffn_{i}_in")(x)
+        h = keras.layers.Dense(hidden, name=f"ffn_{i}_out")(h)
+        x = keras.layers.LayerNormalization(name=f"norm_{i}_b")(keras.layers.Add()([x, h]))
+    y = keras.layers.Dense(3, name="out")(keras.layers.GlobalAveragePooling1D()(x))
+    return keras.Model(ids, y)

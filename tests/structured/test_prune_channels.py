@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn, small_images
+from conftest import small_cnn, small_encoder, small_images
 
 import keras_prune
 from keras_prune import ChannelMask, prune_channels, shrink
@@ -337,6 +337,34 @@ def test_heads_and_units_train_and_shrink_together():
             rtol=1e-4,
             atol=1e-6,
         )
+
+
+def test_a_transformer_encoder_loses_heads_and_ffn_units_while_it_trains(tmp_path):
+    model = small_encoder()
+    ids = np.random.RandomState(0).randint(0, 50, (32, 6))
+    y = np.random.RandomState(1).randint(0, 3, 32)
+    schedule = keras_prune.PolynomialDecay(0.0, 0.5, 0, 4, frequency=2)
+    with pytest.warns(UserWarning, match=r"2 channel group\(s\) keep every channel: ffn_0_out"):
+        masked = prune_channels(model, schedule)  # the residual width stays
+    masked.compile("adam", "sparse_categorical_crossentropy")
+    masked.fit(ids, y, batch_size=16, epochs=1, verbose=0)  # steps 1, 2: the first mask update
+    masked.save(tmp_path / "encoder.keras")  # and on, mid-pruning, from the file
+    masked = keras.saving.load_model(tmp_path / "encoder.keras")
+    masked.fit(
+        ids, y, batch_size=16, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
+    )
+    masks = _masks(masked)
+    assert sorted(masks) == ["attention_0", "attention_1", "ffn_0_in", "ffn_1_in"]
+    assert [m.sum() for m in masks.values()] == [2, 16, 2, 16]  # half the heads and FFN units
+    small = shrink(masked)
+    assert small.get_layer("attention_1").num_heads == 2 and small.get_layer("ffn_0_in").units == 16
+    assert small.get_layer("ffn_1_out").units == 16  # the residual width stays
+    np.testing.assert_allclose(
+        _numpy(small(ids, training=False)),
+        _numpy(masked(ids, training=False)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_a_loaded_model_finds_its_layers_or_says_how_to(tmp_path):

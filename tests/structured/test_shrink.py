@@ -14,7 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn, small_images
+from conftest import small_cnn, small_encoder, small_images
 
 from keras_prune.structured.graph import channel_groups
 from keras_prune.structured.shrink import shrink
@@ -368,22 +368,8 @@ def test_layers_it_cannot_shrink_are_left_whole_with_a_warning():
     assert small.get_layer("a").units == 8 and small.get_layer("b").units == 4
 
 
-def _encoder(hidden=16, heads=4, ffn=32, blocks=2, length=6, vocab=50):
-    """A BERT-style encoder from Keras layers: attention and FFN blocks between LayerNorms."""
-    ids = keras.Input((length,), dtype="int32")
-    x = L.Embedding(vocab, hidden, name="embedding")(ids)
-    for i in range(blocks):
-        attention = L.MultiHeadAttention(heads, hidden // heads, name=f"attention_{i}")(x, x)
-        x = L.LayerNormalization(name=f"norm_{i}_a")(L.Add()([x, attention]))
-        h = L.Dense(ffn, activation="gelu", name=f"ffn_{i}_in")(x)
-        h = L.Dense(hidden, name=f"ffn_{i}_out")(h)
-        x = L.LayerNormalization(name=f"norm_{i}_b")(L.Add()([x, h]))
-    y = L.Dense(3, name="out")(L.GlobalAveragePooling1D()(x))
-    return keras.Model(ids, y)
-
-
 def test_a_transformer_encoder_loses_heads_and_ffn_units_and_keeps_its_width():
-    model = _encoder()
+    model = small_encoder()
     _randomize(model)
     groups = {g.producers: g for g in channel_groups(model)}
     assert groups[("attention_0",)].size == 4 and groups[("attention_0",)].removable
