@@ -33,6 +33,7 @@ masked = keras_prune.prune_channels(model, keras_prune.PolynomialDecay(0, 0.5, 0
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -40,9 +41,7 @@ from keras import ops
 
 from keras_prune import _backend, _forward_pass, _keras, _validation
 from keras_prune.schedules import PruningSchedule
-from keras_prune.structured import importance
-
-IMPORTANCES = ("l1", "l2")
+from keras_prune.structured import importance as importance_lib
 
 
 def _segment(value: Any) -> dict[str, Any]:
@@ -70,7 +69,10 @@ class ChannelMask(keras.layers.Layer):
             `{"group": name, "size": channels, "producers": [[layer name,
             first output channel], ...]}`; a segment with no producers is
             never pruned.
-        importance: "l2" or "l1", the norm of a channel's kernel weights.
+        importance: "l2" or "l1", the norm of a channel's kernel weights,
+            or a callable that `keras.saving` can save: given one float32
+            `(channels, fan_in)` tensor per producer, it returns the
+            channels' scores with `keras.ops`.
         round_to: keep a multiple of this many channels per group (and at
             least this many).
         source: the name of the layer whose output this masks.
@@ -83,7 +85,7 @@ class ChannelMask(keras.layers.Layer):
         self,
         pruning_schedule: PruningSchedule,
         segments: list[dict[str, Any]],
-        importance: str = "l2",
+        importance: str | Callable[[list[Any]], Any] = "l2",
         round_to: int = 1,
         source: str | None = None,
         global_pruning: bool = False,
@@ -95,7 +97,9 @@ class ChannelMask(keras.layers.Layer):
         )
         self.pruning_schedule = pruning_schedule
         self.segments = [_segment(s) for s in segments]
-        self.importance = _validation.one_of(importance, "importance", IMPORTANCES)
+        if not callable(importance):
+            _validation.one_of(importance, "importance", importance_lib.NAMES)
+        self.importance = importance
         self.round_to = _validation.count(round_to, "round_to", minimum=1)
         self.source = source
         self.global_pruning = _validation.boolean(global_pruning, "global_pruning")
@@ -162,13 +166,17 @@ class ChannelMask(keras.layers.Layer):
     def _scores(self, segment: dict[str, Any], previous: Any) -> Any:
         """The segment's channel scores (`importance.scores`), 0 for those removed before."""
         size = segment["size"]
-        scores = None
-        for layer, first in self._producers(segment):
-            part = importance.kernel_columns(layer)[:, first : first + size]
-            score = ops.sum(ops.square(part) if self.importance == "l2" else ops.abs(part), axis=0)
-            scores = score if scores is None else scores + score
-        if self.importance == "l2":
-            scores = ops.sqrt(scores)
+        columns = [
+            importance_lib.kernel_columns(layer)[:, first : first + size]
+            for layer, first in self._producers(segment)
+        ]
+        if callable(self.importance):
+            scores = self.importance([ops.transpose(c) for c in columns])
+            scores = ops.reshape(ops.cast(scores, "float32"), (size,))
+        elif self.importance == "l2":
+            scores = ops.sqrt(sum(ops.sum(ops.square(c), axis=0) for c in columns))
+        else:
+            scores = sum(ops.sum(ops.abs(c), axis=0) for c in columns)
         return ops.stop_gradient(scores) * previous  # removed channels stay removed
 
     def _rounded(self, kept: Any, size: int) -> Any:
@@ -226,7 +234,9 @@ class ChannelMask(keras.layers.Layer):
             "segments": [
                 {**s, "producers": [list(p) for p in s["producers"]]} for s in self.segments
             ],
-            "importance": self.importance,
+            "importance": keras.saving.serialize_keras_object(self.importance)
+            if callable(self.importance)
+            else self.importance,
             "round_to": self.round_to,
             "source": self.source,
             "global_pruning": self.global_pruning,
@@ -238,6 +248,8 @@ class ChannelMask(keras.layers.Layer):
         config["pruning_schedule"] = keras.saving.deserialize_keras_object(
             config["pruning_schedule"]
         )
+        if isinstance(config.get("importance"), dict):  # a saved callable
+            config["importance"] = keras.saving.deserialize_keras_object(config["importance"])
         return cls(**config)
 
 

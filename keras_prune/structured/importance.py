@@ -6,7 +6,9 @@ head's query, key, value and output kernels); biases and normalisation
 weights do not count. "l2" scores channel `c` of a group
 with producers `k_1..k_n` as `sqrt(sum_i ||k_i[..., c]||^2)`, "l1" as
 `sum_i |k_i[..., c]|_1`. A callable receives one `(channels, fan_in)`
-array per producer and returns one score per channel.
+array per producer and returns one score per channel: numpy arrays in
+`scores` (one-shot), float32 tensors inside `prune_channels`' train step
+(`ChannelMask`).
 
 Groups are pruned each to the sparsity (`keep`), or, with global pruning,
 to one threshold over all of them (`keep_global`): a group's scores are

@@ -21,6 +21,8 @@ small = keras_prune.shrink(masked)        # a plain Keras model, half the channe
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -28,7 +30,8 @@ import keras
 from keras_prune import _keras, _validation
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
-from keras_prune.structured.channel_mask import IMPORTANCES, ChannelMask, HeadMask, link
+from keras_prune.structured import importance as importance_lib
+from keras_prune.structured.channel_mask import ChannelMask, HeadMask, link
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     DEPTHWISE,
@@ -48,7 +51,7 @@ _MASKED_AFTER = (*PRODUCERS, *DEPTHWISE, keras.layers.BatchNormalization)
 def prune_channels(
     to_prune: keras.Model,
     pruning_schedule: PruningSchedule,
-    importance: str = "l2",
+    importance: importance_lib.Importance = "l2",
     select: Any = None,
     global_pruning: bool = False,
     round_to: int = 1,
@@ -62,8 +65,11 @@ def prune_channels(
             `PolynomialDecay`, a subclass); its sparsity is the fraction of
             each group's channels removed.
         importance: "l2" or "l1": channels whose producers' kernel slices
-            have the smallest norm go first. (`shrink(model, sparsity)` also
-            takes a callable.)
+            have the smallest norm go first. Or a callable, called in the
+            train step with one float32 `(channels, fan_in)` tensor per
+            producer of a group, returning one score per channel with
+            `keras.ops`; it is saved with the model, so it must be a
+            registered function (`@keras.saving.register_keras_serializable()`).
         select: None (every group that can shrink), or layers by instance,
             name or class, a predicate `f(layer) -> bool`, or a list of
             these: the groups produced by a selected layer.
@@ -89,12 +95,9 @@ def prune_channels(
     _validation.instance(
         pruning_schedule, "pruning_schedule", PruningSchedule, "a keras_prune.PruningSchedule"
     )
-    if callable(importance) and not isinstance(importance, str):
-        raise TypeError(
-            "`importance` must be 'l1' or 'l2' for prune_channels (a callable works with "
-            "`shrink(model, sparsity)`, one-shot)."
-        )
-    _validation.one_of(importance, "importance", IMPORTANCES)
+    importance = importance_lib.check(importance)
+    if callable(importance):
+        _check_saveable(importance)
     global_pruning = _validation.boolean(global_pruning, "global_pruning")
     round_to = _validation.count(round_to, "round_to", minimum=1)
     Selection(select)  # checks it before anything is built
@@ -111,6 +114,9 @@ def prune_channels(
     selection = Selection(select)
     graph = analyse(to_prune)
     chosen = _chosen_groups(graph, selection, layers)
+    if callable(importance):
+        for root in chosen:
+            _check_traceable(importance, graph.groups[root].producers, graph.groups[root].size)
     if selection.everything:
         warn_left_whole(graph)
     masks: dict[int, ChannelMask] = {}
@@ -162,6 +168,49 @@ def prune_channels(
     model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)), wrap=wrap)
     link(model)
     return model
+
+
+def _check_saveable(importance: Callable[..., Any]) -> None:
+    """Raises unless `keras.saving` can save `importance` with the model and load it back."""
+    try:
+        with warnings.catch_warnings():  # Keras warns of a lambda; the error below says more
+            warnings.simplefilter("ignore")
+            config = keras.saving.serialize_keras_object(importance)
+        restored = keras.saving.deserialize_keras_object(config)
+    except Exception as error:  # what keras.saving raises for lambdas and nested functions
+        restored, reason = None, f" ({type(error).__name__}: {error})"
+    else:
+        reason = ""
+    if restored is not importance:
+        raise ValueError(
+            f"`importance` {importance!r} is saved with the model's masks and must load back: "
+            "define it at module level and register it with "
+            "`@keras.saving.register_keras_serializable()` (a lambda or nested function cannot "
+            f"be loaded){reason}."
+        )
+
+
+def _check_traceable(
+    importance: Callable[..., Any], producers: list[tuple[Any, int]], channels: int
+) -> None:
+    """Calls `importance` on symbolic weights of one group, as the train step will."""
+    weights = [
+        keras.KerasTensor((channels, importance_lib.kernel_columns(layer).shape[0]))
+        for layer, _ in producers
+    ]
+    try:
+        shape = tuple(keras.ops.convert_to_tensor(importance(weights)).shape)
+    except Exception as error:  # the user's function, on symbolic tensors
+        raise ValueError(
+            "`importance` must compute its scores with keras.ops (it runs inside the compiled "
+            f"train step); calling it on symbolic weights raised {type(error).__name__}: {error}"
+        ) from None
+    if shape != (channels,):
+        names = ", ".join(layer.name for layer, _ in producers)
+        raise ValueError(
+            f"`importance` must return {channels} scores, one per channel of the group of "
+            f"{names}; it returned shape {shape}."
+        )
 
 
 def _by_name(select: Any, layers: list[keras.layers.Layer]) -> Any:

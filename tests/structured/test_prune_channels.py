@@ -215,15 +215,65 @@ def test_select_and_round_to():
     assert {name: int(m.sum()) for name, m in _masks(masked).items()} == {model.layers[2].name: 4}
 
 
+@keras.saving.register_keras_serializable(package="keras_prune_tests")
+def _latest_channels(weights):
+    """Scores that keep the highest-numbered channels, whatever the weights."""
+    return keras.ops.arange(weights[0].shape[0], dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_prune_tests")
+def _numpy_norm(weights):  # numpy cannot run inside a compiled step
+    return np.linalg.norm(weights[0], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="keras_prune_tests")
+def _one_score(weights):
+    return keras.ops.sum(weights[0])
+
+
+@keras.saving.register_keras_serializable(package="keras_prune_tests")
+def _l1_of_first(weights):
+    return keras.ops.sum(keras.ops.abs(weights[0]), axis=1)
+
+
+def test_a_callable_importance_scores_in_the_train_step_and_is_saved(tmp_path):
+    x, y = small_images(32)
+    model = small_cnn()
+    schedule = keras_prune.PolynomialDecay(0.0, 0.5, 0, 2, frequency=1)
+    masked = prune_channels(model, schedule, importance=_latest_channels)
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    masked.fit(x, y, batch_size=16, epochs=1, verbose=0)  # step 1 removes 3 of 8; step 2, 4
+    for mask in _masks(masked).values():
+        np.testing.assert_array_equal(mask, np.repeat([0.0, 1.0], len(mask) // 2))
+    # As "l1" does, the callable's own L1 norm keeps the channels a full sort keeps.
+    masked = prune_channels(model, schedule, importance=_l1_of_first)
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    masked.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    masked.save(tmp_path / "callable.keras")
+    loaded = keras.saving.load_model(tmp_path / "callable.keras")
+    assert loaded.get_layer(f"{model.layers[0].name}_channel_mask").importance is _l1_of_first
+    for name, mask in _masks(loaded).items():
+        flat = _numpy(model.get_layer(name).kernel).reshape(-1, len(mask)).astype("float64")
+        expected = np.zeros(len(mask))
+        expected[
+            np.sort(np.argsort(-np.abs(flat).sum(axis=0), kind="stable")[: len(mask) // 2])
+        ] = 1
+        np.testing.assert_array_equal(mask, expected)
+
+
 def test_bad_arguments_are_named_before_anything_is_built():
     model = small_cnn()
     schedule = keras_prune.ConstantSparsity(0.5, 0)
     with pytest.raises(TypeError, match="`pruning_schedule` must be a keras_prune.PruningSchedule"):
         prune_channels(model, 0.5)
-    with pytest.raises(ValueError, match="`importance` must be one of 'l1', 'l2'; got 'l3'"):
+    with pytest.raises(ValueError, match="`importance` must be 'l1', 'l2' or a callable; got 'l3'"):
         prune_channels(model, schedule, importance="l3")
-    with pytest.raises(TypeError, match="a callable works with `shrink"):
-        prune_channels(model, schedule, importance=lambda w: w)
+    with pytest.raises(ValueError, match="a lambda or nested function cannot be loaded"):
+        prune_channels(model, schedule, importance=lambda w: keras.ops.sum(w[0], axis=1))
+    with pytest.raises(ValueError, match="must compute its scores with keras.ops"):
+        prune_channels(model, schedule, importance=_numpy_norm)
+    with pytest.raises(ValueError, match="must return 8 scores, one per channel of the group of"):
+        prune_channels(model, schedule, importance=_one_score)
     with pytest.raises(ValueError, match="`round_to` must be >= 1"):
         prune_channels(model, schedule, round_to=0)
     with pytest.raises(TypeError, match="`global_pruning` must be True or False"):
