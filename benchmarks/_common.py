@@ -48,17 +48,28 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def interleaved(
-    sides: dict[str, Callable[[], Any]], repeats: int, warmup: int
+    sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, calls: int = 1
 ) -> dict[str, dict[str, Any]]:
-    """`stats` of each side's calls, the sides alternating call by call after `warmup` rounds."""
+    """`stats` of each side's calls, the sides alternating after `warmup` rounds.
+
+    Each repeat times `calls` calls in a row and records the time per call:
+    a call of a few microseconds (a small model in LiteRT) is shorter than
+    the timer's own cost, which would otherwise weigh on both sides alike.
+    """
     for _ in range(warmup):
         for fn in sides.values():
             fn()
     times: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(repeats):
         for side, fn in sides.items():
-            times[side].append(timed(fn))
-    return {side: stats(t) for side, t in times.items()}
+            times[side].append(timed(lambda fn=fn: [fn() for _ in range(calls)]) / calls)
+    return {side: {**stats(t), "calls_per_repeat": calls} for side, t in times.items()}
+
+
+def calls_lasting(fn: Callable[[], Any], seconds: float) -> int:
+    """How many calls of `fn` in a row last about `seconds` (at least 1)."""
+    fn()
+    return max(1, round(seconds / max(timed(fn), 1e-9)))
 
 
 def ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
