@@ -272,7 +272,10 @@ class HeadMask(ChannelMask):
     """
 
     def __init__(
-        self, layer: keras.layers.MultiHeadAttention, pruning_schedule: PruningSchedule, **kwargs
+        self,
+        layer: keras.layers.MultiHeadAttention,
+        pruning_schedule: PruningSchedule,
+        **kwargs: Any,
     ):
         super().__init__(pruning_schedule, **kwargs)
         _validation.instance(
@@ -290,7 +293,9 @@ class HeadMask(ChannelMask):
             self.layer.build(query_shape, value_shape, key_shape)
         super().build((self.layer.num_heads,))
 
-    def call(self, query: Any, value: Any, key: Any = None, training: bool | None = None, **kwargs):
+    def call(
+        self, query: Any, value: Any, key: Any = None, training: bool | None = None, **kwargs: Any
+    ) -> Any:
         if training:
             self._update()
         projection = self.layer.value_dense
