@@ -151,17 +151,22 @@ class ChannelMask(keras.layers.Layer):
             if not segment["producers"]:
                 parts.append(previous)
                 continue
+            # A compiled step scores channels only when it prunes (`cond`), and
+            # the masks of one group share the result (`shared`).
             if self.global_pruning:
-                compute = lambda: self._keep_global(sparsity)  # noqa: E731
+                compute = lambda: _backend.cond(  # noqa: E731
+                    should_prune, lambda: self._keep_global(sparsity), self._current_global
+                )
                 parts.append(
                     _forward_pass.shared(self, "channel_global", compute)[segment["group"]]
                 )
                 continue
             key = ("channel_group", segment["group"])
-            compute = lambda s=segment, p=previous: self._keep(s, p, sparsity)  # noqa: E731
+            compute = lambda s=segment, p=previous: _backend.cond(  # noqa: E731
+                should_prune, lambda: self._keep(s, p, sparsity), lambda: p
+            )
             parts.append(_forward_pass.shared(self, key, compute))
-        new = ops.concatenate(parts) if len(parts) > 1 else parts[0]
-        self.mask.assign(ops.where(should_prune, new, current))
+        self.mask.assign(ops.concatenate(parts) if len(parts) > 1 else parts[0])
 
     def _scores(self, segment: dict[str, Any], previous: Any) -> Any:
         """The segment's channel scores (`importance.scores`), 0 for those removed before."""
@@ -208,6 +213,13 @@ class ChannelMask(keras.layers.Layer):
             above = ops.sum(ops.cast(ops.greater(scores[name], threshold), "float32"))
             result[name] = _top(scores[name], self._rounded(above, segment["size"]))
         return result
+
+    def _current_global(self) -> dict[str, Any]:
+        """`{group: its mask now}` for every group of the model: `_keep_global` when not pruning."""
+        return {
+            name: mask.mask.value[start : start + segment["size"]]
+            for name, (mask, start, segment) in _groups(self._linked_layers()).items()
+        }
 
     def _linked_layers(self) -> Any:
         """The model's layers by name (`link`), linking the model this runs in if needed."""

@@ -82,6 +82,14 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
     return ops.reshape(weights, (-1, weights.shape[-1]))
 
 
+def fan_in(layer: keras.layers.Layer) -> int:
+    """The number of rows of `kernel_columns(layer)`, from the kernels' shapes alone."""
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        projections = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
+        return sum(math.prod(p.kernel.shape) for p in projections) // layer.num_heads
+    return math.prod(kernel(layer).shape[:-1])
+
+
 def channel_weights(layer: keras.layers.Layer) -> np.ndarray:
     """`kernel_columns(layer)` as a float64 `(output channels, fan_in)` array."""
     return ops.convert_to_numpy(kernel_columns(layer)).astype("float64").T

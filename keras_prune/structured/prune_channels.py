@@ -7,7 +7,11 @@ each channel group's channels removed (`structured.graph` finds the groups).
 The model it returns computes with the removed channels at exactly 0 (a
 `ChannelMask` after every layer that holds them, a `HeadMask` around each
 `MultiHeadAttention` whose heads go), and `shrink(model)` then cuts them
-out: same predictions, smaller layers.
+out: same predictions, smaller layers. A mask goes after the per-channel
+layers that follow its layer alone (`conv -> BatchNormalization -> ReLU ->
+MaxPooling2D`: one mask, after the pooling): a removed channel's value
+there reaches no kept channel, and the pooled tensor is the smallest one
+to multiply in every training step.
 
 Example:
 
@@ -34,8 +38,10 @@ from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import ChannelMask, HeadMask, link
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
+    ACTIVATIONS,
     DEPTHWISE,
     PRODUCERS,
+    ZERO_KEEPING,
     Graph,
     analyse,
     check_model,
@@ -46,6 +52,19 @@ from keras_prune.wrapper import PruneLowMagnitude
 
 # Layers after which a removed channel could be nonzero: those with per-channel weights.
 _MASKED_AFTER = (*PRODUCERS, *DEPTHWISE, keras.layers.BatchNormalization)
+_L = keras.layers
+# Layers that compute each channel from the same channel alone, keeping the
+# last axis, and that a mask may follow past: masking their output zeroes
+# the channel as masking their input would, for what comes after. Padding
+# and upsampling are left out: they make the tensor to mask larger.
+_ENLARGING = tuple(
+    getattr(_L, f"{k}{d}D") for k in ("ZeroPadding", "UpSampling") for d in (1, 2, 3)
+)
+_PER_CHANNEL = (
+    _L.BatchNormalization,
+    *ACTIVATIONS,
+    *(kind for kind in ZERO_KEEPING if kind not in _ENLARGING),
+)
 
 
 def prune_channels(
@@ -119,23 +138,21 @@ def prune_channels(
             _check_traceable(importance, graph.groups[root].producers, graph.groups[root].size)
     if selection.everything:
         warn_left_whole(graph)
+
+    def segment(group: int) -> dict[str, Any]:
+        """A mask's entry for `group`; one that is not chosen has no producers and stays."""
+        producers = graph.groups[group].producers if group in chosen else []
+        return {
+            "group": f"group_{group}",
+            "size": graph.groups[group].size,
+            "producers": [[p.name, first] for p, first in producers],
+        }
+
     masks: dict[int, ChannelMask] = {}
-    for layer, _, outputs in graph.calls.values():
-        if not isinstance(layer, _MASKED_AFTER) or not set(outputs.groups) & chosen:
-            continue
-        segments = []
-        for group in outputs.groups:
-            producers = graph.groups[group].producers if group in chosen else []
-            segments.append(
-                {
-                    "group": f"group_{group}",
-                    "size": graph.groups[group].size,
-                    "producers": [[p.name, first] for p, first in producers],
-                }
-            )
-        masks[id(layer)] = ChannelMask(
+    for end, layer in _mask_places(to_prune, graph, chosen).items():
+        masks[end] = ChannelMask(
             pruning_schedule,
-            segments,
+            [segment(group) for group in graph.calls[id(layer)][2].groups],
             importance=importance,
             round_to=round_to,
             source=layer.name,
@@ -146,10 +163,7 @@ def prune_channels(
     for layer, group in graph.heads.values():
         root = graph.find(group)
         if root in chosen:
-            producers = [[p.name, first] for p, first in graph.groups[root].producers]
-            heads[id(layer)] = [
-                {"group": f"group_{root}", "size": layer.num_heads, "producers": producers}
-            ]
+            heads[id(layer)] = [segment(root)]  # one channel per head
 
     def wrap(layer: keras.layers.Layer, new: keras.layers.Layer) -> keras.layers.Layer:
         if id(layer) not in heads:
@@ -195,8 +209,7 @@ def _check_traceable(
 ) -> None:
     """Calls `importance` on symbolic weights of one group, as the train step will."""
     weights = [
-        keras.KerasTensor((channels, importance_lib.kernel_columns(layer).shape[0]))
-        for layer, _ in producers
+        keras.KerasTensor((channels, importance_lib.fan_in(layer))) for layer, _ in producers
     ]
     try:
         shape = tuple(keras.ops.convert_to_tensor(importance(weights)).shape)
@@ -221,6 +234,59 @@ def _by_name(select: Any, layers: list[keras.layers.Layer]) -> Any:
         return item.name if isinstance(item, keras.layers.Layer) and id(item) in ids else item
 
     return [one(item) for item in select] if isinstance(select, (list, tuple, set)) else one(select)
+
+
+def _mask_places(model: keras.Model, graph: Graph, chosen: set[int]) -> dict[int, Any]:
+    """`{id(layer a mask follows): the layer whose channels it masks}`.
+
+    Each layer with per-channel weights whose channels are chosen gets a
+    mask, moved past every `_PER_CHANNEL` layer that alone reads what comes
+    before (called once, its input read by nothing else, not a model output);
+    the layers it moves past need no mask of their own.
+    """
+    calls = _keras.graph_calls(model)
+    readers: dict[int, list[Any]] = {}
+    outputs_of: dict[int, list[Any]] = {}
+    uses: dict[int, int] = {}
+    for operation, inputs, outputs in calls:
+        uses[id(operation)] = uses.get(id(operation), 0) + 1
+        outputs_of[id(operation)] = outputs
+        for tensor in inputs:
+            readers.setdefault(id(tensor), []).append(operation)
+    for tensor in model.outputs:
+        readers.setdefault(id(tensor), []).append(None)
+
+    def next_link(layer: Any) -> Any:
+        outputs = outputs_of[id(layer)]
+        users = readers.get(id(outputs[0]), []) if len(outputs) == 1 else []
+        if len(users) != 1 or type(users[0]) not in _PER_CHANNEL:  # subclasses may mix channels
+            return None
+        user = users[0]
+        if uses[id(user)] != 1 or id(user) not in graph.calls:
+            return None
+        if getattr(user, "data_format", "channels_last") != "channels_last":
+            return None
+        last_axis = (-1, len(outputs[0].shape) - 1)
+        if type(user) is _L.BatchNormalization and user.axis not in last_axis:
+            return None
+        function = getattr(user, "activation", None)
+        if getattr(function, "__name__", "") in ("softmax", "log_softmax"):  # not per channel
+            return None
+        return user
+
+    places: dict[int, Any] = {}
+    followed: set[int] = set()
+    for layer, _, outputs in graph.calls.values():
+        if id(layer) in followed or not isinstance(layer, _MASKED_AFTER):
+            continue
+        if not set(outputs.groups) & chosen:
+            continue
+        end = layer
+        while (link_ := next_link(end)) is not None:
+            end = link_
+            followed.add(id(end))
+        places[id(end)] = layer
+    return places
 
 
 def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set[int]:

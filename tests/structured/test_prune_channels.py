@@ -27,6 +27,12 @@ def _masks(model):
     }
 
 
+def _assert_same_predictions(small, masked, x, atol=1e-6):
+    """The shrunk model predicts what the masked one does (1e-4 relative)."""
+    expected = _numpy(masked(x, training=False))
+    np.testing.assert_allclose(_numpy(small(x, training=False)), expected, rtol=1e-4, atol=atol)
+
+
 def _top(kernel, count):
     """The `count` output channels of `kernel` with the largest L2 norm, by a full sort."""
     flat = _numpy(kernel).reshape(-1, kernel.shape[-1]).astype("float64")
@@ -68,9 +74,7 @@ def test_the_masks_keep_the_largest_channels_and_shrink_gives_the_masked_predict
     assert small.count_params() == 520 and not any(
         isinstance(la, ChannelMask) for la in small.layers
     )
-    np.testing.assert_allclose(
-        _numpy(small(x, training=False)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-6
-    )
+    _assert_same_predictions(small, masked, x)
 
 
 def test_global_pruning_keeps_the_channels_of_a_full_sort_over_all_groups():
@@ -101,9 +105,7 @@ def test_global_pruning_keeps_the_channels_of_a_full_sort_over_all_groups():
     one_shot = shrink(model, 0.5, global_pruning=True)
     for name in names:
         assert small.get_layer(name).kernel.shape == one_shot.get_layer(name).kernel.shape
-    np.testing.assert_allclose(
-        _numpy(small(x, training=False)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-6
-    )
+    _assert_same_predictions(small, masked, x)
 
 
 def test_a_nested_model_is_pruned_as_one_graph_and_select_finds_its_layers():
@@ -137,9 +139,7 @@ def test_a_nested_model_is_pruned_as_one_graph_and_select_finds_its_layers():
     np.testing.assert_array_equal(masks["c2"], expected)
     small = shrink(masked)
     assert small.get_layer("c2").filters == 4 and small.get_layer("c1").filters == 8
-    np.testing.assert_allclose(
-        _numpy(small(x, training=False)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-6
-    )
+    _assert_same_predictions(small, masked, x)
 
 
 def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_exactly():
@@ -152,19 +152,39 @@ def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_
     masked.fit(x, y, batch_size=32, epochs=3, verbose=0)
     masks = _masks(masked)
     # a, b and the features' half of excite: one group of 8; d and the other half: another.
-    assert masks["a"].sum() == masks["b"].sum() == masks["bn"].sum() == 4
-    np.testing.assert_array_equal(masks["a"], masks["bn"])
+    assert masks["a"].sum() == masks["b"].sum() == 4
+    np.testing.assert_array_equal(masks["a"], masks["b"])
+    # b's mask follows bn, which needs none of its own; dw's follows the ReLU and pooling after it.
+    assert "bn" not in masks
+    assert masked.get_layer("b_channel_mask").input is masked.get_layer("bn").output
+    assert masked.get_layer("dw_channel_mask").input.shape == (None, 16)
     np.testing.assert_array_equal(masks["excite"], np.concatenate([masks["a"], masks["d"]]))
     np.testing.assert_array_equal(masks["dw"], masks["excite"])
     assert masks["squeeze"].sum() == 2
     small = shrink(masked)
     assert small.get_layer("excite").filters == 8 and small.get_layer("dw").kernel.shape[-2] == 8
-    np.testing.assert_allclose(
-        _numpy(small(x[:8], training=False)),
-        _numpy(masked(x[:8], training=False)),
-        rtol=1e-4,
-        atol=1e-6,
-    )
+    _assert_same_predictions(small, masked, x[:8])
+
+
+def test_a_mask_follows_the_per_channel_layers_that_alone_read_its_layer():
+    x = keras.Input((8, 8, 3))
+    c = L.Conv2D(8, 3, name="c")(x)
+    pooled = L.MaxPooling2D(name="pool")(L.ReLU(name="relu")(L.BatchNormalization(name="bn")(c)))
+    e = L.Conv2D(8, 1, name="e")(pooled)  # read twice: its mask stays right after it
+    h = L.Add()([L.ReLU(name="relu_e")(e), e])
+    model = keras.Model(x, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h)))
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    assert sorted(_masks(masked)) == ["c", "e"]
+    assert masked.get_layer("c_channel_mask").input is masked.get_layer("pool").output
+    assert masked.get_layer("e_channel_mask").input is masked.get_layer("e").output
+    rng = np.random.RandomState(0)
+    images, labels = rng.rand(32, 8, 8, 3).astype("float32"), rng.randint(0, 3, 32)
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    masked.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    assert all(mask.sum() == 4 for mask in _masks(masked).values())
+    small = shrink(masked)
+    assert small.get_layer("c").filters == small.get_layer("e").filters == 4
+    _assert_same_predictions(small, masked, images)
 
 
 def test_a_saved_model_resumes_pruning_where_it_stopped(tmp_path):
@@ -381,12 +401,7 @@ def test_heads_and_units_train_and_shrink_together():
         kept = masks["attention"].sum()
         assert small.get_layer("attention").num_heads == kept
         assert small.get_layer("hidden").units == masks["hidden"].sum()
-        np.testing.assert_allclose(
-            _numpy(small(x, training=False)),
-            _numpy(masked(x, training=False)),
-            rtol=1e-4,
-            atol=1e-6,
-        )
+        _assert_same_predictions(small, masked, x)
 
 
 def test_a_transformer_encoder_loses_heads_and_ffn_units_while_it_trains(tmp_path):
@@ -409,12 +424,7 @@ def test_a_transformer_encoder_loses_heads_and_ffn_units_while_it_trains(tmp_pat
     small = shrink(masked)
     assert small.get_layer("attention_1").num_heads == 2 and small.get_layer("ffn_0_in").units == 16
     assert small.get_layer("ffn_1_out").units == 16  # the residual width stays
-    np.testing.assert_allclose(
-        _numpy(small(ids, training=False)),
-        _numpy(masked(ids, training=False)),
-        rtol=1e-4,
-        atol=1e-5,
-    )
+    _assert_same_predictions(small, masked, ids, atol=1e-5)
 
 
 def test_a_loaded_model_finds_its_layers_or_says_how_to(tmp_path):
