@@ -195,40 +195,47 @@ def test_distributions_are_compared_run_by_run():
     assert test["p_value"] == pytest.approx(stats.welch_t_test(uniform, erk)[2])
 
 
-def test_resume_reads_a_file_from_before_distributions():
-    data = {"train": 8, "validation": 2, "test": 10}
-    earlier = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
-    earlier.runs = [_result("baseline", 0.0, 0, 0.99, 1600000)]
-    old = _saved(earlier)
-    old["format"] = 2
+def _without_distributions(old):
     del old["config"]["distributions"]
     for run in old["runs"]:
         del run["distribution"]
-    later = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
-    later.resume(old)
-    assert later.runs == earlier.runs
-    spread = experiment.Comparison(
-        ExperimentConfig(distributions=("erk",)), data=data, steps={}, schedule_points={}
-    )
-    with pytest.raises(ValueError, match=r"differs in distributions \['uniform'\] vs \['erk'\]"):
-        spread.resume(old)
 
 
-def test_resume_reads_a_file_from_before_end_fraction():
+def _without_end_fraction(old):
+    del old["config"]["end_fraction"]
+
+
+@pytest.mark.parametrize(
+    "old_format, strip, other, error",
+    [
+        (
+            2,
+            _without_distributions,
+            ExperimentConfig(distributions=("erk",)),
+            r"differs in distributions \['uniform'\] vs \['erk'\]",
+        ),
+        (
+            5,
+            _without_end_fraction,
+            ExperimentConfig(end_fraction=0.8),
+            "differs in end_fraction 1.0 vs 0.8",
+        ),
+    ],
+    ids=["before distributions", "before end_fraction"],
+)
+def test_resume_reads_a_file_of_an_older_format(old_format, strip, other, error):
     data = {"train": 8, "validation": 2, "test": 10}
     earlier = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
     earlier.runs = [_result("baseline", 0.0, 0, 0.99, 1600000)]
     old = _saved(earlier)
-    old["format"] = 5
-    del old["config"]["end_fraction"]
+    old["format"] = old_format
+    strip(old)
     later = experiment.Comparison(ExperimentConfig(), data=data, steps={}, schedule_points={})
     later.resume(old)
-    assert later.runs == earlier.runs
-    early = experiment.Comparison(
-        ExperimentConfig(end_fraction=0.8), data=data, steps={}, schedule_points={}
-    )
-    with pytest.raises(ValueError, match="differs in end_fraction 1.0 vs 0.8"):
-        early.resume(old)
+    assert later.runs == earlier.runs  # what the older file lacks reads as its default then
+    different = experiment.Comparison(other, data=data, steps={}, schedule_points={})
+    with pytest.raises(ValueError, match=error):
+        different.resume(old)
 
 
 @pytest.fixture(scope="module")
