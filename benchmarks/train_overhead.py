@@ -2,6 +2,7 @@
 """Training-time overhead of pruning: pruned vs unpruned seed CNN, per backend.
 
     python benchmarks/train_overhead.py [--epochs 10] [--steps 100] [--backends tensorflow,jax,torch]
+                                        [--structure weights|channels]
 
 For each backend (one child process each, KERAS_BACKEND set): the seed CNN
 (Conv32-Pool-Conv64-Pool-Dense256-Dense10, Adam, categorical cross-entropy)
@@ -10,7 +11,8 @@ first 80 % of its training images, as validation_split=0.2 leaves them),
 batch 250, trained twice from the same initial weights: unpruned, and wrapped
 by `prune_low_magnitude` with PolynomialDecay(0 -> 0.875, frequency 100,
 begin_step = 20 % of the run, end_step = the run's last step) and
-`UpdatePruningStep`. Keras's default compilation per backend (on a CPU: a
+`UpdatePruningStep` (`--structure channels`: `prune_channels` with
+PolynomialDecay(0 -> 0.5 of each group's channels), the same steps). Keras's default compilation per backend (on a CPU: a
 plain tf.function on TensorFlow, jax.jit, eager torch).
 
 The two models alternate epoch by epoch in the same process (`fit(epochs=1)`
@@ -26,7 +28,8 @@ calls on one batch follow, alternating the order step by step: a finer
 measure of the same training step, still inside the schedule's pruning
 range (end_step covers them), so their mask update every 100 steps counts.
 
-Writes benchmarks/results/train_overhead.json.
+Writes benchmarks/results/train_overhead.json
+(`--structure channels`: train_overhead_channels.json).
 """
 
 from __future__ import annotations
@@ -45,17 +48,19 @@ sys.path.insert(0, os.path.dirname(HERE))  # the checkout, not an installed copy
 import _common  # noqa: E402
 
 BATCH = 250
-TARGET = 0.875
+TARGETS = {"weights": 0.875, "channels": 0.5}
 OUT = os.path.join(HERE, "results", "train_overhead.json")
+OUT_CHANNELS = os.path.join(HERE, "results", "train_overhead_channels.json")
 
 
-def child(epochs, steps, seed):
+def child(epochs, steps, seed, structure):
     import keras
     import numpy as np
 
     import keras_prune
     from keras_prune.compare.datasets import load_dataset
     from keras_prune.compare.experiment import seed_model
+    from keras_prune.structured.channel_mask import channel_masks
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -79,8 +84,13 @@ def child(epochs, steps, seed):
     dense = seed_model()
     base = seed_model()
     base.set_weights(dense.get_weights())
-    schedule = keras_prune.PolynomialDecay(0.0, TARGET, begin_step, end_step, frequency=100)
-    pruned = keras_prune.prune_low_magnitude(base, pruning_schedule=schedule)
+    schedule = keras_prune.PolynomialDecay(
+        0.0, TARGETS[structure], begin_step, end_step, frequency=100
+    )
+    if structure == "channels":
+        pruned = keras_prune.prune_channels(base, pruning_schedule=schedule)
+    else:
+        pruned = keras_prune.prune_low_magnitude(base, pruning_schedule=schedule)
     models = {"dense": (dense, []), "pruned": (pruned, [keras_prune.UpdatePruningStep()])}
     timers = {}
     for name, (model, callbacks) in models.items():
@@ -133,6 +143,9 @@ def child(epochs, steps, seed):
         if hasattr(layer, "mask_sparsity")
         for path, s in layer.mask_sparsity()
     }
+    for mask in channel_masks(pruned):
+        kept = keras.ops.convert_to_numpy(mask.mask.value)
+        sparsity[mask.name] = float(1.0 - kept.mean())
     # Where the pruned step's extra time goes: the mask updates (every 100
     # steps) timed alone, compiled as in the wrapper, for the model's kernels.
     from mask_update import make_update
@@ -153,6 +166,7 @@ def child(epochs, steps, seed):
     ) / steps_per_epoch
     return {
         "backend": keras.backend.backend(),
+        "structure": structure,
         "dense_step_s": dense_step,
         "pruned_extra_per_step_s": extra_step,
         "mask_update_s_per_weight": update_s,
@@ -194,13 +208,19 @@ def main():
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", default="tensorflow,jax,torch")
-    ap.add_argument("--out", default=OUT)
+    ap.add_argument(
+        "--structure",
+        choices=("weights", "channels"),
+        default="weights",
+        help="prune_low_magnitude to 87.5 %% (default) or prune_channels to 50 %% of channels",
+    )
+    ap.add_argument("--out", help="default: results/train_overhead[_channels].json")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.epochs < 3 or args.steps < 1:
         ap.error("--epochs must be >= 3 and --steps >= 1")
     if args.child:
-        print(json.dumps(child(args.epochs, args.steps, args.seed)))
+        print(json.dumps(child(args.epochs, args.steps, args.seed, args.structure)))
         return 0
     doc = {"benchmark": "train_overhead", "machine": _common.machine_info(), "backends": {}}
     for backend in args.backends.split(","):
@@ -217,6 +237,8 @@ def main():
             str(args.steps),
             "--seed",
             str(args.seed),
+            "--structure",
+            args.structure,
         ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode:
@@ -239,11 +261,12 @@ def main():
             flush=True,
         )
     doc["machine"]["load_average_at_end"] = os.getloadavg()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    out = args.out or (OUT_CHANNELS if args.structure == "channels" else OUT)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    print("wrote", args.out)
+    print("wrote", out)
     return 0
 
 
