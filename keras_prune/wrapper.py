@@ -228,7 +228,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if self.global_group is not None:
             global_pruning.update_group(self, step)
             return
-        should_prune, sparsity = self._schedule_at(step)
+        should_prune, sparsity = _forward_pass.schedule_at(self, self.pruning_schedule, step)
         should_prune = ops.convert_to_tensor(should_prune, "bool")
         sparsity = ops.convert_to_tensor(sparsity, "float32")
         if _backend.known_false(should_prune):  # eager torch: most steps cost nothing more
@@ -262,20 +262,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             return [m / n] * len(self.pruning_vars)
         end = self.pruning_schedule.end_sparsity()
         return [None if end is None else end * f for f in self.weight_factors()]
-
-    def _schedule_at(self, step: Any) -> tuple[Any, Any]:
-        """`pruning_schedule(step)`, evaluated once per forward pass in eager code.
-
-        Eager code (torch's default) runs a schedule as a dozen scalar ops,
-        ~0.4 ms each time here; wrappers that hold the same schedule object at
-        the same step (all of them, after `prune_low_magnitude(model)`) share
-        one evaluation. In a traced step the ops are compiled and cost next to
-        nothing.
-        """
-        if not _backend.is_concrete(step):
-            return self.pruning_schedule(step)
-        key = ("schedule", id(self.pruning_schedule), int(ops.convert_to_numpy(step)))
-        return _forward_pass.shared(self, key, lambda: self.pruning_schedule(step))
 
     def call(self, inputs: Any, *args: Any, training: bool | None = None, **kwargs: Any) -> Any:
         if training:

@@ -138,7 +138,7 @@ class ChannelMask(keras.layers.Layer):
     def _advance_and_prune(self) -> None:
         step = ops.add(self.pruning_step.value, 1)
         self.pruning_step.assign(step)
-        should_prune, sparsity = self.pruning_schedule(step)
+        should_prune, sparsity = _forward_pass.schedule_at(self, self.pruning_schedule, step)
         should_prune = ops.convert_to_tensor(should_prune, "bool")
         if _backend.known_false(should_prune):  # eager torch: most steps cost nothing more
             return
