@@ -128,12 +128,12 @@ def child(epochs, steps, seed, structure):
     step_ratios = [p / d for p, d in zip(step_t["pruned"], step_t["dense"])]
     dense_t, pruned_t = timers["dense"].times[1:], timers["pruned"].times[1:]
     ratios = [p / d for p, d in zip(pruned_t, dense_t)]
-    # Epoch i (0-based) covers steps i*spe+1 .. (i+1)*spe; updates at multiples of 100 >= begin.
+    # Epoch i (0-based) covers steps i*spe+1 .. (i+1)*spe; updates every 100 steps from begin.
     updates = [
         i
         for i in range(1, epochs + 1)
         if any(
-            s % 100 == 0 and s >= begin_step
+            (s - begin_step) % 100 == 0 and s >= begin_step
             for s in range(i * steps_per_epoch + 1, (i + 1) * steps_per_epoch + 1)
         )
     ]
