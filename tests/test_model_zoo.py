@@ -30,6 +30,19 @@ def test_keras_applications_mobilenet_v3_with_graph_ops(tmp_path):
     assert result["left_dense"] == [] and result["pruned_weights"] > 40
 
 
+def test_a_model_that_predicts_nan_unpruned_too_is_not_blamed_on_pruning(tmp_path):
+    # A negative moving variance: training (batch statistics) is finite, inference is NaN.
+    inputs = keras.Input((4,))
+    negative = keras.initializers.Constant(-1.0)
+    h = keras.layers.BatchNormalization(moving_variance_initializer=negative)(
+        keras.layers.Dense(8)(inputs)
+    )
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    x = np.random.default_rng(0).uniform(size=(8, 4)).astype("float32")
+    with pytest.raises(AssertionError, match="predicts NaN or inf, unpruned too"):
+        model_zoo.check(model, x, str(tmp_path), np.zeros((8, 2), "float32"))
+
+
 @pytest.fixture
 def hub():
     return pytest.importorskip("keras_hub", reason="tools/setup installs keras-hub").models

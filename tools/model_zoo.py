@@ -62,6 +62,28 @@ def _predict(model: keras.Model, x: Any) -> Any:
     return keras.tree.map_structure(keras.ops.convert_to_numpy, model(x, training=False))
 
 
+def _finite(outputs: Any) -> bool:
+    return all(np.isfinite(o).all() for o in keras.tree.flatten(outputs))
+
+
+def _train(model: keras.Model, x: Any, y: Any, loss: Any, callbacks: list[Any]) -> None:
+    # A small step: a few steps of a random-init deep net must not diverge to NaN.
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss=loss)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=callbacks)
+
+
+def _why_not_finite(model: keras.Model, x: Any, y: Any, loss: Any) -> str:
+    """Whether the unpruned `model`, trained alike, predicts NaN or inf too."""
+    unpruned = keras.models.clone_model(model)
+    unpruned.set_weights(model.get_weights())
+    _train(unpruned, x, y, loss, [])
+    if _finite(_predict(unpruned, x)):
+        return (
+            f"the pruned model predicts NaN or inf after {STEPS} steps; the unpruned one does not"
+        )
+    return f"after {STEPS} training steps it predicts NaN or inf, unpruned too (not keras_prune)"
+
+
 def check(
     model: keras.Model, x: Any, folder: str, y: Any = None, loss: Any = "mse"
 ) -> dict[str, Any]:
@@ -79,16 +101,14 @@ def check(
         warnings.simplefilter("always")
         pruned = keras_prune.prune_low_magnitude(model, schedule)
     left_dense = [str(w.message) for w in caught if "left these weights dense" in str(w.message)]
-    # A small step: a few steps of a random-init deep net must not diverge to NaN.
-    pruned.compile(optimizer=keras.optimizers.SGD(1e-4), loss=loss)
-    pruned.fit(
-        x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
-    )
+    _train(pruned, x, y, loss, [keras_prune.UpdatePruningStep()])
     report = keras_prune.sparsity_report(pruned)
     assert report, "nothing was pruned"
     for row in report:  # every weight at the schedule's sparsity, to one weight
         assert abs(row.zeros - SPARSITY * row.size) <= 1, f"{row.layer}/{row.weight}: {row}"
     masked = _predict(pruned, x)
+    if not _finite(masked):
+        raise AssertionError(_why_not_finite(model, x, y, loss))
     stripped = keras_prune.strip_pruning(pruned)
     after_strip = _same(masked, _predict(stripped, x))
     assert after_strip <= 1e-5, f"stripped model predicts differently: {after_strip}"
