@@ -2,7 +2,7 @@
 """Training-step cost of pruning on real-sized models: ResNet50 and a BERT-base-shaped encoder.
 
     python benchmarks/large_model_overhead.py [--models resnet50,bert] [--steps 8]
-        [--backends tensorflow,jax,torch]
+        [--backends tensorflow,jax,torch] [--structure weights|channels]
 
 For each backend and model (one child process each, KERAS_BACKEND set):
 
@@ -27,9 +27,13 @@ Keras's default compilation per backend on a CPU (tf.function, jax.jit,
 eager torch). For BERT a third model joins the rotation: pruned with
 `select=` leaving the `Embedding` layers dense, which shows what masking the
 embedding table costs (keras_prune masks a plain `Embedding` row by row, the
-looked-up rows only). Results: BENCHMARKS.md.
+looked-up rows only). `--structure channels` (ResNet50 only: KerasHub's
+blocks are custom layers whose channels `prune_channels` leaves whole)
+prunes the twin with `prune_channels` and the same schedule, 50 % of each
+group's channels. Results: BENCHMARKS.md.
 
-Writes benchmarks/results/large_model_overhead.json.
+Writes benchmarks/results/large_model_overhead.json
+(`--structure channels`: large_model_overhead_channels.json).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import _common  # noqa: E402
 
 BATCH = 4
 OUT = os.path.join(HERE, "results", "large_model_overhead.json")
+OUT_CHANNELS = os.path.join(HERE, "results", "large_model_overhead_channels.json")
 
 
 def build(name: str):
@@ -77,7 +82,7 @@ def build(name: str):
     return model, x, rng.integers(0, 2, BATCH), loss
 
 
-def child(name: str, steps: int, frequency: int) -> dict:
+def child(name: str, steps: int, frequency: int, structure: str) -> dict:
     import warnings
 
     import keras
@@ -90,13 +95,21 @@ def child(name: str, steps: int, frequency: int) -> dict:
     arms = {"dense": dense}
     # BERT also without its embeddings pruned: a masked embedding table costs
     # a full `table * mask` product (and a dense gradient) every step.
-    selects = {"pruned": None, "pruned_no_embeddings": _not_embedding}
-    for arm, select in selects.items() if name == "bert" else [("pruned", None)]:
+    if structure == "channels":
+        selects = {"channels": None}
+    elif name == "bert":
+        selects = {"pruned": None, "pruned_no_embeddings": _not_embedding}
+    else:
+        selects = {"pruned": None}
+    for arm, select in selects.items():
         twin = build(name)[0]
         twin.set_weights(dense.get_weights())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # layers left dense: reported in docs/models.md
-            arms[arm] = keras_prune.prune_low_magnitude(twin, schedule, select=select)
+            if structure == "channels":
+                arms[arm] = keras_prune.prune_channels(twin, schedule)
+            else:
+                arms[arm] = keras_prune.prune_low_magnitude(twin, schedule, select=select)
     for model in arms.values():
         model.compile(optimizer=keras.optimizers.SGD(1e-4), loss=loss)
         model.train_on_batch(x, y)  # warm-up (compilation); pruning step 1 prunes nothing
@@ -142,17 +155,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--frequency", type=int, default=4)
     parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--structure", choices=("weights", "channels"), default="weights")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.steps, args.frequency)))
+        print(json.dumps(child(args.child, args.steps, args.frequency, args.structure)))
         return
-    results = json.load(open(OUT)) if os.path.exists(OUT) else {}
+    out = OUT_CHANNELS if args.structure == "channels" else OUT
+    results = json.load(open(out)) if os.path.exists(out) else {}
     for backend in args.backends.split(","):
         for name in args.models.split(","):
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
             command = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-                       "--frequency", str(args.frequency)]  # fmt: skip
+                       "--frequency", str(args.frequency), "--structure", args.structure]  # fmt: skip
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr[-2000:], file=sys.stderr)
@@ -161,7 +176,7 @@ def main() -> None:
             result["machine"] = _common.machine_info()
             result["command"] = " ".join(["python", *sys.argv])
             results.setdefault(backend, {})[name] = result
-            for arm in ("pruned", "pruned_no_embeddings"):
+            for arm in ("pruned", "pruned_no_embeddings", "channels"):
                 if f"{arm}_plain_over_dense" in result:
                     print(
                         f"{backend:<10} {name:<8} {arm:<20} dense "
@@ -172,7 +187,7 @@ def main() -> None:
                         f"x{result.get(f'{arm}_at_frequency_100_over_dense', float('nan')):.3f}",
                         flush=True,
                     )
-            with open(OUT, "w") as file:
+            with open(out, "w") as file:
                 json.dump(results, file, indent=1)
 
 
