@@ -2,8 +2,9 @@
 
 `prune_channels` puts one after every layer whose output holds channels it
 prunes (a Conv, Dense or SeparableConv, a BatchNormalization, a depthwise
-convolution), so a removed channel is exactly 0 wherever it is read, as it
-is absent from the model `shrink` makes. Its mask is one 0/1 entry per
+convolution), or after the per-channel layers that alone follow it, so a
+removed channel is exactly 0 wherever another layer reads it, as it is
+absent from the model `shrink` makes. Its mask is one 0/1 entry per
 channel, in segments: one per channel group of the tensor (a concatenation
 has several), each naming the layers that produce the group.
 

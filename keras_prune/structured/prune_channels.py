@@ -102,7 +102,8 @@ def prune_channels(
 
     Returns:
         The model with a `ChannelMask` after each layer that holds pruned
-        channels and each pruned `MultiHeadAttention` wrapped in a
+        channels (or after the pooling, activation or normalisation that
+        alone follows it) and each pruned `MultiHeadAttention` wrapped in a
         `HeadMask`, uncompiled. Train it, then call `shrink(model)`.
 
     Raises:
