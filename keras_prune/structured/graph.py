@@ -14,7 +14,9 @@ projection.
 A group is removable unless something the walk cannot shrink exactly
 touches it: a model output (its shape stays), a model input, a layer it
 does not know (a custom layer, LayerNormalization, which normalises across
-channels, a Reshape that moves channels, a layer called twice), or a layer
+channels, a Reshape that moves channels, a layer called twice), an
+activation across channels (softmax: without one channel the others
+change), or a layer
 that would read a nonzero value from a removed channel (a removed channel
 computes `activation(0)`; `sigmoid(0)` is 0.5). Such a group keeps all its
 channels, and `reason` says why: nothing is shrunk that the walk does not
@@ -183,6 +185,22 @@ def _zero_at_zero(function: Any) -> bool:
     return bool(np.all(value == 0))
 
 
+def per_channel(function: Any) -> bool:
+    """True if `function` computes each channel from that channel alone.
+
+    Not softmax, log_softmax or sparsemax (they normalise across the last
+    axis) nor glu (which halves it): removing a channel would change the
+    others.
+    """
+    x = np.linspace(-2.0, 2.0, 8, dtype="float32").reshape(1, 8)
+    try:
+        whole = keras.ops.convert_to_numpy(function(keras.ops.convert_to_tensor(x)))
+        half = keras.ops.convert_to_numpy(function(keras.ops.convert_to_tensor(x[:, :4])))
+    except Exception:  # a user's activation: left whole if it cannot run here
+        return False
+    return whole.shape == x.shape and bool(np.allclose(whole[:, :4], half))
+
+
 def _channels_last(layer: keras.layers.Layer) -> bool:
     return getattr(layer, "data_format", "channels_last") == "channels_last"
 
@@ -197,6 +215,7 @@ class _Walk:
         self.graph = Graph([], {})
         self.layouts: dict[int, Layout] = {}
         self.model = model
+        self.mixing: list[tuple[int, str]] = []  # producers' groups whose activation mixes them
 
     # groups -----------------------------------------------------------
     def new(self, size: int, producers: list[Any], reason: str | None) -> int:
@@ -288,6 +307,8 @@ class _Walk:
         for tensor in self.model.outputs:
             name = _keras.source_operation(tensor).name
             self.freeze(self.layouts[id(tensor)], f"it reaches the model output of `{name}`")
+        for group, reason in self.mixing:
+            self.freeze(Layout((group,), (True,)), reason)
         for key, (layer, inputs, outputs) in self.graph.calls.items():
             self.graph.calls[key] = (layer, self.graph.expand(inputs), self.graph.expand(outputs))
         return self.graph
@@ -321,6 +342,8 @@ class _Walk:
         if layout.repeat != 1 and kind not in (L.Dropout, L.Identity, *ACTIVATIONS):
             return None
         if kind in ACTIVATIONS:
+            if kind is L.Activation and not per_channel(layer.activation):
+                return None
             return [
                 Layout(
                     layout.groups,
@@ -362,6 +385,9 @@ class _Walk:
         self.read(layer, layout)
         units = layer.units if isinstance(layer, L.Dense) else layer.filters
         group = self.new(units, [(layer, 0)], None)
+        if not per_channel(layer.activation):  # a model output says so first (see `run`)
+            name = getattr(layer.activation, "__name__", "its activation")
+            self.mixing.append((group, f"`{layer.name}`'s activation ({name}) mixes its channels"))
         return [Layout((group,), (_zero_at_zero(layer.activation),))]
 
     def attention(self, layer: keras.layers.MultiHeadAttention, layouts: list[Layout], output: Any):

@@ -45,6 +45,7 @@ from keras_prune.structured.graph import (
     Graph,
     analyse,
     check_model,
+    per_channel,
     warn_left_whole,
 )
 from keras_prune.structured.shrink import rebuild
@@ -270,8 +271,7 @@ def _mask_places(model: keras.Model, graph: Graph, chosen: set[int]) -> dict[int
         last_axis = (-1, len(outputs[0].shape) - 1)
         if type(user) is _L.BatchNormalization and user.axis not in last_axis:
             return None
-        function = getattr(user, "activation", None)
-        if getattr(function, "__name__", "") in ("softmax", "log_softmax"):  # not per channel
+        if type(user) is _L.Activation and not per_channel(user.activation):
             return None
         return user
 

@@ -71,6 +71,21 @@ def test_a_nonzero_activation_before_a_reader_keeps_the_channels():
     assert groups[("hidden",)].removable
 
 
+def test_an_activation_across_channels_keeps_them():
+    # softmax normalises over the channels: without one of them the others change.
+    x = keras.Input((8, 8, 3))
+    soft = L.Activation("softmax", name="soft")(L.Conv2D(4, 1, name="a")(x))
+    gated = L.Multiply()([soft, L.Conv2D(4, 1, name="b")(x)])  # 0 where b's channel is 0
+    mixed = L.Conv2D(4, 1, activation="softmax", name="c")(gated)
+    mixed = L.Multiply()([mixed, L.Conv2D(4, 1, activation="relu", name="e")(gated)])
+    y = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="d")(mixed)))
+    groups = _groups(keras.Model(x, y))
+    assert "`soft` (Activation) reads it" in groups[("a",)].reason
+    assert not groups[("b",)].removable  # multiplied by soft's output, which stays whole
+    assert "`c`'s activation (softmax) mixes its channels" in groups[("c", "e")].reason
+    assert groups[("d",)].removable
+
+
 def test_unknown_layers_keep_the_channels_they_touch():
     x = keras.Input((6, 4))
     a = L.Dense(8, name="a")(x)
