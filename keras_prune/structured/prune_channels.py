@@ -45,7 +45,6 @@ from keras_prune.structured.graph import (
     Graph,
     analyse,
     check_model,
-    per_channel,
     warn_left_whole,
 )
 from keras_prune.structured.shrink import rebuild
@@ -264,14 +263,11 @@ def _mask_places(model: keras.Model, graph: Graph, chosen: set[int]) -> dict[int
         if len(users) != 1 or type(users[0]) not in _PER_CHANNEL:  # subclasses may mix channels
             return None
         user = users[0]
-        if uses[id(user)] != 1 or id(user) not in graph.calls:
-            return None
-        if getattr(user, "data_format", "channels_last") != "channels_last":
-            return None
-        last_axis = (-1, len(outputs[0].shape) - 1)
-        if type(user) is _L.BatchNormalization and user.axis not in last_axis:
-            return None
-        if type(user) is _L.Activation and not per_channel(user.activation):
+        call = graph.calls.get(id(user))
+        # The walk passed the same groups through it: not a softmax, a
+        # BatchNormalization over another axis or a channels_first pooling,
+        # whose outputs the walk leaves opaque.
+        if uses[id(user)] != 1 or call is None or call[1].groups != call[2].groups:
             return None
         return user
 
