@@ -24,7 +24,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_prune import _keras, _validation, registry, sparsity_distribution
+from keras_prune import _keras, _validation, model_class, registry, sparsity_distribution
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
@@ -389,6 +389,7 @@ def prune_low_magnitude(
         link_groups(pruned_layers(pruned))
         if spread:
             _spread(pruned, distribution)
+        model_class.remember(to_prune, pruned)
         return pruned
     if select is not None or pruning_policy is not None or distribution != "uniform":
         raise ValueError(
@@ -541,7 +542,11 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     stripped inside. The result needs no keras_prune at load time and
     predicts exactly what the pruned model predicts in inference. A model
     with no pruning wrappers is returned as an equal copy (a documented
-    no-op, with a warning-free result you can save as usual).
+    no-op, with a warning-free result you can save as usual). A KerasHub
+    backbone or task (a `Functional` subclass that cloning turns into a plain
+    `Functional`) comes back as its own class, e.g. a `GPT2CausalLM` with
+    `generate`, when `model` is the object `prune_low_magnitude` returned
+    (see `keras_prune.model_class`).
 
     Example:
 
@@ -558,7 +563,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
             "`keras_prune.shrink(model)` instead, which removes the masked channels and "
             "returns a plain Keras model."
         )
-    return _strip(model, {})
+    return model_class.restore(model, _strip(model, {}))
 
 
 def _strip(model: keras.Model, memo: Memo) -> keras.Model:

@@ -24,6 +24,7 @@ LAYERS = [
     {"_backend", "_keras", "_validation", "_files", "_tfevents"},
     {
         "masks",
+        "model_class",
         "schedules",
         "registry",
         "_forward_pass",

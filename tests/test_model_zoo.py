@@ -60,3 +60,18 @@ def test_kerashub_gemma_decoder(hub, tmp_path):
     model, x = model_zoo.kerashub()["GemmaBackbone"]()
     result = _check(model, x, tmp_path)
     assert result["pruned_weights"] == 2 * 7 + 1  # q, k, v, o, gate, up, down; embeddings
+
+
+def test_kerashub_causal_lm_strips_to_its_task_and_generates(hub, tmp_path):
+    # The task's output reuses the backbone's (tied) embedding; the stripped
+    # model is a GPT2CausalLM again, so its .keras file loads and it generates.
+    model, x, *target = model_zoo.kerashub()["GPT2CausalLM"]()
+    result = _check(model, x, tmp_path, *target)
+    assert result["stripped_class"] == "GPT2CausalLM"
+    loaded = keras.saving.load_model(str(tmp_path / "model.keras"))
+    prompt = {"token_ids": np.array([[5, 6, 7, 0, 0, 0]]), "padding_mask": np.arange(6) < 3}
+    prompt["padding_mask"] = prompt["padding_mask"][None]
+    generated = loaded.generate(prompt, max_length=6, stop_token_ids=None)
+    assert generated["token_ids"].shape == (1, 6)
+    np.testing.assert_array_equal(generated["token_ids"][0, :3], [5, 6, 7])
+    assert generated["padding_mask"].all()
