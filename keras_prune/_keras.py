@@ -166,6 +166,13 @@ def producers(operation: Any) -> list[Any]:
     return [parent.operation for node in operation._inbound_nodes for parent in node.parent_nodes]
 
 
+def call_count(operation: Any) -> int:
+    """How many times `operation` was called on symbolic tensors (`_inbound_nodes`, 3.0):
+    a graph config numbers a layer's calls, and reviving a graph resolves those
+    numbers against this list."""
+    return len(operation._inbound_nodes)
+
+
 def consumers(operation: Any) -> list[Any]:
     """The operations that consume `operation`'s outputs, once per use (`_outbound_nodes`, 3.0)."""
     return [node.operation for node in operation._outbound_nodes]

@@ -9,20 +9,21 @@ without the task's methods (`generate`, its preprocessor), and Keras cannot
 load a `.keras` file of that plain graph when it shares a layer with a nested
 model (a causal LM's tied output embedding).
 
-`remember(original, pruned)` notes the original's class and config when
-`prune_low_magnitude` returns; `restore(pruned, stripped)` re-creates that
-class from the config in `strip_pruning` (or `pruned`'s own class, for a
-model stripped without having been pruned) and gives it the stripped
-weights, checked variable by variable. The note lives as long as the pruned model
-object: a pruned model reloaded from a file strips to a plain `Functional`
-model with the same weights (`task.set_weights(stripped.get_weights())`
-moves them into a task built from the same config).
+So `prune_low_magnitude` returns such a model as a `PrunedGraph`: the same
+graph, which also carries the original's serialized class and config, in
+memory and in its `.keras` files. `strip_pruning` re-creates that class
+from it (`restore`) and gives it the stripped weights, checked variable by
+variable. A KerasHub task's preprocessor keeps its vocabulary as a file
+asset, not in its config: the stripped task gets the original preprocessor
+object when it is stripped in the process that pruned it, and none after a
+`.keras` round trip of the pruned model (attach one with
+`task.preprocessor = ...`).
 
 Example:
 
 ```python
-pruned = keras_prune.prune_low_magnitude(causal_lm)   # a Functional, noted
-...                                                   # fit with UpdatePruningStep
+pruned = keras_prune.prune_low_magnitude(causal_lm)   # a PrunedGraph
+...                                                   # fit, save, load, resume
 lm = keras_prune.strip_pruning(pruned)                # a GPT2CausalLM again
 lm.generate(...)
 ```
@@ -30,74 +31,198 @@ lm.generate(...)
 
 from __future__ import annotations
 
+import copy
+import json
 import warnings
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 
 from keras_prune import _keras
 
-
-@dataclass(frozen=True)
-class _Origin:
-    cls: type[keras.Model]
-    config: dict[str, Any]
-    preprocessor: Any  # a KerasHub task's: its vocabulary is an asset, not config
+# A KerasHub task's preprocessor, by the PrunedGraph pruned from the task.
+_PREPROCESSORS: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
 
 
-_ORIGINS: weakref.WeakKeyDictionary[keras.Model, _Origin] = weakref.WeakKeyDictionary()
+@keras.saving.register_keras_serializable("keras_prune")
+class PrunedGraph(keras.Model):
+    """A graph model pruned from a `Functional` subclass whose class cloning lost.
+
+    Keras revives it as a graph model (its constructor takes `inputs` and
+    `outputs`, as `keras.Model`'s does); `origin` is the original model's
+    `keras.saving.serialize_keras_object` as JSON, kept in its config.
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any):
+        origin = kwargs.pop("origin", None)
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        self.origin = origin
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "origin": self.origin, "shared": _shared_layers(self)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> PrunedGraph:
+        """Revives the graph with the layers it shares with its nested models shared again.
+
+        Keras's graph config lists such a layer twice, once in the nested
+        model and once in the outer graph (a causal LM's tied embedding), and
+        would revive two layers; their weights are saved once. Each copy in the
+        outer graph is revived as the nested model's own layer instead.
+        """
+        config = copy.deepcopy(config)
+        shared = config.pop("shared", None) or {}
+        if not shared:
+            return super().from_config(config, custom_objects=custom_objects)
+        nested: dict[str, keras.Model] = {}
+        references = [*(e.get("inbound_nodes") for e in config["layers"]), config["output_layers"]]
+        objects = dict(custom_objects or {})
+        for i, entry in enumerate(config["layers"]):
+            name = entry["name"]
+            key = f"keras_prune>revived:{name}"
+            if name in shared:
+                objects[key] = _Reuse(nested, *shared[name], references)
+            elif any(model == name for model, _ in shared.values()):
+                objects[key] = _Record(nested, entry, custom_objects)
+            else:
+                continue
+            config["layers"][i] = {
+                **entry,
+                "module": None,
+                "class_name": key,
+                "registered_name": key,
+            }
+        return super().from_config(config, custom_objects=objects)
 
 
-def remember(original: keras.Model, pruned: keras.Model) -> None:
-    """Notes on `pruned` the class that cloning `original` lost, if it lost one."""
+class _Record:
+    """A nested model's config entry: revives it and records it by name."""
+
+    def __init__(self, nested: dict[str, keras.Model], entry: dict[str, Any], objects: Any):
+        self.nested, self.entry, self.objects = nested, entry, objects
+
+    def from_config(self, config: dict[str, Any]) -> keras.Model:
+        model = keras.saving.deserialize_keras_object(self.entry, custom_objects=self.objects)
+        self.nested[self.entry["name"]] = model
+        return model
+
+
+class _Reuse:
+    """An outer graph's copy of a nested model's layer: that layer itself.
+
+    The layer already has its calls inside the nested model; the outer
+    graph's config numbers the layer's calls from 0, so every reference to
+    them in `references` (the graph config's node lists) moves past those.
+    """
+
+    def __init__(self, nested: dict[str, keras.Model], model: str, layer: str, references: Any):
+        self.nested, self.model, self.layer, self.references = nested, model, layer, references
+
+    def from_config(self, config: dict[str, Any]) -> keras.layers.Layer:
+        for layer in _keras.flatten_layers(self.nested[self.model]):
+            if layer.name == self.layer:
+                calls = _keras.call_count(layer)
+                _shift_calls(self.references, self.layer, calls)
+                return layer
+        raise ValueError(f"The nested model {self.model!r} has no layer {self.layer!r}.")
+
+
+def _shift_calls(data: Any, name: str, by: int) -> None:
+    """Adds `by` to the call index of every reference to layer `name` in a graph config:
+    `keras_history` of a serialized tensor, or a `[name, call, tensor]` leaf."""
+    if isinstance(data, dict):
+        history = data.get("keras_history")
+        if isinstance(history, list) and history and history[0] == name:
+            history[1] += by
+        for key, value in data.items():
+            if key != "keras_history":
+                _shift_calls(value, name, by)
+    elif isinstance(data, list) and len(data) == 3 and data[0] == name and type(data[1]) is int:
+        data[1] += by
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            _shift_calls(value, name, by)
+
+
+def _shared_layers(model: keras.Model) -> dict[str, list[str]]:
+    """{outer layer name: [nested model name, layer name]} for each layer with weights
+    of `model`'s graph that is also a layer of one of its nested models."""
+    inside = {}
+    for nested in model.layers:
+        if isinstance(nested, keras.Model):
+            for layer in _keras.flatten_layers(nested):
+                inside.setdefault(id(layer), [nested.name, layer.name])
+    return {
+        layer.name: inside[id(layer)]
+        for layer in model.layers
+        if not isinstance(layer, keras.Model) and layer.weights and id(layer) in inside
+    }
+
+
+def remember(original: keras.Model, pruned: keras.Model) -> keras.Model:
+    """`pruned`, or the same graph as a `PrunedGraph` noting the class that cloning lost."""
     origin = _origin(original, pruned)
-    if origin is not None:
-        _ORIGINS[pruned] = origin
+    if origin is None:
+        return pruned
+    graph = PrunedGraph(pruned.input, pruned.output, name=pruned.name, origin=origin)
+    preprocessor = _PREPROCESSORS.get(original, getattr(original, "preprocessor", None))
+    if preprocessor is not None:
+        _PREPROCESSORS[graph] = preprocessor
+    return graph
 
 
-def _origin(original: keras.Model, clone: keras.Model) -> _Origin | None:
-    """`original`'s note (passed on from the model it was pruned from), or a new one
-    when `clone` lost `original`'s class; None when nothing was lost."""
-    if original in _ORIGINS:
-        return _ORIGINS[original]
-    if _keras.is_functional(original) and type(clone) is not type(original):
-        preprocessor = getattr(original, "preprocessor", None)
-        return _Origin(type(original), original.get_config(), preprocessor)
-    return None
+def _origin(original: keras.Model, clone: keras.Model) -> str | None:
+    """The serialized class and config of `original` when `clone` lost its class
+    (passed on from a `PrunedGraph`), else None."""
+    if isinstance(original, PrunedGraph):
+        return original.origin
+    if not _keras.is_functional(original) or type(clone) is type(original):
+        return None
+    serialized = keras.saving.serialize_keras_object(original)
+    if getattr(original, "preprocessor", None) is not None:
+        serialized["config"]["preprocessor"] = None  # its vocabulary is an asset (see above)
+    return json.dumps(serialized)
 
 
 def restore(pruned: keras.Model, stripped: keras.Model) -> keras.Model:
-    """`stripped` as an instance of the class `pruned` was noted with (or is), or `stripped`.
+    """`stripped` as an instance of the class noted on `pruned` (or of `pruned`'s own class).
 
     The class is re-created from the noted config and must have the same
-    variables as `stripped` (paths and shapes, in order); if it cannot be
-    re-created or differs, a warning says why and `stripped` is returned.
+    variables as `stripped` (paths and shapes, in order). Where it cannot,
+    a warning says why and the plain graph of `stripped` is returned.
     """
     origin = _origin(pruned, stripped)
     if origin is None:
-        return stripped
-    name = origin.cls.__name__
+        return plain(stripped)
+    serialized = json.loads(origin)
+    name = serialized.get("class_name", "the original class")
     try:
-        model = origin.cls.from_config(origin.config)
-    except Exception as error:  # the class's own from_config
+        model = keras.saving.deserialize_keras_object(serialized)
+    except Exception as error:  # the class's own from_config, or a package not installed
         warnings.warn(
-            f"strip_pruning returns a plain Functional model: {name} could not be re-created "
+            f"strip_pruning returns a plain graph model: {name} could not be re-created "
             f"from its config ({type(error).__name__}: {error}).",
-            stacklevel=3,
+            stacklevel=4,
         )
-        return stripped
+        return plain(stripped)
     expected = [(v.path, tuple(v.shape)) for v in stripped.weights]
-    found = [(v.path, tuple(v.shape)) for v in model.weights]
-    if found != expected:
+    if [(v.path, tuple(v.shape)) for v in model.weights] != expected:
         warnings.warn(
-            f"strip_pruning returns a plain Functional model: a {name} re-created from its "
+            f"strip_pruning returns a plain graph model: a {name} re-created from its "
             "config does not have the pruned model's variables.",
-            stacklevel=3,
+            stacklevel=4,
         )
-        return stripped
+        return plain(stripped)
     model.set_weights(stripped.get_weights())
-    if origin.preprocessor is not None:
-        model.preprocessor = origin.preprocessor
+    preprocessor = _PREPROCESSORS.get(pruned, getattr(pruned, "preprocessor", None))
+    if preprocessor is not None:
+        model.preprocessor = preprocessor
+    return model
+
+
+def plain(model: keras.Model) -> keras.Model:
+    """`model`, or for a `PrunedGraph` a `keras.Model` of the same graph (loads without keras_prune)."""
+    if isinstance(model, PrunedGraph):
+        return keras.Model(model.input, model.output, name=model.name)
     return model

@@ -292,7 +292,9 @@ def prune_low_magnitude(
 
     The drop-in replacement of `tfmot.sparsity.keras.prune_low_magnitude`.
     For a model it returns a new, uncompiled model of the same form
-    (Sequential, Functional, or an instance of your `keras.Model` subclass)
+    (Sequential, Functional, or an instance of your `keras.Model` subclass;
+    a KerasHub backbone or task becomes a graph model of the same layers
+    that remembers its class for `strip_pruning`: `model_class.PrunedGraph`)
     whose selected prunable layers are wrapped in `PruneLowMagnitude`, with
     the original weights; nested models are pruned inside. Compile it, then
     train with `UpdatePruningStep` among the callbacks. Layers without
@@ -389,8 +391,7 @@ def prune_low_magnitude(
         link_groups(pruned_layers(pruned))
         if spread:
             _spread(pruned, distribution)
-        model_class.remember(to_prune, pruned)
-        return pruned
+        return model_class.remember(to_prune, pruned)
     if select is not None or pruning_policy is not None or distribution != "uniform":
         raise ValueError(
             "`select`, `pruning_policy` and `sparsity_distribution` apply to models; for a "
@@ -545,8 +546,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     no-op, with a warning-free result you can save as usual). A KerasHub
     backbone or task (a `Functional` subclass that cloning turns into a plain
     `Functional`) comes back as its own class, e.g. a `GPT2CausalLM` with
-    `generate`, when `model` is the object `prune_low_magnitude` returned
-    (see `keras_prune.model_class`).
+    `generate` (see `keras_prune.model_class`).
 
     Example:
 
@@ -571,7 +571,7 @@ def _strip(model: keras.Model, memo: Memo) -> keras.Model:
 
     def unwrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model):
-            return _strip(layer, memo)
+            return model_class.plain(_strip(layer, memo))
         if isinstance(layer, PruneLowMagnitude):
             if plain:
                 return _clone_layer(layer.layer)

@@ -138,6 +138,16 @@ def test_graph_walk_finds_producers_and_consumers_of_layers_and_ops():
     assert _keras.source_operation(model.outputs[0]) is pool
 
 
+def test_call_count_counts_symbolic_calls():
+    dense = keras.layers.Dense(2)
+    assert _keras.call_count(dense) == 0
+    a, b = keras.Input((3,)), keras.Input((3,))
+    dense(a), dense(b)
+    assert _keras.call_count(dense) == 2
+    dense(np.ones((1, 3), "float32"))  # an eager call adds no node
+    assert _keras.call_count(dense) == 2
+
+
 @pytest.mark.parametrize("kind", ["functional", "sequential"])
 def test_graph_calls_list_every_call_with_its_tensors_inputs_first(kind):
     dense, relu = keras.layers.Dense(3, name="dense"), keras.layers.ReLU(name="relu")

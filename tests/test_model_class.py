@@ -72,16 +72,56 @@ def test_strip_of_an_unpruned_subclass_keeps_its_class():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_a_reloaded_pruned_model_strips_to_functional_whose_weights_fit_the_class(tmp_path):
-    x, _ = _data()
+def test_a_pruned_model_saved_and_resumed_still_strips_to_its_class(tmp_path):
+    x, y = _data()
     path = str(tmp_path / "pruned.keras")
-    _pruned(Classifier(8)).save(path)
-    stripped = keras_prune.strip_pruning(keras.saving.load_model(path))
-    assert type(stripped) is not Classifier
-    model = Classifier(8)
-    model.set_weights(stripped.get_weights())  # the documented way back
+    pruned = _pruned(Classifier(8))
+    assert isinstance(pruned, keras_prune.model_class.PrunedGraph)
+    pruned.save(path)
+    resumed = keras.saving.load_model(path)
+    np.testing.assert_array_equal(resumed.predict(x, verbose=0), pruned.predict(x, verbose=0))
+    resumed.fit(x, y, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    stripped = keras_prune.strip_pruning(resumed)
+    assert type(stripped) is Classifier
     np.testing.assert_allclose(
-        model.predict(x, verbose=0), stripped.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+        stripped.predict(x, verbose=0), resumed.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
+
+
+@keras.saving.register_keras_serializable("test_model_class")
+class Tied(keras.Model):
+    """Its graph calls a layer of its nested model again, as a causal LM's tied embedding."""
+
+    def __init__(self, **kwargs):
+        embedding = keras.layers.Embedding(10, 4, name="embedding")
+        ids = keras.Input((5,), dtype="int32", name="ids")
+        body = keras.Model(ids, keras.layers.Dense(4, name="mix")(embedding(ids)), name="body")
+        joined = keras.layers.Concatenate()([body(ids), embedding(ids)])
+        pooled = keras.layers.GlobalAveragePooling1D()(joined)
+        super().__init__(ids, keras.layers.Dense(3, name="head")(pooled), **kwargs)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def test_a_layer_shared_with_a_nested_model_stays_one_layer_through_a_file(tmp_path):
+    x = np.random.default_rng(0).integers(0, 10, (32, 5)).astype("int32")
+    y = np.random.default_rng(1).integers(0, 3, 32)
+    pruned = keras_prune.prune_low_magnitude(
+        Tied(), keras_prune.ConstantSparsity(0.5, 0, frequency=1)
+    )
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    path = str(tmp_path / "pruned.keras")
+    pruned.save(path)  # Keras alone revives two embeddings and loads one of them
+    loaded = keras.saving.load_model(path)
+    outer = loaded.get_layer("prune_low_magnitude_embedding")
+    assert outer is loaded.get_layer("body").get_layer("prune_low_magnitude_embedding")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0))
+    stripped = keras_prune.strip_pruning(loaded)
+    assert type(stripped) is Tied
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-6, atol=1e-6
     )
 
 

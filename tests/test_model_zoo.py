@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_prune
 from tools import model_zoo
 
 pytestmark = pytest.mark.slow
@@ -69,9 +70,32 @@ def test_kerashub_causal_lm_strips_to_its_task_and_generates(hub, tmp_path):
     result = _check(model, x, tmp_path, *target)
     assert result["stripped_class"] == "GPT2CausalLM"
     loaded = keras.saving.load_model(str(tmp_path / "model.keras"))
-    prompt = {"token_ids": np.array([[5, 6, 7, 0, 0, 0]]), "padding_mask": np.arange(6) < 3}
-    prompt["padding_mask"] = prompt["padding_mask"][None]
+    mask = (np.arange(6) < 3)[None]
+    prompt = {"token_ids": np.array([[5, 6, 7, 0, 0, 0]]), "padding_mask": mask}
     generated = loaded.generate(prompt, max_length=6, stop_token_ids=None)
     assert generated["token_ids"].shape == (1, 6)
     np.testing.assert_array_equal(generated["token_ids"][0, :3], [5, 6, 7])
     assert generated["padding_mask"].all()
+
+
+def test_kerashub_causal_lm_pruned_file_resumes_with_its_tied_embedding(hub, tmp_path):
+    model, x, y, loss = model_zoo.kerashub()["GPT2CausalLM"]()
+    schedule = keras_prune.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=4, frequency=2)
+    pruned = keras_prune.prune_low_magnitude(model, schedule)
+    pruned.compile("adam", loss)
+    callbacks = [keras_prune.UpdatePruningStep()]
+    pruned.fit(x, y, batch_size=4, epochs=1, steps_per_epoch=2, verbose=0, callbacks=callbacks)
+    pruned.save(str(tmp_path / "pruned.keras"))
+    resumed = keras.saving.load_model(str(tmp_path / "pruned.keras"))
+    embedding = resumed.get_layer("prune_low_magnitude_token_embedding")
+    assert embedding is resumed.get_layer("gpt2_backbone").get_layer(embedding.name)
+    np.testing.assert_allclose(
+        resumed.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
+    resumed.fit(x, y, batch_size=4, epochs=1, steps_per_epoch=2, verbose=0, callbacks=callbacks)
+    stripped = keras_prune.strip_pruning(resumed)
+    assert type(stripped).__name__ == "GPT2CausalLM"
+    assert keras_prune.sparsity_report(stripped).total_sparsity == pytest.approx(0.5, abs=0.01)
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), resumed.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
