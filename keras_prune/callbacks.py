@@ -58,7 +58,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
             )
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        for message in final_sparsity_shortfalls(self.model, self._first_step):
+        messages = final_sparsity_shortfalls(self.model, self._first_step)
+        if len(messages) > 1:  # one warning, not one per weight of a large model
+            lines = [f"- {m.removeprefix(_SHORTFALL)}" for m in messages]
+            messages = [f"{_SHORTFALL}{len(messages)} pruned weights:\n" + "\n".join(lines)]
+        for message in messages:
             warnings.warn(message, UserWarning, stacklevel=2)
 
 
@@ -225,6 +229,9 @@ def _pruning_values(wrappers: Iterable[PruneLowMagnitude]) -> dict[int, list[tup
     return by_step
 
 
+_SHORTFALL = "Pruning ended below the scheduled final sparsity for "
+
+
 def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) -> list[str]:
     """Messages for every pruned weight (or global group) below its schedule's final sparsity.
 
@@ -292,7 +299,7 @@ def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) ->
                     "multiple of frequency)"
                 )
         messages.append(
-            f"Pruning ended below the scheduled final sparsity for {paths}: {kept} of "
+            f"{_SHORTFALL}{paths}: {kept} of "
             f"{size} weights kept, {kept - allowed} more than {target:.2%} sparsity "
             f"allows ({reason})."
         )

@@ -11,7 +11,9 @@ model (a causal LM's tied output embedding).
 
 So `prune_low_magnitude` returns such a model as a `PrunedGraph`: the same
 graph, which also carries the original's serialized class and config, in
-memory and in its `.keras` files. `strip_pruning` re-creates that class
+memory and in its `.keras` files, and the layers its graph shares with a
+nested model, which it revives as one layer where Keras would revive two.
+`strip_pruning` re-creates that class
 from it (`restore`) and gives it the stripped weights, checked variable by
 variable. A KerasHub task's preprocessor keeps its vocabulary as a file
 asset, not in its config: the stripped task gets the original preprocessor
@@ -179,10 +181,18 @@ def _origin(original: keras.Model, clone: keras.Model) -> str | None:
         return original.origin
     if not _keras.is_functional(original) or type(clone) is type(original):
         return None
-    serialized = keras.saving.serialize_keras_object(original)
-    if getattr(original, "preprocessor", None) is not None:
-        serialized["config"]["preprocessor"] = None  # its vocabulary is an asset (see above)
-    return json.dumps(serialized)
+    try:
+        serialized = keras.saving.serialize_keras_object(original)
+        if serialized["config"].get("preprocessor") is not None:
+            serialized["config"]["preprocessor"] = None  # its vocabulary is an asset (see above)
+        return json.dumps(serialized)
+    except (TypeError, ValueError) as error:  # a config Keras could not save either
+        warnings.warn(
+            f"strip_pruning will return a plain graph model for {original.name!r}: the "
+            f"config of its class {type(original).__name__} is not JSON ({error}).",
+            stacklevel=4,
+        )
+        return None
 
 
 def restore(pruned: keras.Model, stripped: keras.Model) -> keras.Model:

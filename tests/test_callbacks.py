@@ -30,13 +30,17 @@ def test_warns_when_training_stops_before_end_step():
 
 
 @pytest.mark.slow
-def test_warns_when_schedule_never_prunes():
+def test_warns_once_when_schedule_never_prunes():
     # 12 training steps; pruning would begin at step 100.
     with pytest.warns(
         UserWarning,
         match=r"no pruning step of the schedule fell inside this training run \(steps 1..12\)",
-    ):
+    ) as caught:
         pruned = train(ConstantSparsity(0.5, begin_step=100), epochs=3)
+    (warning,) = [w for w in caught if "Pruning ended below" in str(w.message)]
+    assert str(warning.message).startswith(
+        "Pruning ended below the scheduled final sparsity for 4 pruned weights:\n- "
+    )
     messages = final_sparsity_shortfalls(pruned)
     assert len(messages) == 4
     assert "72 of 72 weights kept, 36 more than 50.00% sparsity allows" in messages[0]

@@ -134,3 +134,15 @@ def test_a_class_that_cannot_be_rebuilt_warns_and_strips_to_functional():
     np.testing.assert_allclose(
         stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-6, atol=1e-6
     )
+
+
+class Unsaveable(Classifier):
+    def get_config(self):
+        return {"units": self.units, "name": self.name, "tags": {"a set", "is not JSON"}}
+
+
+def test_a_config_that_is_not_json_warns_when_pruning_and_strips_to_a_graph():
+    with pytest.warns(UserWarning, match="Unsaveable is not JSON"):
+        pruned = keras_prune.prune_low_magnitude(Unsaveable(8))
+    assert not isinstance(pruned, keras_prune.model_class.PrunedGraph)
+    assert type(keras_prune.strip_pruning(pruned)) is not Unsaveable
