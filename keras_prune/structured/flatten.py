@@ -8,9 +8,12 @@ so they can only be found and removed in one graph that holds both.
 copies of the nested models' layers (same names, configs and weights),
 called where the nested models were, with the same predictions.
 
-A nested model that is called more than once (weights shared between two
-branches) or whose layers also appear elsewhere stays nested, since copies
-would no longer share weights; the channel walk then leaves it whole.
+A layer called in several places (a causal LM's tied embedding, called by
+the nested backbone and by the outer graph) is copied once and called in
+each, so it stays shared. A nested model that is called more than once
+stays nested (one copy, called twice), and the channel walk leaves it
+whole; if such a model also shares a layer with the rest of the graph,
+nothing is inlined, since its copy would no longer share that layer.
 
 Example:
 
@@ -38,15 +41,9 @@ def _graph_models(model: keras.Model) -> list[keras.Model]:
 
 
 def inlinable(model: keras.Model) -> list[keras.Model]:
-    """The nested models that `flatten` inlines: called once, sharing no layer with the rest."""
+    """The nested models that `flatten` may inline: those called once."""
     calls = collections.Counter(id(op) for op, _, _ in _keras.graph_calls(model))
-    owners = collections.Counter(id(layer) for layer in _keras.flatten_layers(model))
-    return [
-        nested
-        for nested in _graph_models(model)
-        if calls[id(nested)] == 1
-        and all(owners[id(layer)] == 1 for layer in _keras.flatten_layers(nested))
-    ]
+    return [nested for nested in _graph_models(model) if calls[id(nested)] == 1]
 
 
 def flatten(model: keras.Model) -> keras.Model:
@@ -55,24 +52,29 @@ def flatten(model: keras.Model) -> keras.Model:
     Raises ValueError if two inlined layers would have the same name.
     """
     inline = _inlined(model)
-    if not inline:
+    layers = _flat_layers(model, inline)
+    if not inline or _would_untie(layers):
         return model
-    names = collections.Counter(_flat_names(model, inline))
-    twice = sorted(name for name, count in names.items() if count > 1)
+    ids_by_name = collections.defaultdict(set)
+    for layer in layers:
+        ids_by_name[layer.name].add(id(layer))
+    twice = sorted(name for name, ids in ids_by_name.items() if len(ids) > 1)
     if twice:
         raise ValueError(
             f"`{model.name}` nests models whose layers share names ({', '.join(twice)}); "
             "channel pruning inlines nested models into one graph, which needs unique "
             "names. Rename those layers (e.g. build the nested model with `name=` prefixes)."
         )
+    copies: dict[int, keras.layers.Layer] = {}  # one copy per layer, however often called
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
 
     def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
         if id(layer) in inline:  # its graph, on the tensors it was called on
             return _keras.run_graph(layer, keras.tree.flatten((args, kwargs)), call)
-        new = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
-        return new(*args, **kwargs)
+        if id(layer) not in copies:
+            copies[id(layer)] = layer.__class__.from_config(layer.get_config())
+            pairs.append((layer, copies[id(layer)]))
+        return copies[id(layer)](*args, **kwargs)
 
     inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]
     outputs = _keras.run_graph(model, inputs, call)
@@ -91,12 +93,30 @@ def _inlined(model: keras.Model) -> set[int]:
     return result
 
 
-def _flat_names(model: keras.Model, inline: set[int]) -> list[str]:
-    """The names of the layers `flatten(model)` holds besides its inputs."""
-    names = []
+def _flat_layers(model: keras.Model, inline: set[int]) -> list[keras.layers.Layer]:
+    """The layers `flatten(model)` holds besides its inputs (a shared one once per place)."""
+    layers = []
     for layer in model.layers:
         if id(layer) in inline:
-            names += _flat_names(layer, inline)
+            layers += _flat_layers(layer, inline)
         elif not isinstance(layer, keras.layers.InputLayer):
-            names.append(layer.name)
-    return names
+            layers.append(layer)
+    return layers
+
+
+def _would_untie(layers: list[keras.layers.Layer]) -> bool:
+    """Whether a nested model that stays nested shares a layer with the other `layers`:
+    its copy (made from its config) would hold a layer of its own instead."""
+    outside = collections.Counter()
+    for layer in {id(layer): layer for layer in layers}.values():
+        inner = _keras.flatten_layers(layer) if _keras.has_graph(layer) else []
+        outside.update(
+            {id(layer)} | {id(x) for x in inner if not isinstance(x, keras.layers.InputLayer)}
+        )
+    return any(
+        outside[id(x)] > 1
+        for layer in layers
+        if _keras.has_graph(layer)
+        for x in _keras.flatten_layers(layer)
+        if not isinstance(x, keras.layers.InputLayer)
+    )

@@ -62,3 +62,25 @@ def test_a_model_called_twice_stays_nested_and_clashing_names_are_refused():
     clash = keras.Sequential([keras.Input((4,)), inner, L.Dense(2, name="same")])
     with pytest.raises(ValueError, match=r"share names \(same\)"):
         flatten(clash)
+
+
+def test_a_layer_shared_with_an_inlined_model_stays_one_layer():
+    # As a causal LM's tied embedding: called inside the nested model and by the outer graph.
+    x = keras.Input((4,))
+    tied = L.Dense(4, name="tied")
+    body = keras.Model(x, L.Dense(4, name="body_dense")(tied(x)), name="body")
+    model = keras.Model(x, L.Add()([body(x), tied(L.Dense(4, name="side")(x))]))
+    flat = flatten(model)
+    assert sorted(layer.name for layer in flat.layers[1:]) == ["add", "body_dense", "side", "tied"]
+    assert len(flat.weights) == len(model.weights)  # one kernel and bias for `tied`
+    data = np.random.RandomState(0).rand(5, 4).astype("float32")
+    np.testing.assert_allclose(_numpy(flat(data)), _numpy(model(data)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_kept_nested_that_shares_a_layer_keeps_the_whole_graph():
+    x = keras.Input((4,))
+    tied = L.Dense(4, name="tied")
+    twice = keras.Model(x, tied(x), name="twice")  # called twice: stays nested
+    once = keras.Sequential([keras.Input((4,)), L.Dense(4, name="once_dense")], name="once")
+    model = keras.Model(x, L.Add()([twice(x), twice(once(x)), tied(x)]))
+    assert flatten(model) is model  # a copy of `twice` would hold a `tied` of its own
