@@ -77,16 +77,18 @@ class PrunedGraph(keras.Model):
         shared = config.pop("shared", None) or {}
         if not shared:
             return super().from_config(config, custom_objects=custom_objects)
-        nested: dict[str, keras.Model] = {}
         references = [*(e.get("inbound_nodes") for e in config["layers"]), config["output_layers"]]
+        entries = {entry["name"]: entry for entry in config["layers"]}
+        records = {model: _Record(entries[model], custom_objects) for model, _ in shared.values()}
         objects = dict(custom_objects or {})
         for i, entry in enumerate(config["layers"]):
             name = entry["name"]
             key = f"keras_prune>revived:{name}"
             if name in shared:
-                objects[key] = _Reuse(nested, *shared[name], references)
-            elif any(model == name for model, _ in shared.values()):
-                objects[key] = _Record(nested, entry, custom_objects)
+                model, layer = shared[name]
+                objects[key] = _Reuse(records[model], layer, references)
+            elif name in records:
+                objects[key] = records[name]
             else:
                 continue
             config["layers"][i] = {
@@ -99,15 +101,17 @@ class PrunedGraph(keras.Model):
 
 
 class _Record:
-    """A nested model's config entry: revives it and records it by name."""
+    """A nested model's config entry, revived once, when Keras or a `_Reuse` first asks."""
 
-    def __init__(self, nested: dict[str, keras.Model], entry: dict[str, Any], objects: Any):
-        self.nested, self.entry, self.objects = nested, entry, objects
+    def __init__(self, entry: dict[str, Any], objects: Any):
+        self.entry, self.objects, self.model = entry, objects, None
 
-    def from_config(self, config: dict[str, Any]) -> keras.Model:
-        model = keras.saving.deserialize_keras_object(self.entry, custom_objects=self.objects)
-        self.nested[self.entry["name"]] = model
-        return model
+    def from_config(self, config: dict[str, Any] | None = None) -> keras.Model:
+        if self.model is None:
+            self.model = keras.saving.deserialize_keras_object(
+                self.entry, custom_objects=self.objects
+            )
+        return self.model
 
 
 class _Reuse:
@@ -118,16 +122,16 @@ class _Reuse:
     them in `references` (the graph config's node lists) moves past those.
     """
 
-    def __init__(self, nested: dict[str, keras.Model], model: str, layer: str, references: Any):
-        self.nested, self.model, self.layer, self.references = nested, model, layer, references
+    def __init__(self, record: _Record, layer: str, references: Any):
+        self.record, self.layer, self.references = record, layer, references
 
     def from_config(self, config: dict[str, Any]) -> keras.layers.Layer:
-        for layer in _keras.flatten_layers(self.nested[self.model]):
+        model = self.record.from_config()
+        for layer in _keras.flatten_layers(model):
             if layer.name == self.layer:
-                calls = _keras.call_count(layer)
-                _shift_calls(self.references, self.layer, calls)
+                _shift_calls(self.references, self.layer, _keras.call_count(layer))
                 return layer
-        raise ValueError(f"The nested model {self.model!r} has no layer {self.layer!r}.")
+        raise ValueError(f"The nested model {model.name!r} has no layer {self.layer!r}.")
 
 
 def _shift_calls(data: Any, name: str, by: int) -> None:

@@ -118,6 +118,13 @@ def test_a_layer_shared_with_a_nested_model_stays_one_layer_through_a_file(tmp_p
     outer = loaded.get_layer("prune_low_magnitude_embedding")
     assert outer is loaded.get_layer("body").get_layer("prune_low_magnitude_embedding")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0))
+    config = pruned.get_config()  # the shared layer listed before its nested model: the same
+    names = [entry["name"] for entry in config["layers"]]
+    i, j = names.index("body"), names.index(outer.name)
+    config["layers"][i], config["layers"][j] = config["layers"][j], config["layers"][i]
+    swapped = keras_prune.model_class.PrunedGraph.from_config(config)
+    shared = swapped.get_layer(outer.name)
+    assert shared is swapped.get_layer("body").get_layer(outer.name)
     stripped = keras_prune.strip_pruning(loaded)
     assert type(stripped) is Tied
     np.testing.assert_allclose(
