@@ -13,9 +13,8 @@ So `prune_low_magnitude` returns such a model as a `PrunedGraph`: the same
 graph, which also carries the original's serialized class and config, in
 memory and in its `.keras` files, and the layers its graph shares with a
 nested model, which it revives as one layer where Keras would revive two.
-`strip_pruning` re-creates that class
-from it (`restore`) and gives it the stripped weights, checked variable by
-variable. A KerasHub task's preprocessor keeps its vocabulary as a file
+`strip_pruning` re-creates that class from it (`restore`) and gives it the
+stripped weights, checked variable by variable. A KerasHub task's preprocessor keeps its vocabulary as a file
 asset, not in its config: the stripped task gets the original preprocessor
 object when it is stripped in the process that pruned it, and none after a
 `.keras` round trip of the pruned model (attach one with

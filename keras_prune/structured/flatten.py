@@ -65,22 +65,21 @@ def flatten(model: keras.Model) -> keras.Model:
             "channel pruning inlines nested models into one graph, which needs unique "
             "names. Rename those layers (e.g. build the nested model with `name=` prefixes)."
         )
-    copies: dict[int, keras.layers.Layer] = {}  # one copy per layer, however often called
-    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+    # id(layer) -> (layer, its copy): one copy per layer, however often called.
+    copies: dict[int, tuple[keras.layers.Layer, keras.layers.Layer]] = {}
 
     def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
         if id(layer) in inline:  # its graph, on the tensors it was called on
             return _keras.run_graph(layer, keras.tree.flatten((args, kwargs)), call)
         if id(layer) not in copies:
-            copies[id(layer)] = layer.__class__.from_config(layer.get_config())
-            pairs.append((layer, copies[id(layer)]))
-        return copies[id(layer)](*args, **kwargs)
+            copies[id(layer)] = (layer, layer.__class__.from_config(layer.get_config()))
+        return copies[id(layer)][1](*args, **kwargs)
 
     inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]
     outputs = _keras.run_graph(model, inputs, call)
     structure = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
     flat = keras.Model(keras.tree.pack_sequence_as(structure, inputs), outputs, name=model.name)
-    for old, new in pairs:
+    for old, new in copies.values():
         new.set_weights(old.get_weights())
     return flat
 
@@ -107,16 +106,16 @@ def _flat_layers(model: keras.Model, inline: set[int]) -> list[keras.layers.Laye
 def _would_untie(layers: list[keras.layers.Layer]) -> bool:
     """Whether a nested model that stays nested shares a layer with the other `layers`:
     its copy (made from its config) would hold a layer of its own instead."""
-    outside = collections.Counter()
+    places = collections.Counter()
+    kept_nested = []  # the layers of each nested model that stays nested
     for layer in {id(layer): layer for layer in layers}.values():
-        inner = _keras.flatten_layers(layer) if _keras.has_graph(layer) else []
-        outside.update(
-            {id(layer)} | {id(x) for x in inner if not isinstance(x, keras.layers.InputLayer)}
-        )
-    return any(
-        outside[id(x)] > 1
-        for layer in layers
-        if _keras.has_graph(layer)
-        for x in _keras.flatten_layers(layer)
-        if not isinstance(x, keras.layers.InputLayer)
-    )
+        inner = []
+        if _keras.has_graph(layer):
+            inner = [
+                id(x)
+                for x in _keras.flatten_layers(layer)
+                if not isinstance(x, keras.layers.InputLayer)
+            ]
+            kept_nested.append(inner)
+        places.update({id(layer), *inner})
+    return any(places[i] > 1 for inner in kept_nested for i in inner)
