@@ -80,7 +80,8 @@ def flatten(model: keras.Model) -> keras.Model:
     structure = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
     flat = keras.Model(keras.tree.pack_sequence_as(structure, inputs), outputs, name=model.name)
     for old, new in copies.values():
-        new.set_weights(old.get_weights())
+        if isinstance(old, keras.layers.Layer):  # not an operation such as `x[:, 0]`
+            new.set_weights(old.get_weights())
     return flat
 
 

@@ -231,7 +231,7 @@ def clone(
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
         original = layer.layer if isinstance(layer, HeadMask) else layer
         new = original.__class__.from_config(configure(original))
-        if not skip(layer):
+        if not skip(layer) and isinstance(original, keras.layers.Layer):  # not a GetItem
             pairs.append((original, new))
         new = wrap(original, new)
         originals[id(new)] = layer

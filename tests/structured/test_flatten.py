@@ -84,3 +84,13 @@ def test_a_model_kept_nested_that_shares_a_layer_keeps_the_whole_graph():
     once = keras.Sequential([keras.Input((4,)), L.Dense(4, name="once_dense")], name="once")
     model = keras.Model(x, L.Add()([twice(x), twice(once(x)), tied(x)]))
     assert flatten(model) is model  # a copy of `twice` would hold a `tied` of its own
+
+
+def test_an_operation_inside_an_inlined_model_is_copied_without_weights():
+    x = keras.Input((6, 4))
+    inner = keras.Model(x, L.Dense(8, name="a")(x)[:, 0], name="inner")  # a GetItem operation
+    model = keras.Sequential([keras.Input((6, 4)), inner, L.Dense(2, name="out")])
+    flat = flatten(model)
+    assert [type(op).__name__ for op in flat.operations[1:]] == ["Dense", "GetItem", "Dense"]
+    x = np.random.RandomState(0).normal(size=(3, 6, 4)).astype("float32")
+    np.testing.assert_allclose(_numpy(flat(x)), _numpy(model(x)), rtol=1e-6, atol=1e-6)

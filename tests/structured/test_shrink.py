@@ -401,3 +401,21 @@ def test_a_transformer_encoder_loses_heads_and_ffn_units_and_keeps_its_width():
         _zero(ffn, "bias", removed, axis=0)
     ids = np.random.RandomState(0).randint(0, 50, (4, 6))
     _close(_outputs(small, ids), _outputs(reference, ids))
+
+
+def test_an_operation_that_is_not_a_layer_is_kept_in_the_graph():
+    # `h[:, 0]` is a GetItem operation: it has no weights to copy, and stops its group.
+    x = keras.Input((6, 4))
+    h = L.Dense(8, activation="relu", name="a")(x)
+    h = L.Dense(8, activation="relu", name="b")(h)
+    model = keras.Model(x, L.Dense(2, name="out")(h[:, 0]))
+    _randomize(model)
+    with pytest.warns(UserWarning, match="b: `get_item` \\(GetItem\\) reads it"):
+        small = shrink(model, 0.5)
+    assert small.get_layer("a").units == 4 and small.get_layer("b").units == 8
+    reference = _copy(model)
+    removed = _removed([model.get_layer("a")])
+    _zero(reference.get_layer("a"), "kernel", removed)
+    _zero(reference.get_layer("a"), "bias", removed, axis=0)
+    x = np.random.RandomState(0).normal(size=(4, 6, 4)).astype("float32")
+    _close(_outputs(small, x), _outputs(reference, x))
