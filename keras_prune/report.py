@@ -15,7 +15,13 @@ import numpy as np
 from keras import ops
 
 from keras_prune import _keras, registry
-from keras_prune.structured.channel_mask import ChannelMask, HeadMask, channel_masks
+from keras_prune.structured import blocks
+from keras_prune.structured.channel_mask import (
+    ChannelMask,
+    FeedForwardMask,
+    HeadMask,
+    channel_masks,
+)
 from keras_prune.structured.importance import kernel as channel_kernel
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -100,7 +106,8 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     `ChannelMask` removes count as zeros of the kernel that produces them
     (`shrink` also removes the inputs of the next layer that read them),
     and the heads a `HeadMask` removes as zeros of its attention layer's
-    query, key, value and output kernels.
+    query, key, value and output kernels (the units a `FeedForwardMask`
+    removes: of the block's two feed-forward kernels).
 
     Example:
 
@@ -128,7 +135,15 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         )
         for inner in _keras.flatten_layers(layer)
     }
-    channel_mask = {mask.source: mask for mask in channel_masks(model)}
+    masks = channel_masks(model)
+    channel_mask = {mask.source: mask for mask in masks}
+    # The feed-forward Dense layers of the blocks FeedForwardMasks wrap.
+    feed_forward = {
+        id(dense): mask
+        for mask in masks
+        if isinstance(mask, FeedForwardMask)
+        for dense in blocks.feed_forward(mask.layer) or ()
+    }
     for layer in layers:
         notes = None
         if isinstance(layer, ChannelMask):
@@ -147,8 +162,9 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         else:
             inner = layer
             pairs = [(w, w.value) for w in registry.get_prunable_weights(layer)]
-            if layer.name in channel_mask:
-                pairs, notes = _masked_channels(layer, pairs, channel_mask[layer.name])
+            mask = feed_forward.get(id(layer), channel_mask.get(layer.name))
+            if mask is not None:
+                pairs, notes = _masked_channels(layer, pairs, mask)
         for i, (weight, value) in enumerate(pairs):
             zeros = int(np.count_nonzero(ops.convert_to_numpy(value) == 0))
             relative = _relative_path(weight, inner)
@@ -178,6 +194,12 @@ def _masked_channels(
         note = f"{removed} heads removed by its HeadMask"
         projections = (layer.query_dense, layer.key_dense, layer.value_dense)
         axes = {id(p.kernel): 1 for p in projections} | {id(layer.output_dense.kernel): 0}
+    elif isinstance(
+        mask, FeedForwardMask
+    ):  # a unit: a column of the first kernel, a row of the second
+        note = f"{removed} feed-forward units removed by its FeedForwardMask"
+        inner, outer = blocks.feed_forward(mask.layer)
+        axes = {id(inner.kernel): 1, id(outer.kernel): 0}
     else:
         note = f"{removed} output channels removed by its ChannelMask"
         kernel = channel_kernel(layer)

@@ -21,7 +21,8 @@ groups of the model (`importance.keep_global`) says how many channels each
 group keeps; the first mask of a pass computes it for all of them.
 
 The heads of a `MultiHeadAttention` are masked by a `HeadMask` that wraps
-it, since they are inside the layer.
+it, since they are inside the layer, and the feed-forward units of a
+transformer block (`structured.blocks`) by a `FeedForwardMask`.
 
 Example:
 
@@ -42,6 +43,7 @@ from keras import ops
 
 from keras_prune import _backend, _forward_pass, _keras, _validation
 from keras_prune.schedules import PruningSchedule
+from keras_prune.structured import blocks
 from keras_prune.structured import importance as importance_lib
 
 
@@ -266,8 +268,39 @@ class ChannelMask(keras.layers.Layer):
         return cls(**config)
 
 
+class _WrappingMask(ChannelMask):
+    """A `ChannelMask` whose channels are inside the layer it wraps (`layer`):
+    it runs that layer with the removed channels' weights read as 0."""
+
+    def __init__(self, layer: keras.layers.Layer, pruning_schedule: PruningSchedule, **kwargs: Any):
+        super().__init__(pruning_schedule, **kwargs)
+        self.layer = layer
+
+    def _check_channels(self, channels: int, what: str) -> None:
+        if sum(s["size"] for s in self.segments) != channels:
+            raise ValueError(
+                f"{self.name!r}: `segments` hold {sum(s['size'] for s in self.segments)} "
+                f"channels but `{self.layer.name}` has {channels} {what}."
+            )
+
+    def compute_output_shape(self, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ChannelMask:
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return super().from_config(config)
+
+
 @keras.saving.register_keras_serializable(package="keras_prune")
-class HeadMask(ChannelMask):
+class HeadMask(_WrappingMask):
     """Wraps a `MultiHeadAttention` whose heads a pruning schedule removes.
 
     The mask has one entry per head and is computed as a `ChannelMask`'s
@@ -290,16 +323,11 @@ class HeadMask(ChannelMask):
         pruning_schedule: PruningSchedule,
         **kwargs: Any,
     ):
-        super().__init__(pruning_schedule, **kwargs)
         _validation.instance(
             layer, "layer", keras.layers.MultiHeadAttention, "a keras.layers.MultiHeadAttention"
         )
-        if sum(s["size"] for s in self.segments) != layer.num_heads:
-            raise ValueError(
-                f"{self.name!r}: `segments` hold {sum(s['size'] for s in self.segments)} "
-                f"channels but `{layer.name}` has {layer.num_heads} heads."
-            )
-        self.layer = layer
+        super().__init__(layer, pruning_schedule, **kwargs)
+        self._check_channels(layer.num_heads, "heads")
 
     def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
         if not self.layer.built:
@@ -325,20 +353,58 @@ class HeadMask(ChannelMask):
             self, masked, query, value, key, training=training, **kwargs
         )
 
-    def compute_output_shape(self, *args: Any, **kwargs: Any) -> Any:
-        return self.layer.compute_output_shape(*args, **kwargs)
 
-    def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
-        return self.layer.compute_output_spec(*args, **kwargs)
+@keras.saving.register_keras_serializable(package="keras_prune")
+class FeedForwardMask(_WrappingMask):
+    """Wraps a transformer block whose feed-forward units a pruning schedule removes.
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer)}
+    The block is one `structured.blocks` knows (KerasHub's
+    `TransformerEncoder` and `TransformerDecoder`). The mask has one entry
+    per unit and is computed as a `ChannelMask`'s (a unit's weights are its
+    column of the first feed-forward kernel and its row of the second:
+    `importance.kernel_columns`). The block runs with a removed unit's
+    column and bias read as 0; its activation keeps 0 at 0, so the unit
+    adds exactly nothing, as in the smaller block `shrink` makes. Made by
+    `prune_channels`.
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> HeadMask:
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return super().from_config(config)
+    Args:
+        layer: the block, built.
+        pruning_schedule, segments, importance, round_to, source,
+            global_pruning: as for `ChannelMask`; `segments` is the one
+            group of `layer`'s units.
+    """
+
+    def __init__(self, layer: keras.layers.Layer, pruning_schedule: PruningSchedule, **kwargs: Any):
+        _validation.instance(layer, "layer", keras.layers.Layer, "a keras Layer")
+        units = layer.get_config().get(blocks.units_key(layer))
+        super().__init__(layer, pruning_schedule, **kwargs)
+        self._check_channels(units, "feed-forward units")
+
+    def build(self, inputs_shape: Any) -> None:
+        if not self.layer.built:
+            self.layer.build(inputs_shape)
+        inner, _ = blocks.feed_forward(self.layer) or (None, None)
+        if inner is None:
+            raise ValueError(
+                f"{self.name!r}: `{self.layer.name}` does not hold the feed-forward layers "
+                "keras_prune knows (see keras_prune.structured.blocks)."
+            )
+        super().build((inner.units,))
+
+    def call(self, inputs: Any, *args: Any, training: bool | None = None, **kwargs: Any) -> Any:
+        if training:
+            self._update()
+        inner, _ = blocks.feed_forward(self.layer)
+        units = self.mask.value
+        masked = {id(inner.kernel): inner.kernel.value * ops.cast(units, inner.kernel.dtype)}
+        if inner.bias is not None:
+            masked[id(inner.bias)] = inner.bias.value * ops.cast(units, inner.bias.dtype)
+        return _forward_pass.call_with_values(
+            self, masked, inputs, *args, training=training, **kwargs
+        )
+
+
+WRAPPING = (HeadMask, FeedForwardMask)
 
 
 def _top(scores: Any, kept: Any) -> Any:
@@ -379,11 +445,11 @@ def channel_masks(model: keras.layers.Layer) -> list[ChannelMask]:
 def link(model: keras.layers.Layer) -> None:
     """Tells each `ChannelMask` in `model` the layers (by name) whose kernels score its channels."""
     masks = channel_masks(model)
-    # The producers are the model's own layers and the attention layers
-    # inside HeadMasks; they come first, so that a sublayer deeper down with
+    # The producers are the model's own layers and the layers inside
+    # HeadMasks and FeedForwardMasks; they come first, so that a sublayer deeper down with
     # the same name (every MultiHeadAttention has a "query") cannot hide one.
     first = list(model.layers) if isinstance(model, keras.Model) else []
-    first += [mask.layer for mask in masks if isinstance(mask, HeadMask)]
+    first += [mask.layer for mask in masks if isinstance(mask, _WrappingMask)]
     layers: dict[str, keras.layers.Layer] = {}
     for layer in first + _keras.flatten_layers(model):
         layers.setdefault(layer.name, layer)

@@ -9,7 +9,8 @@ produced together by one or more layers (the producers: Conv, Dense,
 SeparableConv), whose channel `c` is removed from all of them at once.
 The heads of a `MultiHeadAttention` are a group too: removing head `h`
 removes its query, key and value projections and its rows of the output
-projection.
+projection. So are the feed-forward units of a KerasHub transformer block
+(`structured.blocks`).
 
 A group is removable unless something the walk cannot shrink exactly
 touches it: a model output (its shape stays), a model input, a layer it
@@ -48,6 +49,7 @@ import keras
 import numpy as np
 
 from keras_prune import _keras
+from keras_prune.structured import blocks
 from keras_prune.structured.flatten import flatten
 
 L = keras.layers
@@ -145,8 +147,10 @@ class Graph:
     # A group cut in pieces (a Multiply of one group by a concatenation of
     # two): root -> the groups of its pieces, in channel order.
     splits: dict[int, list[int]] = dataclasses.field(default_factory=dict)
-    # id(MultiHeadAttention) -> (the layer, the group of its heads)
-    heads: dict[int, tuple[keras.layers.Layer, int]] = dataclasses.field(default_factory=dict)
+    # Layers whose channels are inside them: id(MultiHeadAttention) -> (the
+    # layer, the group of its heads); id(transformer block) -> (the block,
+    # the group of its feed-forward units).
+    inner: dict[int, tuple[keras.layers.Layer, int]] = dataclasses.field(default_factory=dict)
 
     def find(self, index: int) -> int:
         while self.groups[index].parent != index:
@@ -334,6 +338,8 @@ class _Walk:
             return self.concatenate(layer, inputs, layouts)
         if kind is L.MultiHeadAttention:
             return self.attention(layer, layouts, outputs[0])
+        if blocks.feed_forward(layer) is not None:
+            return self.block(layer, layouts, outputs[0])
         if len(layouts) != 1:
             return None
         (layout,) = layouts
@@ -401,8 +407,29 @@ class _Walk:
         reason = f"`{layer.name}` (MultiHeadAttention) reads it; only its heads are removed"
         for layout in layouts:
             self.freeze(layout, reason)
-        self.graph.heads[id(layer)] = (layer, self.new(heads, [(layer, 0)], None))
+        self.graph.inner[id(layer)] = (layer, self.new(heads, [(layer, 0)], None))
         return [self.opaque(output, f"it is the output of `{layer.name}` (MultiHeadAttention)")]
+
+    def block(self, layer: keras.layers.Layer, layouts: list[Layout], output: Any):
+        """A known transformer block (`structured.blocks`): its feed-forward units are a
+        group of their own; its input and output channels stay."""
+        dense = blocks.feed_forward(layer)
+        if dense is None:
+            return None
+        inner, outer = dense
+        if not (_zero_at_zero(inner.activation) and per_channel(inner.activation)):
+            return None
+        if any(
+            getattr(d, "lora_enabled", False) or getattr(d, "quantization_mode", None)
+            for d in dense
+        ):
+            return None
+        kind = type(layer).__name__
+        reason = f"`{layer.name}` ({kind}) reads it; only its feed-forward units are removed"
+        for layout in layouts:
+            self.freeze(layout, reason)
+        self.graph.inner[id(layer)] = (layer, self.new(inner.units, [(layer, 0)], None))
+        return [self.opaque(output, f"it is the output of `{layer.name}` ({kind})")]
 
     def merge(self, layer: keras.layers.Layer, layouts: list[Layout]):
         aligned = self.align(layouts)

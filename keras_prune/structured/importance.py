@@ -2,7 +2,8 @@
 
 A channel's weights are its slice of every producer's kernel (a Conv
 filter, a Dense column, a SeparableConv's pointwise filter, an attention
-head's query, key, value and output kernels); biases and normalisation
+head's query, key, value and output kernels, a transformer block's
+feed-forward unit: its column of the first kernel and row of the second); biases and normalisation
 weights do not count. "l2" scores channel `c` of a group
 with producers `k_1..k_n` as `sqrt(sum_i ||k_i[..., c]||^2)`, "l1" as
 `sum_i |k_i[..., c]|_1`. A callable receives one `(channels, fan_in)`
@@ -32,6 +33,8 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
+
+from keras_prune.structured import blocks
 
 Importance = str | Callable[[list[np.ndarray]], Any]
 NAMES = ("l1", "l2")
@@ -67,7 +70,10 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
     """`layer`'s kernel as a float32 `(fan_in, output channels)` tensor, one column per channel.
 
     For a MultiHeadAttention the channels are its heads, and a head's column
-    its query, key and value kernels and its rows of the output kernel.
+    its query, key and value kernels and its rows of the output kernel. For
+    a known transformer block (`structured.blocks`) they are its
+    feed-forward units, and a unit's column its column of the first kernel
+    and its row of the second.
     """
     if isinstance(layer, keras.layers.MultiHeadAttention):
         heads = layer.num_heads
@@ -78,6 +84,10 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
             for k, axis in kernels
         ]
         return ops.concatenate(columns, axis=0)
+    feed_forward = blocks.feed_forward(layer)
+    if feed_forward is not None:
+        inner, outer = (ops.cast(d.kernel.value, "float32") for d in feed_forward)
+        return ops.concatenate([inner, ops.transpose(outer)], axis=0)
     weights = ops.cast(kernel(layer).value, "float32")
     return ops.reshape(weights, (-1, weights.shape[-1]))
 
@@ -87,6 +97,10 @@ def fan_in(layer: keras.layers.Layer) -> int:
     if isinstance(layer, keras.layers.MultiHeadAttention):
         projections = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
         return sum(math.prod(p.kernel.shape) for p in projections) // layer.num_heads
+    feed_forward = blocks.feed_forward(layer)
+    if feed_forward is not None:
+        inner, outer = feed_forward
+        return inner.kernel.shape[0] + outer.kernel.shape[1]
     return math.prod(kernel(layer).shape[:-1])
 
 

@@ -6,7 +6,8 @@ and the same `.keras` files, but the schedule's sparsity is the fraction of
 each channel group's channels removed (`structured.graph` finds the groups).
 The model it returns computes with the removed channels at exactly 0 (a
 `ChannelMask` after every layer that holds them, a `HeadMask` around each
-`MultiHeadAttention` whose heads go), and `shrink(model)` then cuts them
+`MultiHeadAttention` whose heads go, a `FeedForwardMask` around each
+KerasHub transformer block whose feed-forward units go), and `shrink(model)` then cuts them
 out: same predictions, smaller layers. A mask goes after the per-channel
 layers that follow its layer alone (`conv -> BatchNormalization -> ReLU ->
 MaxPooling2D`: one mask, after the pooling): a removed channel's value
@@ -35,7 +36,7 @@ from keras_prune import _keras, _validation
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
 from keras_prune.structured import importance as importance_lib
-from keras_prune.structured.channel_mask import ChannelMask, HeadMask, link
+from keras_prune.structured.channel_mask import ChannelMask, FeedForwardMask, HeadMask, link
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     ACTIVATIONS,
@@ -103,8 +104,9 @@ def prune_channels(
     Returns:
         The model with a `ChannelMask` after each layer that holds pruned
         channels (or after the pooling, activation or normalisation that
-        alone follows it) and each pruned `MultiHeadAttention` wrapped in a
-        `HeadMask`, uncompiled. Train it, then call `shrink(model)`.
+        alone follows it), each pruned `MultiHeadAttention` wrapped in a
+        `HeadMask` and each pruned transformer block in a `FeedForwardMask`,
+        uncompiled. Train it, then call `shrink(model)`.
 
     Raises:
         ValueError: a selected layer whose channels cannot be removed (named,
@@ -160,24 +162,25 @@ def prune_channels(
             global_pruning=global_pruning,
             name=f"{layer.name}_channel_mask",
         )
-    heads: dict[int, list[dict[str, Any]]] = {}
-    for layer, group in graph.heads.values():
+    inside: dict[int, list[dict[str, Any]]] = {}
+    for layer, group in graph.inner.values():
         root = graph.find(group)
         if root in chosen:
-            heads[id(layer)] = [segment(root)]  # one channel per head
+            inside[id(layer)] = [segment(root)]  # one channel per head or unit
 
     def wrap(layer: keras.layers.Layer, new: keras.layers.Layer) -> keras.layers.Layer:
-        if id(layer) not in heads:
+        if id(layer) not in inside:
             return new
-        return HeadMask(
+        heads = isinstance(layer, keras.layers.MultiHeadAttention)
+        return (HeadMask if heads else FeedForwardMask)(
             new,
             pruning_schedule,
-            segments=heads[id(layer)],
+            segments=inside[id(layer)],
             importance=importance,
             round_to=round_to,
             source=layer.name,
             global_pruning=global_pruning,
-            name=f"{layer.name}_head_mask",
+            name=f"{layer.name}_{'head' if heads else 'feed_forward'}_mask",
         )
 
     model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)), wrap=wrap)

@@ -4,7 +4,8 @@
 `model` (`structured.graph`) by the norm of their weights
 (`structured.importance`), removes the lowest `sparsity` fraction of each
 group, and rebuilds the model with smaller layers: Conv filters, Dense
-units and attention heads, the matching inputs of the layers that read
+units, attention heads and the feed-forward units of KerasHub transformer
+blocks, the matching inputs of the layers that read
 them, and the BatchNormalization and depthwise weights that carry them. The result holds
 only Keras layers, so it saves and loads without keras_prune and exports
 like any model; its predictions are those of `model` with the removed
@@ -30,8 +31,9 @@ import keras
 import numpy as np
 
 from keras_prune import _keras, _validation
+from keras_prune.structured import blocks
 from keras_prune.structured import importance as importance_lib
-from keras_prune.structured.channel_mask import ChannelMask, HeadMask, channel_masks
+from keras_prune.structured.channel_mask import WRAPPING, ChannelMask, channel_masks
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     CONVOLUTIONS,
@@ -159,6 +161,8 @@ def _config(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = len(outputs)
     if isinstance(layer, keras.layers.MultiHeadAttention) and outputs is not None:
         config["num_heads"] = len(outputs)
+    if blocks.feed_forward(layer) is not None and outputs is not None:
+        config[blocks.units_key(layer)] = len(outputs)
     if isinstance(layer, keras.layers.Reshape) and inputs is not None:
         config["target_shape"] = (*config["target_shape"][:-1], len(inputs))
     return config
@@ -174,13 +178,24 @@ def _attribute(layer: keras.layers.Layer, path: str) -> Any:
 def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.ndarray | None):
     """`{attribute: value}` of `layer`'s weights with the removed channels cut out."""
 
-    def value(name: str) -> np.ndarray | None:
-        variable = _attribute(layer, name)
+    def value(name: str | keras.Variable) -> np.ndarray | None:
+        variable = _attribute(layer, name) if isinstance(name, str) else name
         return None if variable is None else keras.ops.convert_to_numpy(variable)
 
     def cut(array: np.ndarray | None, index: np.ndarray | None, axis: int) -> np.ndarray | None:
         return array if array is None or index is None else np.take(array, index, axis=axis)
 
+    if blocks.feed_forward(layer) is not None:  # `outputs` are the units kept
+        inner, outer = blocks.feed_forward(layer)
+        removed = {
+            id(inner.kernel): (outputs, 1),
+            id(inner.bias): (outputs, 0),
+            id(outer.kernel): (outputs, 0),
+        }
+        return {
+            variable.path: cut(value(variable), *removed.get(id(variable), (None, 0)))
+            for variable in layer.weights
+        }
     if isinstance(layer, keras.layers.MultiHeadAttention):  # `outputs` are the heads kept
         sliced = {"output_dense.kernel": cut(value("output_dense.kernel"), outputs, 0)}
         sliced["output_dense.bias"] = value("output_dense.bias")
@@ -219,8 +234,8 @@ def clone(
 ) -> tuple[keras.Model, list[tuple[keras.layers.Layer, keras.layers.Layer]]]:
     """`model`'s graph with new layers made from `configure(layer)`, without the layers
     `skip` picks, each new layer called as `wrap(layer, new)`, and with the layer
-    `after(layer)` (if any) called on each layer's output. A `HeadMask` is
-    cloned as the attention layer it wraps.
+    `after(layer)` (if any) called on each layer's output. A `HeadMask` or
+    `FeedForwardMask` is cloned as the layer it wraps.
 
     Returns the new model and the `(old, new)` layer pairs, whose weights the
     caller sets.
@@ -229,7 +244,7 @@ def clone(
     originals: dict[int, keras.layers.Layer] = {}
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        original = layer.layer if isinstance(layer, HeadMask) else layer
+        original = layer.layer if isinstance(layer, WRAPPING) else layer
         new = original.__class__.from_config(configure(original))
         if not skip(layer) and isinstance(original, keras.layers.Layer):  # not a GetItem
             pairs.append((original, new))
@@ -276,7 +291,7 @@ def rebuild(
     plans: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
     for layer, inputs, outputs in graph.calls.values():
         plans[id(layer)] = (indices(graph, inputs, keep), indices(graph, outputs, keep))
-    for layer, group in graph.heads.values():
+    for layer, group in graph.inner.values():
         plans[id(layer)] = (None, keep.get(graph.find(group)))
 
     def configure(layer: keras.layers.Layer) -> dict[str, Any]:
@@ -293,14 +308,17 @@ def rebuild(
             raise RuntimeError(
                 f"cannot shrink `{old.name}`: it has weights other than {sorted(sliced)}"
             )
+        if blocks.feed_forward(old) is not None:  # the same class, built alike: same order
+            new.set_weights(list(sliced.values()))
+            continue
         for name, array in sliced.items():
             _attribute(new, name).assign(array)
     return result
 
 
 def _unmasked(model: keras.Model) -> keras.Model:
-    """`model` without its `ChannelMask` layers and with its `HeadMask`s' attention
-    layers unwrapped, with its weights."""
+    """`model` without its `ChannelMask` layers and with the layers its `HeadMask`s
+    and `FeedForwardMask`s wrap unwrapped, with its weights."""
     result, pairs = clone(
         model,
         lambda layer: layer.get_config(),
@@ -318,8 +336,8 @@ def _shrink_masked(model: keras.Model, masks: list[ChannelMask]) -> keras.Model:
     keep: Keep = {}
     for mask in masks:
         source = plain.get_layer(mask.source)
-        if isinstance(mask, HeadMask):
-            groups = (graph.find(graph.heads[id(source)][1]),)
+        if isinstance(mask, WRAPPING):
+            groups = (graph.find(graph.inner[id(source)][1]),)
         else:
             groups = graph.calls[id(source)][2].groups
         values = keras.ops.convert_to_numpy(mask.mask)

@@ -1,0 +1,194 @@
+"""Tests for keras_prune.structured.blocks: the feed-forward units of KerasHub blocks.
+
+The reference for a shrunk block is the original model with the removed
+units' first-kernel columns and biases set to zero by hand here, the units
+found by a full sort of numpy norms (column of the first kernel and row of
+the second).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import keras_prune
+from keras_prune.structured import blocks
+from keras_prune.structured.channel_mask import FeedForwardMask
+
+hub = pytest.importorskip("keras_hub", reason="tools/setup installs keras-hub")
+
+
+def _numpy(variable):
+    return keras.ops.convert_to_numpy(variable)
+
+
+def _encoder_model(seed=0):
+    """Two KerasHub encoder blocks (16 wide, 32 feed-forward units) and a classifier."""
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((6, 16))
+    h = x
+    for i in range(2):
+        h = hub.layers.TransformerEncoder(
+            intermediate_dim=32, num_heads=2, activation="gelu", name=f"block_{i}"
+        )(h)
+    y = keras.layers.Dense(3, name="out")(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model(x, y)
+    rng = np.random.RandomState(seed)
+    for variable in model.weights:  # nonzero biases, so that a unit's bias must go too
+        if variable.path.endswith("bias"):
+            variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+    return model
+
+
+def _feed_forward(model, name):
+    inner, outer = blocks.feed_forward(model.get_layer(name))
+    return inner, outer
+
+
+def _removed(inner, outer, count):
+    """The `count` units of lowest L2 norm (first-kernel column and second-kernel row), by a full sort."""
+    norms = (_numpy(inner.kernel).astype("float64") ** 2).sum(axis=0)
+    norms += (_numpy(outer.kernel).astype("float64") ** 2).sum(axis=1)
+    return np.sort(np.argsort(norms, kind="stable")[:count])
+
+
+def _x(n=8, seed=1):
+    return np.random.RandomState(seed).normal(size=(n, 6, 16)).astype("float32")
+
+
+def test_the_feed_forward_layers_of_kerashub_blocks_are_found_and_others_are_not():
+    model = _encoder_model()
+    inner, outer = _feed_forward(model, "block_0")
+    assert (inner.name, inner.units, outer.kernel.shape) == (
+        "feedforward_intermediate_dense",
+        32,
+        (32, 16),
+    )
+    decoder = hub.layers.TransformerDecoder(intermediate_dim=8, num_heads=2)
+    decoder.build((None, 4, 6))
+    assert blocks.feed_forward(decoder)[0].units == 8
+    assert blocks.units_key(decoder) == "intermediate_dim"
+
+    class Custom(hub.layers.TransformerEncoder):  # may compute something else in `call`
+        pass
+
+    custom = Custom(intermediate_dim=8, num_heads=2)
+    custom.build((None, 4, 6))
+    assert blocks.feed_forward(custom) is None
+    assert blocks.feed_forward(hub.layers.TransformerEncoder(8, 2)) is None  # not built
+    with pytest.raises(ValueError, match="`layer` 'dense'.*not a transformer block"):
+        blocks.units_key(keras.layers.Dense(4, name="dense"))
+
+
+def test_channel_groups_hold_each_blocks_units_and_nothing_else_of_it():
+    groups = {g.producers: g for g in keras_prune.channel_groups(_encoder_model())}
+    assert groups[("block_0",)].size == 32 and groups[("block_0",)].removable
+    assert groups[("block_1",)].size == 32 and groups[("block_1",)].removable
+    assert not groups[("out",)].removable  # the model's output
+
+
+def test_shrink_removes_the_units_of_lowest_norm_and_predicts_as_the_zeroed_original():
+    model = _encoder_model()
+    small = keras_prune.shrink(model, 0.5)
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    for name in ("block_0", "block_1"):
+        removed = _removed(*_feed_forward(model, name), 16)
+        inner, _ = _feed_forward(reference, name)
+        kernel, bias = _numpy(inner.kernel).copy(), _numpy(inner.bias).copy()
+        kernel[:, removed], bias[removed] = 0, 0
+        inner.kernel.assign(kernel)
+        inner.bias.assign(bias)
+        block = small.get_layer(name)
+        assert block.intermediate_dim == 16
+        assert tuple(blocks.feed_forward(block)[1].kernel.shape) == (16, 16)
+    # The attention and normalisation weights stay: 2 x (4*(16*16+16) + 2*2*16 ...) less half the FFN.
+    assert model.count_params() - small.count_params() == 2 * (16 * 16 + 16 + 16 * 16)
+    x = _x()
+    np.testing.assert_allclose(_numpy(small(x)), _numpy(reference(x)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # trains
+def test_prune_channels_trains_resumes_from_a_file_and_shrinks_a_kerashub_encoder(tmp_path):
+    model = _encoder_model()
+    x, y = _x(32), np.random.RandomState(2).randint(0, 3, 32)
+    schedule = keras_prune.PolynomialDecay(0.0, 0.5, 0, 4, frequency=2)
+    masked = keras_prune.prune_channels(model, schedule, round_to=4)
+    wrapped = [layer for layer in masked.layers if isinstance(layer, FeedForwardMask)]
+    assert [layer.name for layer in wrapped] == [
+        "block_0_feed_forward_mask",
+        "block_1_feed_forward_mask",
+    ]
+    masked.compile("adam", "sparse_categorical_crossentropy")
+    masked.fit(x, y, batch_size=16, epochs=1, verbose=0)  # steps 1, 2: the first update
+    # 43.75 % at step 2 (cubic decay): 14 of 32 go, the 18 kept rounded up to 20.
+    first = [_numpy(m.mask) for m in wrapped]
+    assert [m.sum() for m in first] == [20, 20]
+    masked.save(tmp_path / "masked.keras")
+    masked = keras.saving.load_model(tmp_path / "masked.keras")
+    callbacks = [keras_prune.UpdatePruningStep()]
+    masked.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)
+    masks = [_numpy(m.mask) for m in masked.layers if isinstance(m, FeedForwardMask)]
+    assert [m.sum() for m in masks] == [16, 16]
+    for mask, before in zip(masks, first):  # a removed unit stays removed
+        assert np.all(before[mask == 1] == 1)
+    report = keras_prune.sparsity_report(masked)
+    notes = [row.note for row in report if row.weight == "kernel" and "block_0" in row.layer]
+    assert notes == ["16 of 32 feed-forward units removed by its FeedForwardMask"] * 2
+    small = keras_prune.shrink(masked)
+    assert [small.get_layer(n).intermediate_dim for n in ("block_0", "block_1")] == [16, 16]
+    np.testing.assert_allclose(
+        _numpy(small(x)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-5
+    )
+    small.save(tmp_path / "small.keras")
+    with zipfile.ZipFile(tmp_path / "small.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+    assert "keras_prune" not in json.dumps(config)  # loads where keras_prune is not installed
+    loaded = keras.saving.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(_numpy(loaded(x)), _numpy(small(x)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # a model of 25 layers, traced on JAX
+def test_a_kerashub_bert_backbone_loses_half_its_feed_forward_units():
+    backbone = hub.models.BertBackbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=8,
+    )
+    rng = np.random.RandomState(0)
+    x = {
+        "token_ids": rng.randint(0, 50, (4, 8)),
+        "segment_ids": np.zeros((4, 8), "int32"),
+        "padding_mask": np.ones((4, 8), "bool"),
+    }
+    small = keras_prune.shrink(backbone, 0.5)
+    assert [small.get_layer(f"transformer_layer_{i}").intermediate_dim for i in (0, 1)] == [16, 16]
+    assert backbone.count_params() - small.count_params() == 2 * (16 * 16 + 16 + 16 * 16)
+    reference = keras.models.clone_model(backbone)
+    reference.set_weights(backbone.get_weights())
+    for i in range(2):
+        name = f"transformer_layer_{i}"
+        removed = _removed(*_feed_forward(backbone, name), 16)
+        inner, _ = _feed_forward(reference, name)
+        kernel = _numpy(inner.kernel).copy()
+        kernel[:, removed] = 0  # the biases are 0: KerasHub initialises them so
+        inner.kernel.assign(kernel)
+    expected, got = reference(x), small(x)
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(_numpy(got[key]), _numpy(expected[key]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_feed_forward_mask_refuses_a_layer_it_does_not_know():
+    schedule = keras_prune.ConstantSparsity(0.5, 0)
+    segments = [{"group": "g", "size": 4, "producers": [["d", 0]]}]
+    with pytest.raises(ValueError, match="`layer` 'd' \\(Dense\\) is not a transformer block"):
+        FeedForwardMask(keras.layers.Dense(4, name="d"), schedule, segments=segments)
+    with pytest.raises(ValueError, match="`segments` hold 4 channels but `b` has 8"):
+        FeedForwardMask(hub.layers.TransformerEncoder(8, 2, name="b"), schedule, segments=segments)
