@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference speed of models with half their channels removed (`keras_prune.shrink`) against the dense ones.
 
-    KERAS_BACKEND=tensorflow python benchmarks/channel_speed.py [--models resnet50,seed]
+    KERAS_BACKEND=tensorflow python benchmarks/channel_speed.py [--models resnet50,seed,bert]
         [--sparsity 0.5] [--round-to 8] [--repeats 7] [--out FILE]
 
 For each model: the dense model (random weights: latency does not depend
@@ -14,7 +14,11 @@ a warm-up:
   and `model.predict_on_batch(x)`, at batch 1 and 32 for ResNet50
   (224x224) and at batch 250 for the seed CNN (the article's test batch),
   and for the seed CNN `model.predict` of a 10 000-image test set at batch
-  250 (the time of the whole call). `predict` pays a per-call cost (a data
+  250 (the time of the whole call); and for "bert" (KerasHub's
+  `BertBackbone` at BERT-base's shape: 12 layers, width 768, 12 heads,
+  FFN 3072, sequence 128, a 1000-token vocabulary; `shrink` removes half
+  of each block's feed-forward units, its only channels that can go) at
+  batch 1 and 8. `predict` pays a per-call cost (a data
   adapter and iterator, callbacks; about 70 ms on TensorFlow) that a smaller
   model does not remove, `predict_on_batch` much less;
 * on the TensorFlow backend also the files `keras_prune.export` writes:
@@ -41,6 +45,28 @@ sys.path.insert(0, os.path.dirname(HERE))  # the checkout, not an installed copy
 import _common  # noqa: E402
 
 WARMUP = 3
+
+
+def bert_base():
+    import keras_hub
+
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=1000, num_layers=12, num_heads=12, hidden_dim=768,
+        intermediate_dim=3072, max_sequence_length=128,
+    )  # fmt: skip
+
+
+def inputs(model, batch, rng):
+    """A random batch for `model`: images, or BERT's token ids, segments and padding mask."""
+    import numpy as np
+
+    if not isinstance(model.input, dict):
+        return rng.random((batch, *model.input_shape[1:]), dtype=np.float32)
+    return {
+        "token_ids": rng.integers(0, 1000, (batch, 128)).astype("int32"),
+        "segment_ids": np.zeros((batch, 128), "int32"),
+        "padding_mask": np.ones((batch, 128), "int32"),
+    }
 
 
 def predictor(model, x, batch_size):
@@ -92,6 +118,7 @@ def main() -> None:
     builders = {
         "resnet50": (lambda: keras.applications.ResNet50(weights=None), (1, 32)),
         "seed": (seed_model, (250,)),
+        "bert": (bert_base, (1, 8)),
     }
     results = {"machine": _common.machine_info(), "command": " ".join(sys.argv), "backend": backend}
     results["runs"], results["models"] = [], []
@@ -104,19 +131,19 @@ def main() -> None:
             "model": name,
             "dense_params": dense.count_params(),
             "shrunk_params": small.count_params(),
-            "dense_flops": keras_prune.flops(dense),
-            "shrunk_flops": keras_prune.flops(small),
         }
+        line = f"{name}: params {sizes['dense_params']:,} -> {sizes['shrunk_params']:,} "
+        line += f"({sizes['dense_params'] / sizes['shrunk_params']:.2f}x)"
+        if name != "bert":  # `flops` counts Conv and Dense layers of the graph, not inside blocks
+            sizes["dense_flops"] = keras_prune.flops(dense)
+            sizes["shrunk_flops"] = keras_prune.flops(small)
+            line += f", FLOPs {sizes['dense_flops'] / 1e9:.3f} G -> "
+            line += f"{sizes['shrunk_flops'] / 1e9:.3f} G "
+            line += f"({sizes['dense_flops'] / sizes['shrunk_flops']:.2f}x)"
         results["models"].append(sizes)
-        print(
-            f"{name}: params {sizes['dense_params']:,} -> {sizes['shrunk_params']:,} "
-            f"({sizes['dense_params'] / sizes['shrunk_params']:.2f}x), FLOPs "
-            f"{sizes['dense_flops'] / 1e9:.3f} G -> {sizes['shrunk_flops'] / 1e9:.3f} G "
-            f"({sizes['dense_flops'] / sizes['shrunk_flops']:.2f}x)",
-            flush=True,
-        )
+        print(line, flush=True)
         for batch in batches:
-            x = rng.random((batch, *dense.input_shape[1:]), dtype=np.float32)
+            x = inputs(dense, batch, rng)
             repeats = args.repeats if batch > 1 else 4 * args.repeats
             timing = interleaved(predictor(dense, x, batch), predictor(small, x, batch), repeats)
             report(results, name, f"keras predict, batch {batch}", timing)
@@ -126,7 +153,7 @@ def main() -> None:
             x = rng.random((10_000, *dense.input_shape[1:]), dtype=np.float32)
             timing = interleaved(predictor(dense, x, 250), predictor(small, x, 250), args.repeats)
             report(results, name, "keras predict, 10000 at batch 250", timing)
-        if backend != "tensorflow":
+        if backend != "tensorflow" or name == "bert":  # runtimes: the CNNs
             continue
         from runtime_latency import litert_runner, onnx_runner
 
