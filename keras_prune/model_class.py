@@ -18,7 +18,8 @@ stripped weights, checked variable by variable. A KerasHub task's preprocessor k
 asset, not in its config: the stripped task gets the original preprocessor
 object when it is stripped in the process that pruned it, and none after a
 `.keras` round trip of the pruned model (attach one with
-`task.preprocessor = ...`).
+`task.preprocessor = ...`). `prune_channels` and `shrink` do the same, the
+class re-created with the smaller sizes `shrink` gives its config.
 
 Example:
 
@@ -36,6 +37,7 @@ import copy
 import json
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -198,32 +200,46 @@ def _origin(original: keras.Model, clone: keras.Model) -> str | None:
         return None
 
 
-def restore(pruned: keras.Model, stripped: keras.Model) -> keras.Model:
+def restore(
+    pruned: keras.Model,
+    stripped: keras.Model,
+    edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    caller: str = "strip_pruning",
+) -> keras.Model:
     """`stripped` as an instance of the class noted on `pruned` (or of `pruned`'s own class).
 
-    The class is re-created from the noted config and must have the same
+    The class is re-created from the noted config, changed by `edit` if
+    given (`shrink` gives its smaller sizes), and must have the same
     variables as `stripped` (paths and shapes, in order). Where it cannot,
-    a warning says why and the plain graph of `stripped` is returned.
+    a warning from `caller` says why and the plain graph of `stripped` is
+    returned.
     """
     origin = _origin(pruned, stripped)
     if origin is None:
         return plain(stripped)
     serialized = json.loads(origin)
+    # Uncompiled, as the plain graph would be (and without Keras's warning that
+    # a KerasHub task's custom `compile` was not called).
+    serialized.pop("compile_config", None)
     name = serialized.get("class_name", "the original class")
     try:
-        model = keras.saving.deserialize_keras_object(serialized)
+        model = keras.saving.deserialize_keras_object(edit(serialized) if edit else serialized)
     except Exception as error:  # the class's own from_config, or a package not installed
         warnings.warn(
-            f"strip_pruning returns a plain graph model: {name} could not be re-created "
+            f"{caller} returns a plain graph model: {name} could not be re-created "
             f"from its config ({type(error).__name__}: {error}).",
             stacklevel=4,
         )
         return plain(stripped)
     expected = [(v.path, tuple(v.shape)) for v in stripped.weights]
-    if [(v.path, tuple(v.shape)) for v in model.weights] != expected:
+    got = [(v.path, tuple(v.shape)) for v in model.weights]
+    if got != expected:
+        differ = [f"{p} {shape}" for p, shape in expected if (p, shape) not in got][:3]
         warnings.warn(
-            f"strip_pruning returns a plain graph model: a {name} re-created from its "
-            "config does not have the pruned model's variables.",
+            f"{caller} returns a plain graph model: a {name} re-created from its config "
+            "does not have the variables of the model it returns"
+            + (f" ({', '.join(differ)}...)" if differ else "")
+            + ".",
             stacklevel=4,
         )
         return plain(stripped)

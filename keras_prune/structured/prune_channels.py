@@ -32,7 +32,7 @@ from typing import Any
 
 import keras
 
-from keras_prune import _keras, _validation
+from keras_prune import _keras, _validation, model_class
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
 from keras_prune.structured import importance as importance_lib
@@ -106,7 +106,9 @@ def prune_channels(
         channels (or after the pooling, activation or normalisation that
         alone follows it), each pruned `MultiHeadAttention` wrapped in a
         `HeadMask` and each pruned transformer block in a `FeedForwardMask`,
-        uncompiled. Train it, then call `shrink(model)`.
+        uncompiled (a KerasHub backbone or task as a
+        `model_class.PrunedGraph` that notes its class). Train it, then
+        call `shrink(model)`.
 
     Raises:
         ValueError: a selected layer whose channels cannot be removed (named,
@@ -129,6 +131,7 @@ def prune_channels(
             "`to_prune` is already pruned (it has PruneLowMagnitude or ChannelMask layers); "
             "prune channels of the plain model (`strip_pruning` gives it for weight pruning)."
         )
+    original = to_prune
     flat = flatten(to_prune)
     if flat is not to_prune:  # its layers are copies, with the same names
         select = _by_name(select, layers)
@@ -184,6 +187,7 @@ def prune_channels(
         )
 
     model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)), wrap=wrap)
+    model = model_class.remember(original, model)  # a KerasHub task's class, for `shrink`
     link(model)
     return model
 

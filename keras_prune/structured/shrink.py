@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_prune import _keras, _validation
+from keras_prune import _keras, _validation, model_class
 from keras_prune.structured import blocks
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import WRAPPING, ChannelMask, channel_masks
@@ -79,7 +79,10 @@ def shrink(
 
     Returns:
         A new plain Keras model with the same inputs and outputs, fewer
-        channels, and `model`'s weights for those left. Uncompiled.
+        channels, and `model`'s weights for those left. Uncompiled. A
+        KerasHub backbone or task keeps its class where its config can say
+        the new sizes (its blocks' feed-forward units); else a warning says
+        it is returned as a plain graph.
 
     Raises:
         ValueError: if no channel of `model` can be removed (the message
@@ -114,7 +117,7 @@ def shrink(
             "each group at once, e.g. `shrink(model, 0.5)`."
         )
     sparsity = _validation.sparsity(sparsity, "sparsity")
-    model = flatten(model)
+    source, model = model, flatten(model)
     graph = analyse(model)
     removable = graph.removable()
     if not removable:
@@ -136,7 +139,7 @@ def shrink(
     keep: Keep = {
         root: k for root, k, s in zip(removable, kept, scores, strict=True) if len(k) < len(s)
     }
-    return rebuild(model, graph, keep)
+    return _with_class(source, rebuild(model, graph, keep), graph, keep)
 
 
 def indices(graph: Graph, layout: Layout, keep: Keep) -> np.ndarray | None:
@@ -354,4 +357,37 @@ def _shrink_masked(model: keras.Model, masks: list[ChannelMask]) -> keras.Model:
                     f"keeps {len(kept)}); it cannot be shrunk. Was a mask set by hand?"
                 )
             keep[group] = kept
-    return rebuild(plain, graph, keep)
+    return _with_class(model, rebuild(plain, graph, keep), graph, keep)
+
+
+def _with_class(source: keras.Model, result: keras.Model, graph: Graph, keep: Keep) -> keras.Model:
+    """`result` as an instance of `source`'s class where cloning lost it (a KerasHub
+    backbone or task), re-created from its config with the blocks' smaller
+    feed-forward size (`model_class.restore`). A class whose config cannot say
+    what was removed (other channels, blocks of different sizes) gives a
+    warning and the plain graph; a plain Functional or Sequential model stays one."""
+    sizes = set()
+    for layer, group in graph.inner.values():
+        root = graph.find(group)
+        if root in keep and blocks.feed_forward(layer) is not None:
+            sizes.add((blocks.units_key(layer), graph.groups[root].size, len(keep[root])))
+
+    def edit(config: Any) -> Any:
+        if len(sizes) != 1:  # restore finds the variables differ, and says so
+            return config
+        ((key, old, new),) = sizes
+        return _replaced(config, key, old, new)
+
+    return model_class.restore(source, result, edit=edit, caller="shrink")
+
+
+def _replaced(config: Any, key: str, old: int, new: int) -> Any:
+    """`config` (nested dicts and lists) with every `key: old` set to `key: new`."""
+    if isinstance(config, dict):
+        return {
+            k: new if k == key and v == old else _replaced(v, key, old, new)
+            for k, v in config.items()
+        }
+    if isinstance(config, list):
+        return [_replaced(v, key, old, new) for v in config]
+    return config

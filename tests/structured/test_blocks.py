@@ -20,6 +20,15 @@ from keras_prune.structured import blocks
 from keras_prune.structured.channel_mask import FeedForwardMask
 
 hub = pytest.importorskip("keras_hub", reason="tools/setup installs keras-hub")
+# A KerasHub backbone's config at a test's size: 2 blocks, 16 wide, 32 FFN units.
+SMALL = {
+    "vocabulary_size": 50,
+    "num_layers": 2,
+    "num_heads": 2,
+    "hidden_dim": 16,
+    "intermediate_dim": 32,
+    "max_sequence_length": 8,
+}
 
 
 def _numpy(variable):
@@ -154,14 +163,7 @@ def test_prune_channels_trains_resumes_from_a_file_and_shrinks_a_kerashub_encode
 
 @pytest.mark.slow  # a model of 25 layers, traced on JAX
 def test_a_kerashub_bert_backbone_loses_half_its_feed_forward_units():
-    backbone = hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=8,
-    )
+    backbone = hub.models.BertBackbone(**SMALL)
     rng = np.random.RandomState(0)
     x = {
         "token_ids": rng.randint(0, 50, (4, 8)),
@@ -169,6 +171,8 @@ def test_a_kerashub_bert_backbone_loses_half_its_feed_forward_units():
         "padding_mask": np.ones((4, 8), "bool"),
     }
     small = keras_prune.shrink(backbone, 0.5)
+    assert type(small) is hub.models.BertBackbone  # its config says intermediate_dim=16
+    assert small.get_config()["intermediate_dim"] == 16
     assert [small.get_layer(f"transformer_layer_{i}").intermediate_dim for i in (0, 1)] == [16, 16]
     assert backbone.count_params() - small.count_params() == 2 * (16 * 16 + 16 + 16 * 16)
     reference = keras.models.clone_model(backbone)
@@ -192,3 +196,68 @@ def test_a_feed_forward_mask_refuses_a_layer_it_does_not_know():
         FeedForwardMask(keras.layers.Dense(4, name="d"), schedule, segments=segments)
     with pytest.raises(ValueError, match="`segments` hold 4 channels but `b` has 8"):
         FeedForwardMask(hub.layers.TransformerEncoder(8, 2, name="b"), schedule, segments=segments)
+
+
+def _gpt2_lm():
+    backbone = hub.models.GPT2Backbone(**SMALL)
+    return hub.models.GPT2CausalLM(backbone, preprocessor=None)
+
+
+@pytest.mark.slow  # trains a causal LM
+def test_a_gpt2_causal_lm_shrinks_to_a_smaller_gpt2_causal_lm_that_generates(tmp_path):
+    rng = np.random.RandomState(0)
+    x = {"token_ids": rng.randint(0, 50, (8, 8)), "padding_mask": np.ones((8, 8), "bool")}
+    y = rng.randint(0, 50, (8, 8))
+    masked = keras_prune.prune_channels(
+        _gpt2_lm(), keras_prune.ConstantSparsity(0.5, 0, frequency=1)
+    )
+    masked.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    masked.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    masked.save(tmp_path / "masked.keras")
+    masked = keras.saving.load_model(tmp_path / "masked.keras")
+    masked.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    small = keras_prune.shrink(masked)
+    assert type(small) is hub.models.GPT2CausalLM
+    assert small.backbone.get_config()["intermediate_dim"] == 16
+    np.testing.assert_allclose(
+        _numpy(small(x)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-5
+    )
+    prompt = {"token_ids": np.array([[5, 6, 7, 0, 0, 0]]), "padding_mask": (np.arange(6) < 3)[None]}
+    generated = small.generate(prompt, max_length=6, stop_token_ids=None)
+    np.testing.assert_array_equal(generated["token_ids"][0, :3], [5, 6, 7])
+    assert generated["padding_mask"].all()
+
+
+def test_a_task_whose_config_cannot_say_what_shrink_removed_comes_back_as_a_graph_with_a_warning():
+    backbone = hub.models.BertBackbone(**{**SMALL, "num_layers": 1})
+    classifier = hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+    # The pooler's units (read by the logits) shrink too, but its width is the backbone's.
+    with pytest.warns(
+        UserWarning, match="shrink returns a plain graph model: a BertTextClassifier"
+    ):
+        small = keras_prune.shrink(classifier, 0.5)
+    assert type(small) is keras.Model or type(small).__name__ == "Functional"
+    assert small.get_layer("pooled_dense").units == 8
+
+
+def test_select_picks_blocks_by_name_or_class_and_global_pruning_spreads_over_them():
+    model = _encoder_model()
+    schedule = keras_prune.ConstantSparsity(0.5, 0)
+    masked = keras_prune.prune_channels(model, schedule, select="block_1")
+    assert [m.source for m in masked.layers if isinstance(m, FeedForwardMask)] == ["block_1"]
+    masked = keras_prune.prune_channels(model, schedule, select=hub.layers.TransformerEncoder)
+    assert len([m for m in masked.layers if isinstance(m, FeedForwardMask)]) == 2
+    # One threshold over both blocks' units, each divided by its block's mean
+    # score: the 32 lowest of the 64 normalised norms go, by a full sort.
+    normalised = []
+    for name in ("block_0", "block_1"):
+        inner, outer = _feed_forward(model, name)
+        norms = np.sqrt(
+            (_numpy(inner.kernel).astype("float64") ** 2).sum(axis=0)
+            + (_numpy(outer.kernel).astype("float64") ** 2).sum(axis=1)
+        )
+        normalised.append(norms / norms.mean())
+    threshold = np.sort(np.concatenate(normalised))[31]
+    expected = [int((n > threshold).sum()) for n in normalised]
+    small = keras_prune.shrink(model, 0.5, global_pruning=True)
+    assert [small.get_layer(n).intermediate_dim for n in ("block_0", "block_1")] == expected
