@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 import zipfile
 from typing import Any
 
@@ -17,6 +18,7 @@ from keras import ops
 from keras_prune import _keras, registry
 from keras_prune.structured import blocks
 from keras_prune.structured.channel_mask import (
+    WRAPPING,
     ChannelMask,
     FeedForwardMask,
     HeadMask,
@@ -238,13 +240,18 @@ _FLOP_LAYERS = (
 
 def flops(model: keras.Model) -> int:
     """Floating-point operations of one sample through `model`'s Conv, DepthwiseConv,
-    SeparableConv and Dense layers: 2 per multiply-add.
+    SeparableConv, Dense, EinsumDense and MultiHeadAttention layers: 2 per multiply-add.
 
     Each output position of such a layer costs one multiply-add per kernel
     entry (a separable layer's two kernels both count), each time the layer
     is called; zeros inside a kernel count too, as dense kernels compute
-    them. Activations, pooling and normalisation are left out (a few percent
-    in a CNN). `model` must be Functional or Sequential (nested ones count).
+    them. An EinsumDense costs one multiply-add per output entry and
+    contracted kernel entry; a MultiHeadAttention its four projections and
+    its attention scores and weighted sum. Activations, pooling and
+    normalisation are left out (a few percent in a CNN). `model` must be
+    Functional or Sequential (nested ones count). A custom layer that holds
+    such layers (a KerasHub transformer block) has no graph in which to see
+    their calls: it is not counted, and a warning names it.
 
     Example:
 
@@ -257,19 +264,86 @@ def flops(model: keras.Model) -> int:
             f"`model` must be Functional or Sequential to count its FLOPs; {model.name} is a "
             f"subclassed {type(model).__name__}, whose `call` has no graph to count."
         )
+    uncounted: list[str] = []
+    total = _flops(model, uncounted)
+    if uncounted:
+        warnings.warn(
+            f"flops does not count the layers inside {len(uncounted)} custom layer(s), which "
+            f"have no graph to follow: {', '.join(uncounted)}.",
+            stacklevel=2,
+        )
+    return total
+
+
+def _flops(model: keras.Model, uncounted: list[str]) -> int:
+    """`flops(model)`, naming in `uncounted` the custom layers it cannot count."""
     total = 0
-    for operation, _, outputs in _keras.graph_calls(model):
+    for operation, inputs, outputs in _keras.graph_calls(model):
+        if isinstance(operation, (PruneLowMagnitude, *WRAPPING)):  # computes as its layer
+            operation = operation.layer
         if isinstance(operation, keras.Model):
-            total += flops(operation)
+            total += _flops(operation, uncounted)
         elif isinstance(operation, _FLOP_LAYERS):
             names = ("depthwise_kernel", "pointwise_kernel")
             kernels = [
                 getattr(operation, n) for n in names if getattr(operation, n, None) is not None
             ]
             kernels = kernels or [operation.kernel]
-            positions = math.prod(outputs[0].shape[1:-1])
+            positions = math.prod(_known(outputs[0].shape, operation)[1:-1])
             total += 2 * positions * sum(math.prod(k.shape) for k in kernels)
+        elif isinstance(operation, _L.EinsumDense):
+            total += 2 * _einsum_macs(operation, _known(outputs[0].shape, operation))
+        elif isinstance(operation, _L.MultiHeadAttention):
+            value = inputs[1] if len(inputs) > 1 else inputs[0]
+            shapes = (_known(t.shape, operation) for t in (inputs[0], value))
+            total += 2 * _attention_macs(operation, *shapes)
+        elif isinstance(operation, keras.layers.Layer) and any(
+            isinstance(inner, (*_FLOP_LAYERS, _L.EinsumDense, _L.MultiHeadAttention))
+            for inner in _keras.flatten_layers(operation)
+        ):
+            name = f"{operation.name} ({type(operation).__name__})"
+            if name not in uncounted:  # called more than once
+                uncounted.append(name)
     return total
+
+
+def _known(shape: Any, layer: Any) -> tuple[int, ...]:
+    """`shape` (batch first), or a ValueError if a dimension after the batch is unknown."""
+    if any(size is None for size in shape[1:]):
+        raise ValueError(
+            f"`model` must have known shapes to count its FLOPs: `{layer.name}` sees shape "
+            f"{tuple(shape)}. Build it on inputs of a fixed size (e.g. `keras.Input((128,))`)."
+        )
+    return tuple(shape)
+
+
+def _einsum_macs(layer: keras.layers.EinsumDense, output_shape: Any) -> int:
+    """Multiply-adds of one sample through an EinsumDense: each output entry sums
+    over the kernel's contracted axes (its letters absent from the output)."""
+    _, rest = layer.equation.split(",")
+    kernel_letters, output_letters = rest.split("->")
+    contracted = math.prod(
+        size
+        for letter, size in zip(kernel_letters, layer.kernel.shape)
+        if letter not in output_letters
+    )
+    return math.prod(output_shape[1:]) * contracted
+
+
+def _attention_macs(layer: keras.layers.MultiHeadAttention, query: Any, value: Any) -> int:
+    """Multiply-adds of one sample through a MultiHeadAttention: query, key, value and
+    output projections, and per head the scores (query x key) and the weighted sum."""
+    targets = math.prod(query[1:-1])
+    sources = math.prod(value[1:-1])
+    projections = targets * (
+        math.prod(layer.query_dense.kernel.shape) + math.prod(layer.output_dense.kernel.shape)
+    )
+    projections += sources * (
+        math.prod(layer.key_dense.kernel.shape) + math.prod(layer.value_dense.kernel.shape)
+    )
+    key_size = layer.key_dense.kernel.shape[-1]
+    value_size = layer.value_dense.kernel.shape[-1]
+    return projections + layer.num_heads * targets * sources * (key_size + value_size)
 
 
 def gzipped_model_size(model: keras.Model, file_format: str = "h5") -> int:

@@ -83,3 +83,41 @@ def test_sparsity_report_counts_the_heads_a_head_mask_removes():
         assert row.sparsity == 0.5 and row.note == "2 of 4 heads removed by its HeadMask"
     # A head's slice of the (8, 4, 2) key kernel is 8 x 2 entries; two heads go.
     assert rows["key/kernel"].zeros == 2 * 8 * 2
+
+
+def test_flops_count_attention_and_einsum_dense_by_hand():
+    from conftest import small_encoder
+
+    # 2 blocks of 6 tokens, width 16, 4 heads of 4: per block the four
+    # projections (16*4*4 entries each, 6 positions), scores and weighted sum
+    # (4 heads x 6 x 6 x (4 + 4)), and the FFN (6 x (16*32 + 32*16)); out 16*3.
+    attention = 4 * 6 * 16 * 16 + 4 * 6 * 6 * 8
+    expected = 2 * (attention + 6 * 2 * 16 * 32) + 16 * 3
+    model = small_encoder()
+    assert keras_prune.flops(model) == 2 * expected
+    x = keras.Input((5, 8))
+    einsum = L.EinsumDense("abc,cd->abd", output_shape=(5, 3))(x)  # 5 x 8*3
+    heads = L.EinsumDense("abc,cde->abde", output_shape=(5, 2, 4))(x)  # 5 x 8*2*4
+    model = keras.Model(x, [einsum, heads])
+    assert keras_prune.flops(model) == 2 * (5 * 24 + 5 * 64)
+    unknown = keras.Input((None, 8))
+    with pytest.raises(ValueError, match="known shapes.*`dense_of_any_length` sees"):
+        keras_prune.flops(keras.Model(unknown, L.Dense(2, name="dense_of_any_length")(unknown)))
+    # A weight-pruned or channel-masked layer costs what its layer does.
+    pruned = keras_prune.prune_low_magnitude(small_encoder())
+    assert keras_prune.flops(pruned) == 2 * expected
+
+
+def test_flops_name_the_custom_layers_they_cannot_see_into():
+    class Block(L.Layer):
+        def build(self, shape):
+            self.dense = L.Dense(4)
+            self.dense.build(shape)
+
+        def call(self, x):
+            return self.dense(x)
+
+    x = keras.Input((3, 4))
+    model = keras.Model(x, L.Dense(2)(Block(name="block")(x)))
+    with pytest.warns(UserWarning, match=r"inside 1 custom layer\(s\).*: block \(Block\)"):
+        assert keras_prune.flops(model) == 2 * 3 * 8
