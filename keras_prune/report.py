@@ -144,7 +144,9 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         id(dense): mask
         for mask in masks
         if isinstance(mask, FeedForwardMask)
-        for dense in blocks.feed_forward(mask.layer) or ()
+        for found in [blocks.feed_forward(mask.layer)]
+        if found is not None
+        for dense in (*found.inner, found.outer)
     }
     for layer in layers:
         notes = None
@@ -200,8 +202,8 @@ def _masked_channels(
         mask, FeedForwardMask
     ):  # a unit: a column of the first kernel, a row of the second
         note = f"{removed} feed-forward units removed by its FeedForwardMask"
-        inner, outer = blocks.feed_forward(mask.layer)
-        axes = {id(inner.kernel): 1, id(outer.kernel): 0}
+        found = blocks.feed_forward(mask.layer)
+        axes = {id(d.kernel): 1 for d in found.inner} | {id(found.outer.kernel): 0}
     else:
         note = f"{removed} output channels removed by its ChannelMask"
         kernel = channel_kernel(layer)

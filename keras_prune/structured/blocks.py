@@ -1,24 +1,26 @@
 """The feed-forward units of transformer blocks that channel pruning knows.
 
-A KerasHub `TransformerEncoder` or `TransformerDecoder` is a custom layer:
-the graph walk (`structured.graph`) sees one call with no graph inside. Its
-feed-forward network is `Dense(intermediate_dim, activation) ->
-Dense(width)`, and its units are channels that nothing outside the block
-reads: removing unit `u` removes column `u` of the first kernel, entry `u`
-of its bias and row `u` of the second kernel, and the block's config says
-how many there are (`intermediate_dim`), so the smaller block saves and
-loads as itself. `FEED_FORWARD` names, for each known block class (by its
-registered name), the config key and the names of the two Dense sublayers.
+A KerasHub `TransformerEncoder`, `TransformerDecoder` or a model's own
+decoder block is a custom layer: the graph walk (`structured.graph`) sees
+one call with no graph inside. Its feed-forward network is one or two
+projections to `units` (`Dense(units, activation)`, or a gated pair such
+as `gelu(gate(x)) * up(x)`), then a projection back to the width; its units
+are channels that nothing outside the block reads. Removing unit `u`
+removes column `u` of each first projection's kernel and bias and row `u`
+of the last kernel, and the block's config says how many there are
+(`intermediate_dim`), so the smaller block saves and loads as itself.
+`FEED_FORWARD` names, for each known block class, the config key and the
+names of those sublayers.
 
-The block's residual width stays (LayerNormalization normalises across it),
-and so do its attention heads: KerasHub derives a head's size from
+The block's residual width stays (its normalisation works across it), and
+so do its attention heads: KerasHub derives a head's size from
 `width // num_heads`, so a block with fewer heads would have larger ones.
 
 Example:
 
 ```python
-inner, outer = blocks.feed_forward(encoder)    # the two Dense layers, or None
-blocks.units_key(encoder)                      # "intermediate_dim"
+found = blocks.feed_forward(encoder)   # a FeedForwardLayers, or None
+found.inner, found.outer, found.units  # (Dense,), Dense, 3072
 ```
 """
 
@@ -36,59 +38,114 @@ class FeedForward:
     """Where a block class keeps its feed-forward units.
 
     Args:
-        units: the config key holding the number of units.
-        inner: the name of the Dense sublayer producing them.
-        outer: the name of the Dense sublayer reading them.
+        key: the config key holding the number of units.
+        inner: the names of the sublayers producing them (a gated network
+            has two, multiplied together).
+        outer: the name of the sublayer reading them.
+        per_unit: the config value per unit (Gemma's `intermediate_dim` is
+            twice its units).
     """
 
-    units: str
-    inner: str
+    key: str
+    inner: tuple[str, ...]
     outer: str
+    per_unit: int = 1
 
 
-_KERAS_HUB = FeedForward(
-    "intermediate_dim", "feedforward_intermediate_dense", "feedforward_output_dense"
+@dataclasses.dataclass(frozen=True)
+class FeedForwardLayers:
+    """A built block's feed-forward sublayers, each a Dense or an EinsumDense on the last axis."""
+
+    inner: tuple[keras.layers.Layer, ...]
+    outer: keras.layers.Layer
+    units: int
+    key: str
+    per_unit: int
+
+    def config_value(self, units: int) -> int:
+        """The value of `key` in the block's config for `units` units."""
+        return units * self.per_unit
+
+
+_PLAIN = FeedForward(
+    "intermediate_dim", ("feedforward_intermediate_dense",), "feedforward_output_dense"
 )
-# Checked on KerasHub 0.32 (BERT, RoBERTa, DistilBERT, ELECTRA, BART, OPT and GPT-2 use them).
+_GATED = FeedForward(
+    "intermediate_dim",
+    ("feedforward_intermediate_dense", "feedforward_gate_dense"),
+    "feedforward_output_dense",
+)
+_KERAS_HUB = "keras_hub.src."
+# By module and class name, checked on KerasHub 0.32 (which models use them
+# in brackets). A subclass may compute something else in `call`: only these
+# exact classes count.
 FEED_FORWARD = {
-    "keras_hub>TransformerEncoder": _KERAS_HUB,
-    "keras_hub>TransformerDecoder": _KERAS_HUB,
+    # BERT, RoBERTa, DistilBERT, ELECTRA, BART, OPT, GPT-2, ...
+    f"{_KERAS_HUB}layers.modeling.transformer_encoder.TransformerEncoder": _PLAIN,
+    f"{_KERAS_HUB}layers.modeling.transformer_decoder.TransformerDecoder": _PLAIN,
+    # Gemma: gelu(ffw_gating(x)) * ffw_gating_2(x), intermediate_dim // 2 units.
+    f"{_KERAS_HUB}models.gemma.gemma_decoder_block.GemmaDecoderBlock": FeedForward(
+        "intermediate_dim", ("ffw_gating", "ffw_gating_2"), "ffw_linear", per_unit=2
+    ),
+    # Mistral, Qwen: intermediate(x) * silu(gate(x)).
+    f"{_KERAS_HUB}models.mistral.mistral_transformer_decoder.MistralTransformerDecoder": _GATED,
+    f"{_KERAS_HUB}models.qwen.qwen_decoder.QwenTransformerDecoder": _GATED,
 }
 
 
 def _known(layer: keras.layers.Layer) -> FeedForward | None:
-    # The exact class: a subclass may compute something else in `call`.
-    return FEED_FORWARD.get(keras.saving.get_registered_name(type(layer)))
+    kind = type(layer)
+    return FEED_FORWARD.get(f"{kind.__module__}.{kind.__qualname__}")
 
 
-def feed_forward(
-    layer: keras.layers.Layer,
-) -> tuple[keras.layers.Dense, keras.layers.Dense] | None:
-    """`layer`'s two feed-forward Dense layers (units produced, units read), or None.
+def _last_axis(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` is a Dense, or an EinsumDense that acts as one on the last axis
+    (`...x,xy->...y`, its bias, if any, along `y`)."""
+    if isinstance(layer, keras.layers.Dense):
+        return True
+    if not isinstance(layer, keras.layers.EinsumDense) or len(layer.kernel.shape) != 2:
+        return False
+    inputs, rest = layer.equation.split(",")
+    kernel, output = rest.split("->")
+    bias = getattr(layer, "bias", None)
+    return (
+        inputs[:-1] == output[:-1]
+        and kernel == inputs[-1] + output[-1]
+        and (bias is None or tuple(bias.shape) == (layer.kernel.shape[1],))
+    )
 
-    None unless `layer` is a built block of a class in `FEED_FORWARD` whose
-    sublayers are as expected: a plain Dense with `units` units, then a
-    Dense whose kernel has that many rows.
+
+def feed_forward(layer: keras.layers.Layer) -> FeedForwardLayers | None:
+    """`layer`'s feed-forward sublayers, or None.
+
+    None unless `layer` is a built block of a class in `FEED_FORWARD`
+    whose sublayers are as expected: each inner one a Dense or EinsumDense
+    producing `units` on the last axis, the outer one reading `units` rows,
+    and the config saying `units`.
     """
     known = _known(layer)
     if known is None or not layer.built:
         return None
     found = {sub.name: sub for sub in _keras.flatten_layers(layer)}
-    inner, outer = found.get(known.inner), found.get(known.outer)
-    if not isinstance(inner, keras.layers.Dense) or not isinstance(outer, keras.layers.Dense):
+    inner = tuple(found.get(name) for name in known.inner)
+    outer = found.get(known.outer)
+    if not all(d is not None and _last_axis(d) for d in (*inner, outer)):
         return None
-    units = layer.get_config().get(known.units)
-    if inner.units != units or outer.kernel.shape[0] != units:
+    units = inner[0].kernel.shape[1]
+    if any(d.kernel.shape[1] != units for d in inner) or outer.kernel.shape[0] != units:
         return None
-    return inner, outer
+    if layer.get_config().get(known.key) != units * known.per_unit:
+        return None
+    return FeedForwardLayers(inner, outer, units, known.key, known.per_unit)
 
 
-def units_key(layer: keras.layers.Layer) -> str:
-    """The config key of `layer`'s number of feed-forward units (its class is known)."""
+def check_known(layer: keras.layers.Layer) -> FeedForward:
+    """The `FeedForward` of `layer`'s class, or a ValueError naming the classes known."""
     known = _known(layer)
     if known is None:
+        names = ", ".join(sorted(name.rsplit(".", 1)[1] for name in FEED_FORWARD))
         raise ValueError(
             f"`layer` {layer.name!r} ({type(layer).__name__}) is not a transformer block "
-            f"keras_prune knows; known: {', '.join(sorted(FEED_FORWARD))}."
+            f"keras_prune knows; known: {names}."
         )
-    return known.units
+    return known

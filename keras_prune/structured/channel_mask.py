@@ -376,29 +376,32 @@ class FeedForwardMask(_WrappingMask):
 
     def __init__(self, layer: keras.layers.Layer, pruning_schedule: PruningSchedule, **kwargs: Any):
         _validation.instance(layer, "layer", keras.layers.Layer, "a keras Layer")
-        units = layer.get_config().get(blocks.units_key(layer))
+        known = blocks.check_known(layer)
+        units = layer.get_config().get(known.key, 0) // known.per_unit
         super().__init__(layer, pruning_schedule, **kwargs)
         self._check_channels(units, "feed-forward units")
 
     def build(self, inputs_shape: Any) -> None:
         if not self.layer.built:
             self.layer.build(inputs_shape)
-        inner, _ = blocks.feed_forward(self.layer) or (None, None)
-        if inner is None:
+        found = blocks.feed_forward(self.layer)
+        if found is None:
             raise ValueError(
                 f"{self.name!r}: `{self.layer.name}` does not hold the feed-forward layers "
                 "keras_prune knows (see keras_prune.structured.blocks)."
             )
-        super().build((inner.units,))
+        super().build((found.units,))
 
     def call(self, inputs: Any, *args: Any, training: bool | None = None, **kwargs: Any) -> Any:
         if training:
             self._update()
-        inner, _ = blocks.feed_forward(self.layer)
         units = self.mask.value
-        masked = {id(inner.kernel): inner.kernel.value * ops.cast(units, inner.kernel.dtype)}
-        if inner.bias is not None:
-            masked[id(inner.bias)] = inner.bias.value * ops.cast(units, inner.bias.dtype)
+        masked = {}
+        for inner in blocks.feed_forward(self.layer).inner:
+            masked[id(inner.kernel)] = inner.kernel.value * ops.cast(units, inner.kernel.dtype)
+            bias = getattr(inner, "bias", None)
+            if bias is not None:
+                masked[id(bias)] = bias.value * ops.cast(units, bias.dtype)
         return _forward_pass.call_with_values(
             self, masked, inputs, *args, training=training, **kwargs
         )

@@ -413,22 +413,25 @@ class _Walk:
     def block(self, layer: keras.layers.Layer, layouts: list[Layout], output: Any):
         """A known transformer block (`structured.blocks`): its feed-forward units are a
         group of their own; its input and output channels stay."""
-        dense = blocks.feed_forward(layer)
-        if dense is None:
+        found = blocks.feed_forward(layer)
+        if found is None:
             return None
-        inner, outer = dense
-        if not (_zero_at_zero(inner.activation) and per_channel(inner.activation)):
-            return None
+        # A removed unit's inputs to the last projection are 0 if each first
+        # projection's own activation keeps 0 at 0 (a gated block multiplies them).
+        for inner in found.inner:
+            activation = getattr(inner, "activation", None) or keras.activations.linear
+            if not (_zero_at_zero(activation) and per_channel(activation)):
+                return None
         if any(
             getattr(d, "lora_enabled", False) or getattr(d, "quantization_mode", None)
-            for d in dense
+            for d in (*found.inner, found.outer)
         ):
             return None
         kind = type(layer).__name__
         reason = f"`{layer.name}` ({kind}) reads it; only its feed-forward units are removed"
         for layout in layouts:
             self.freeze(layout, reason)
-        self.graph.inner[id(layer)] = (layer, self.new(inner.units, [(layer, 0)], None))
+        self.graph.inner[id(layer)] = (layer, self.new(found.units, [(layer, 0)], None))
         return [self.opaque(output, f"it is the output of `{layer.name}` ({kind})")]
 
     def merge(self, layer: keras.layers.Layer, layouts: list[Layout]):

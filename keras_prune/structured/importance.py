@@ -3,8 +3,8 @@
 A channel's weights are its slice of every producer's kernel (a Conv
 filter, a Dense column, a SeparableConv's pointwise filter, an attention
 head's query, key, value and output kernels, a transformer block's
-feed-forward unit: its column of the first kernel and row of the second); biases and normalisation
-weights do not count. "l2" scores channel `c` of a group
+feed-forward unit: its columns of the first kernels and row of the last);
+biases and normalisation weights do not count. "l2" scores channel `c` of a group
 with producers `k_1..k_n` as `sqrt(sum_i ||k_i[..., c]||^2)`, "l1" as
 `sum_i |k_i[..., c]|_1`. A callable receives one `(channels, fan_in)`
 array per producer and returns one score per channel: numpy arrays in
@@ -72,8 +72,8 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
     For a MultiHeadAttention the channels are its heads, and a head's column
     its query, key and value kernels and its rows of the output kernel. For
     a known transformer block (`structured.blocks`) they are its
-    feed-forward units, and a unit's column its column of the first kernel
-    and its row of the second.
+    feed-forward units, and a unit's column its columns of the first
+    kernels (two in a gated block) and its row of the last.
     """
     if isinstance(layer, keras.layers.MultiHeadAttention):
         heads = layer.num_heads
@@ -84,10 +84,11 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
             for k, axis in kernels
         ]
         return ops.concatenate(columns, axis=0)
-    feed_forward = blocks.feed_forward(layer)
-    if feed_forward is not None:
-        inner, outer = (ops.cast(d.kernel.value, "float32") for d in feed_forward)
-        return ops.concatenate([inner, ops.transpose(outer)], axis=0)
+    found = blocks.feed_forward(layer)
+    if found is not None:
+        columns = [ops.cast(d.kernel.value, "float32") for d in found.inner]
+        columns.append(ops.transpose(ops.cast(found.outer.kernel.value, "float32")))
+        return ops.concatenate(columns, axis=0)
     weights = ops.cast(kernel(layer).value, "float32")
     return ops.reshape(weights, (-1, weights.shape[-1]))
 
@@ -97,10 +98,9 @@ def fan_in(layer: keras.layers.Layer) -> int:
     if isinstance(layer, keras.layers.MultiHeadAttention):
         projections = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
         return sum(math.prod(p.kernel.shape) for p in projections) // layer.num_heads
-    feed_forward = blocks.feed_forward(layer)
-    if feed_forward is not None:
-        inner, outer = feed_forward
-        return inner.kernel.shape[0] + outer.kernel.shape[1]
+    found = blocks.feed_forward(layer)
+    if found is not None:
+        return sum(d.kernel.shape[0] for d in found.inner) + found.outer.kernel.shape[1]
     return math.prod(kernel(layer).shape[:-1])
 
 

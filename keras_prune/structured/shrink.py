@@ -164,8 +164,9 @@ def _config(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = len(outputs)
     if isinstance(layer, keras.layers.MultiHeadAttention) and outputs is not None:
         config["num_heads"] = len(outputs)
-    if blocks.feed_forward(layer) is not None and outputs is not None:
-        config[blocks.units_key(layer)] = len(outputs)
+    found = blocks.feed_forward(layer)
+    if found is not None and outputs is not None:
+        config[found.key] = found.config_value(len(outputs))
     if isinstance(layer, keras.layers.Reshape) and inputs is not None:
         config["target_shape"] = (*config["target_shape"][:-1], len(inputs))
     return config
@@ -188,13 +189,13 @@ def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
     def cut(array: np.ndarray | None, index: np.ndarray | None, axis: int) -> np.ndarray | None:
         return array if array is None or index is None else np.take(array, index, axis=axis)
 
-    if blocks.feed_forward(layer) is not None:  # `outputs` are the units kept
-        inner, outer = blocks.feed_forward(layer)
-        removed = {
-            id(inner.kernel): (outputs, 1),
-            id(inner.bias): (outputs, 0),
-            id(outer.kernel): (outputs, 0),
-        }
+    found = blocks.feed_forward(layer)
+    if found is not None:  # `outputs` are the units kept
+        removed = {id(found.outer.kernel): (outputs, 0)}
+        for inner in found.inner:
+            removed[id(inner.kernel)] = (outputs, 1)
+            if getattr(inner, "bias", None) is not None:
+                removed[id(inner.bias)] = (outputs, 0)
         return {
             variable.path: cut(value(variable), *removed.get(id(variable), (None, 0)))
             for variable in layer.weights
@@ -369,8 +370,10 @@ def _with_class(source: keras.Model, result: keras.Model, graph: Graph, keep: Ke
     sizes = set()
     for layer, group in graph.inner.values():
         root = graph.find(group)
-        if root in keep and blocks.feed_forward(layer) is not None:
-            sizes.add((blocks.units_key(layer), graph.groups[root].size, len(keep[root])))
+        found = blocks.feed_forward(layer)
+        if root in keep and found is not None:
+            old, new = graph.groups[root].size, len(keep[root])
+            sizes.add((found.key, found.config_value(old), found.config_value(new)))
 
     def edit(config: Any) -> Any:
         if len(sizes) != 1:  # restore finds the variables differ, and says so

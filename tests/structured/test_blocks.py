@@ -53,16 +53,26 @@ def _encoder_model(seed=0):
     return model
 
 
-def _feed_forward(model, name):
-    inner, outer = blocks.feed_forward(model.get_layer(name))
-    return inner, outer
+def _norms(block):
+    """Each unit's L2 norm: its columns of the first kernels and row of the last."""
+    found = blocks.feed_forward(block)
+    squares = sum((_numpy(d.kernel).astype("float64") ** 2).sum(axis=0) for d in found.inner)
+    return np.sqrt(squares + (_numpy(found.outer.kernel).astype("float64") ** 2).sum(axis=1))
 
 
-def _removed(inner, outer, count):
-    """The `count` units of lowest L2 norm (first-kernel column and second-kernel row), by a full sort."""
-    norms = (_numpy(inner.kernel).astype("float64") ** 2).sum(axis=0)
-    norms += (_numpy(outer.kernel).astype("float64") ** 2).sum(axis=1)
-    return np.sort(np.argsort(norms, kind="stable")[:count])
+def _removed(block, count):
+    """The `count` units of lowest norm, by a full sort."""
+    return np.sort(np.argsort(_norms(block), kind="stable")[:count])
+
+
+def _zero_units(block, removed):
+    """Sets the first kernels' columns and biases of the `removed` units of `block` to 0."""
+    for dense in blocks.feed_forward(block).inner:
+        for variable, axis in ((dense.kernel, 1), (getattr(dense, "bias", None), 0)):
+            if variable is not None:
+                value = _numpy(variable).copy()
+                np.moveaxis(value, axis, 0)[removed] = 0
+                variable.assign(value)
 
 
 def _x(n=8, seed=1):
@@ -71,16 +81,12 @@ def _x(n=8, seed=1):
 
 def test_the_feed_forward_layers_of_kerashub_blocks_are_found_and_others_are_not():
     model = _encoder_model()
-    inner, outer = _feed_forward(model, "block_0")
-    assert (inner.name, inner.units, outer.kernel.shape) == (
-        "feedforward_intermediate_dense",
-        32,
-        (32, 16),
-    )
+    found = blocks.feed_forward(model.get_layer("block_0"))
+    assert [d.name for d in found.inner] == ["feedforward_intermediate_dense"]
+    assert (found.units, found.key, found.outer.kernel.shape) == (32, "intermediate_dim", (32, 16))
     decoder = hub.layers.TransformerDecoder(intermediate_dim=8, num_heads=2)
     decoder.build((None, 4, 6))
-    assert blocks.feed_forward(decoder)[0].units == 8
-    assert blocks.units_key(decoder) == "intermediate_dim"
+    assert blocks.feed_forward(decoder).units == 8
 
     class Custom(hub.layers.TransformerEncoder):  # may compute something else in `call`
         pass
@@ -90,7 +96,7 @@ def test_the_feed_forward_layers_of_kerashub_blocks_are_found_and_others_are_not
     assert blocks.feed_forward(custom) is None
     assert blocks.feed_forward(hub.layers.TransformerEncoder(8, 2)) is None  # not built
     with pytest.raises(ValueError, match="`layer` 'dense'.*not a transformer block"):
-        blocks.units_key(keras.layers.Dense(4, name="dense"))
+        blocks.check_known(keras.layers.Dense(4, name="dense"))
 
 
 def test_channel_groups_hold_each_blocks_units_and_nothing_else_of_it():
@@ -106,15 +112,10 @@ def test_shrink_removes_the_units_of_lowest_norm_and_predicts_as_the_zeroed_orig
     reference = keras.models.clone_model(model)
     reference.set_weights(model.get_weights())
     for name in ("block_0", "block_1"):
-        removed = _removed(*_feed_forward(model, name), 16)
-        inner, _ = _feed_forward(reference, name)
-        kernel, bias = _numpy(inner.kernel).copy(), _numpy(inner.bias).copy()
-        kernel[:, removed], bias[removed] = 0, 0
-        inner.kernel.assign(kernel)
-        inner.bias.assign(bias)
+        _zero_units(reference.get_layer(name), _removed(model.get_layer(name), 16))
         block = small.get_layer(name)
         assert block.intermediate_dim == 16
-        assert tuple(blocks.feed_forward(block)[1].kernel.shape) == (16, 16)
+        assert tuple(blocks.feed_forward(block).outer.kernel.shape) == (16, 16)
     # The attention and normalisation weights stay: 2 x (4*(16*16+16) + 2*2*16 ...) less half the FFN.
     assert model.count_params() - small.count_params() == 2 * (16 * 16 + 16 + 16 * 16)
     x = _x()
@@ -161,32 +162,45 @@ def test_prune_channels_trains_resumes_from_a_file_and_shrinks_a_kerashub_encode
     np.testing.assert_allclose(_numpy(loaded(x)), _numpy(small(x)), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.slow  # a model of 25 layers, traced on JAX
-def test_a_kerashub_bert_backbone_loses_half_its_feed_forward_units():
-    backbone = hub.models.BertBackbone(**SMALL)
+def _backbones():
+    """KerasHub backbones built of each known block: (class name, config, feed-forward units)."""
+    heads = {"num_query_heads": 2, "num_key_value_heads": 1}
+    decoder = {k: v for k, v in SMALL.items() if k != "num_heads"} | heads
+    return [
+        ("BertBackbone", SMALL, 32),
+        ("GPT2Backbone", SMALL, 32),
+        ("GemmaBackbone", {**decoder, "intermediate_dim": 64, "head_dim": 8}, 32),  # 64 // 2
+        ("MistralBackbone", decoder, 32),
+        ("QwenBackbone", decoder, 32),
+    ]
+
+
+@pytest.mark.slow  # five backbones, traced on JAX
+@pytest.mark.parametrize("name, config, units", _backbones(), ids=[b[0] for b in _backbones()])
+def test_a_kerashub_backbone_shrinks_to_its_class_with_half_the_units(name, config, units):
+    keras.utils.set_random_seed(0)
+    backbone = getattr(hub.models, name)(**config)
     rng = np.random.RandomState(0)
-    x = {
-        "token_ids": rng.randint(0, 50, (4, 8)),
-        "segment_ids": np.zeros((4, 8), "int32"),
-        "padding_mask": np.ones((4, 8), "bool"),
-    }
+    for variable in backbone.weights:  # KerasHub starts biases at 0; a unit's must go too
+        if variable.path.endswith("/bias"):
+            variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+    x = {"token_ids": rng.randint(0, 50, (4, 8)), "padding_mask": np.ones((4, 8), "bool")}
+    if name == "BertBackbone":
+        x["segment_ids"] = np.zeros((4, 8), "int32")
     small = keras_prune.shrink(backbone, 0.5)
-    assert type(small) is hub.models.BertBackbone  # its config says intermediate_dim=16
-    assert small.get_config()["intermediate_dim"] == 16
-    assert [small.get_layer(f"transformer_layer_{i}").intermediate_dim for i in (0, 1)] == [16, 16]
-    assert backbone.count_params() - small.count_params() == 2 * (16 * 16 + 16 + 16 * 16)
+    assert type(small) is type(backbone)  # its config says the smaller intermediate_dim
+    assert small.get_config()["intermediate_dim"] == config["intermediate_dim"] // 2
     reference = keras.models.clone_model(backbone)
     reference.set_weights(backbone.get_weights())
-    for i in range(2):
-        name = f"transformer_layer_{i}"
-        removed = _removed(*_feed_forward(backbone, name), 16)
-        inner, _ = _feed_forward(reference, name)
-        kernel = _numpy(inner.kernel).copy()
-        kernel[:, removed] = 0  # the biases are 0: KerasHub initialises them so
-        inner.kernel.assign(kernel)
+    found = []
+    for layer in backbone.layers:
+        if blocks.feed_forward(layer) is not None:
+            found.append(blocks.feed_forward(small.get_layer(layer.name)).units)
+            _zero_units(reference.get_layer(layer.name), _removed(layer, units // 2))
+    assert found == [units // 2] * 2
     expected, got = reference(x), small(x)
-    for key in ("sequence_output", "pooled_output"):
-        np.testing.assert_allclose(_numpy(got[key]), _numpy(expected[key]), rtol=1e-4, atol=1e-5)
+    for a, b in zip(keras.tree.flatten(got), keras.tree.flatten(expected), strict=True):
+        np.testing.assert_allclose(_numpy(a), _numpy(b), rtol=1e-4, atol=1e-5)
 
 
 def test_a_feed_forward_mask_refuses_a_layer_it_does_not_know():
@@ -251,11 +265,7 @@ def test_select_picks_blocks_by_name_or_class_and_global_pruning_spreads_over_th
     # score: the 32 lowest of the 64 normalised norms go, by a full sort.
     normalised = []
     for name in ("block_0", "block_1"):
-        inner, outer = _feed_forward(model, name)
-        norms = np.sqrt(
-            (_numpy(inner.kernel).astype("float64") ** 2).sum(axis=0)
-            + (_numpy(outer.kernel).astype("float64") ** 2).sum(axis=1)
-        )
+        norms = _norms(model.get_layer(name))
         normalised.append(norms / norms.mean())
     threshold = np.sort(np.concatenate(normalised))[31]
     expected = [int((n > threshold).sum()) for n in normalised]
