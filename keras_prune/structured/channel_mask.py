@@ -411,18 +411,22 @@ WRAPPING = (HeadMask, FeedForwardMask)
 
 
 def _top(scores: Any, kept: Any) -> Any:
-    """1.0 for the `kept` highest `scores`, 0.0 for the others.
+    """1.0 for the `kept` highest `scores` (at least 1), 0.0 for the others, ties to the lower index.
 
-    By each channel's rank, ties to the lower index: exact and the same on
-    every backend (a sort's tie order is not).
+    Exact and the same on every backend: only the sorted values are used
+    (a sort's order among equal values differs between backends), then the
+    scores above the `kept`-th highest value stay, and of those equal to it
+    the first ones, by index, that fit. O(n log n): a pairwise rank of a
+    BERT block's 3 072 units took a third of a pruning step.
     """
-    index = ops.arange(scores.shape[0])
-    above = ops.greater(scores[None, :], scores[:, None])
-    tied = ops.logical_and(
-        ops.equal(scores[None, :], scores[:, None]), ops.less(index[None, :], index[:, None])
-    )
-    rank = ops.sum(ops.cast(ops.logical_or(above, tied), "float32"), axis=1)
-    return ops.cast(ops.less(rank, kept), "float32")
+    size = scores.shape[0]
+    kept = ops.clip(ops.cast(kept, "int32"), 1, size)
+    threshold = ops.take(ops.sort(scores), size - kept)  # the kept-th highest value
+    above = ops.greater(scores, threshold)
+    tied = ops.cast(ops.equal(scores, threshold), "int32")
+    room = kept - ops.sum(ops.cast(above, "int32"))
+    first_tied = ops.logical_and(ops.cast(tied, "bool"), ops.less_equal(ops.cumsum(tied), room))
+    return ops.cast(ops.logical_or(above, first_tied), "float32")
 
 
 def _groups(layers: Any) -> dict[str, tuple[ChannelMask, int, dict[str, Any]]]:
