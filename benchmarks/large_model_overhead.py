@@ -27,10 +27,10 @@ Keras's default compilation per backend on a CPU (tf.function, jax.jit,
 eager torch). For BERT a third model joins the rotation: pruned with
 `select=` leaving the `Embedding` layers dense, which shows what masking the
 embedding table costs (keras_prune masks a plain `Embedding` row by row, the
-looked-up rows only). `--structure channels` (ResNet50 only: KerasHub's
-blocks are custom layers whose channels `prune_channels` leaves whole)
-prunes the twin with `prune_channels` and the same schedule, 50 % of each
-group's channels. Results: BENCHMARKS.md.
+looked-up rows only). `--structure channels` prunes the twin with
+`prune_channels` and the same schedule, 50 % of each group's channels (in
+BERT each block's feed-forward units, the only channels of a KerasHub
+block that can go). Results: BENCHMARKS.md.
 
 Writes benchmarks/results/large_model_overhead.json
 (`--structure channels`: large_model_overhead_channels.json).
