@@ -16,7 +16,6 @@ import numpy as np
 from keras import ops
 
 from keras_prune import _keras, registry
-from keras_prune.structured import blocks
 from keras_prune.structured.channel_mask import (
     WRAPPING,
     ChannelMask,
@@ -109,7 +108,7 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     (`shrink` also removes the inputs of the next layer that read them),
     and the heads a `HeadMask` removes as zeros of its attention layer's
     query, key, value and output kernels (the units a `FeedForwardMask`
-    removes: of the block's two feed-forward kernels).
+    removes: of the block's inner and outer feed-forward kernels).
 
     Example:
 
@@ -144,9 +143,8 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         id(dense): mask
         for mask in masks
         if isinstance(mask, FeedForwardMask)
-        for found in [blocks.feed_forward(mask.layer)]
-        if found is not None
-        for dense in (*found.inner, found.outer)
+        if mask.built
+        for dense in (*mask.feed_forward.inner, mask.feed_forward.outer)
     }
     for layer in layers:
         notes = None
@@ -198,11 +196,9 @@ def _masked_channels(
         note = f"{removed} heads removed by its HeadMask"
         projections = (layer.query_dense, layer.key_dense, layer.value_dense)
         axes = {id(p.kernel): 1 for p in projections} | {id(layer.output_dense.kernel): 0}
-    elif isinstance(
-        mask, FeedForwardMask
-    ):  # a unit: a column of the first kernel, a row of the second
+    elif isinstance(mask, FeedForwardMask):  # a unit: inner kernels' column, outer one's row
         note = f"{removed} feed-forward units removed by its FeedForwardMask"
-        found = blocks.feed_forward(mask.layer)
+        found = mask.feed_forward
         axes = {id(d.kernel): 1 for d in found.inner} | {id(found.outer.kernel): 0}
     else:
         note = f"{removed} output channels removed by its ChannelMask"

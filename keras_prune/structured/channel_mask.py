@@ -358,14 +358,15 @@ class HeadMask(_WrappingMask):
 class FeedForwardMask(_WrappingMask):
     """Wraps a transformer block whose feed-forward units a pruning schedule removes.
 
-    The block is one `structured.blocks` knows (KerasHub's
-    `TransformerEncoder` and `TransformerDecoder`). The mask has one entry
-    per unit and is computed as a `ChannelMask`'s (a unit's weights are its
-    column of the first feed-forward kernel and its row of the second:
-    `importance.kernel_columns`). The block runs with a removed unit's
-    column and bias read as 0; its activation keeps 0 at 0, so the unit
-    adds exactly nothing, as in the smaller block `shrink` makes. Made by
-    `prune_channels`.
+    The block is one `structured.blocks.FEED_FORWARD` knows (KerasHub's
+    `TransformerEncoder`, `TransformerDecoder`, and the Gemma, Mistral and
+    Qwen decoder blocks). The mask has one entry per unit and is computed
+    as a `ChannelMask`'s (a unit's weights are its column of each inner
+    feed-forward kernel, two in a gated block, and its row of the outer
+    one: `importance.kernel_columns`). The block runs with a removed
+    unit's inner columns and biases read as 0; the activation keeps 0 at
+    0 (a gated block multiplies by it), so the unit adds exactly nothing,
+    as in the smaller block `shrink` makes. Made by `prune_channels`.
 
     Args:
         layer: the block, built.
@@ -390,14 +391,24 @@ class FeedForwardMask(_WrappingMask):
                 f"{self.name!r}: `{self.layer.name}` does not hold the feed-forward layers "
                 "keras_prune knows (see keras_prune.structured.blocks)."
             )
+        # Looked up once, not on every call. Neither Keras's tracking nor
+        # `.keras` saving walks a dataclass: the sublayers are the block's.
+        self._feed_forward = found
         super().build((found.units,))
+
+    @property
+    def feed_forward(self) -> blocks.FeedForwardLayers:
+        """The wrapped block's feed-forward sublayers (once built)."""
+        if not self.built:
+            raise ValueError(f"{self.name!r} is not built yet: call it on an input first.")
+        return self._feed_forward
 
     def call(self, inputs: Any, *args: Any, training: bool | None = None, **kwargs: Any) -> Any:
         if training:
             self._update()
         units = self.mask.value
         masked = {}
-        for inner in blocks.feed_forward(self.layer).inner:
+        for inner in self._feed_forward.inner:
             masked[id(inner.kernel)] = inner.kernel.value * ops.cast(units, inner.kernel.dtype)
             bias = getattr(inner, "bias", None)
             if bias is not None:
