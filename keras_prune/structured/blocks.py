@@ -43,13 +43,14 @@ class FeedForward:
             has two, multiplied together).
         outer: the name of the sublayer reading them.
         per_unit: the config value per unit (Gemma's `intermediate_dim` is
-            twice its units).
+            twice its units), or the config key that holds it (Gemma 3's
+            `gate_dim_reduction`).
     """
 
     key: str
     inner: tuple[str, ...]
     outer: str
-    per_unit: int = 1
+    per_unit: int | str = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,23 +80,52 @@ _KERAS_HUB = "keras_hub.src."
 # By module and class name, checked on KerasHub 0.32 (which models use them
 # in brackets). A subclass may compute something else in `call`: only these
 # exact classes count.
+_GEMMA = ("intermediate_dim", ("ffw_gating", "ffw_gating_2"), "ffw_linear")
 FEED_FORWARD = {
     # BERT, RoBERTa, DistilBERT, ELECTRA, BART, OPT, GPT-2, ...
     f"{_KERAS_HUB}layers.modeling.transformer_encoder.TransformerEncoder": _PLAIN,
     f"{_KERAS_HUB}layers.modeling.transformer_decoder.TransformerDecoder": _PLAIN,
+    # Falcon: Dense(units, gelu).
+    f"{_KERAS_HUB}models.falcon.falcon_transformer_decoder.FalconTransformerDecoder": FeedForward(
+        "intermediate_dim", ("dense_h_to_4h",), "dense_4h_to_h"
+    ),
     # Gemma: gelu(ffw_gating(x)) * ffw_gating_2(x), intermediate_dim // 2 units.
     f"{_KERAS_HUB}models.gemma.gemma_decoder_block.GemmaDecoderBlock": FeedForward(
-        "intermediate_dim", ("ffw_gating", "ffw_gating_2"), "ffw_linear", per_unit=2
+        *_GEMMA, per_unit=2
     ),
-    # Mistral, Qwen: intermediate(x) * silu(gate(x)).
+    # Gemma 3: the same, intermediate_dim // gate_dim_reduction units.
+    f"{_KERAS_HUB}models.gemma3.gemma3_decoder_block.Gemma3DecoderBlock": FeedForward(
+        *_GEMMA, per_unit="gate_dim_reduction"
+    ),
+    # Mistral, Qwen, Phi-3: intermediate(x) * activation(gate(x)).
     f"{_KERAS_HUB}models.mistral.mistral_transformer_decoder.MistralTransformerDecoder": _GATED,
     f"{_KERAS_HUB}models.qwen.qwen_decoder.QwenTransformerDecoder": _GATED,
+    f"{_KERAS_HUB}models.phi3.phi3_decoder.Phi3Decoder": _GATED,
 }
+# Not listed, though built alike: KerasHub 0.32's Llama, Qwen 3 and GPT-NeoX
+# blocks cannot be re-created from their own config (`clone_model` fails on
+# them too), and a smaller block is re-created from its config.
 
 
 def _known(layer: keras.layers.Layer) -> FeedForward | None:
     kind = type(layer)
     return FEED_FORWARD.get(f"{kind.__module__}.{kind.__qualname__}")
+
+
+def _per_unit(known: FeedForward, layer: keras.layers.Layer) -> int:
+    """`known.per_unit`, read from `layer`'s config if it names a key there (0 if not an int)."""
+    if isinstance(known.per_unit, int):
+        return known.per_unit
+    value = layer.get_config().get(known.per_unit)
+    return value if isinstance(value, int) and value >= 1 else 0
+
+
+def _config_units(known: FeedForward, layer: keras.layers.Layer) -> tuple[int, int]:
+    """(units, per unit) as `layer`'s config says them; (0, 0) if it cannot say a whole number."""
+    per_unit, value = _per_unit(known, layer), layer.get_config().get(known.key)
+    if not per_unit or not isinstance(value, int) or value % per_unit:
+        return 0, 0
+    return value // per_unit, per_unit
 
 
 def _last_axis(layer: keras.layers.Layer) -> bool:
@@ -134,13 +164,15 @@ def feed_forward(layer: keras.layers.Layer) -> FeedForwardLayers | None:
     units = inner[0].kernel.shape[1]
     if any(d.kernel.shape[1] != units for d in inner) or outer.kernel.shape[0] != units:
         return None
-    if layer.get_config().get(known.key) != units * known.per_unit:
+    config_units, per_unit = _config_units(known, layer)
+    if config_units != units:
         return None
-    return FeedForwardLayers(inner, outer, units, known.key, known.per_unit)
+    return FeedForwardLayers(inner, outer, units, known.key, per_unit)
 
 
-def check_known(layer: keras.layers.Layer) -> FeedForward:
-    """The `FeedForward` of `layer`'s class, or a ValueError naming the classes known."""
+def configured_units(layer: keras.layers.Layer) -> int:
+    """The number of feed-forward units `layer`'s config says (0 if it says none),
+    or a ValueError naming the block classes known."""
     known = _known(layer)
     if known is None:
         names = ", ".join(sorted(name.rsplit(".", 1)[1] for name in FEED_FORWARD))
@@ -148,4 +180,4 @@ def check_known(layer: keras.layers.Layer) -> FeedForward:
             f"`layer` {layer.name!r} ({type(layer).__name__}) is not a transformer block "
             f"keras_prune knows; known: {names}."
         )
-    return known
+    return _config_units(known, layer)[0]

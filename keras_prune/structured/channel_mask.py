@@ -359,8 +359,8 @@ class FeedForwardMask(_WrappingMask):
     """Wraps a transformer block whose feed-forward units a pruning schedule removes.
 
     The block is one `structured.blocks.FEED_FORWARD` knows (KerasHub's
-    `TransformerEncoder`, `TransformerDecoder`, and the Gemma, Mistral and
-    Qwen decoder blocks). The mask has one entry per unit and is computed
+    `TransformerEncoder`, `TransformerDecoder`, and the Falcon, Gemma,
+    Gemma 3, Mistral, Qwen and Phi-3 decoder blocks). The mask has one entry per unit and is computed
     as a `ChannelMask`'s (a unit's weights are its column of each inner
     feed-forward kernel, two in a gated block, and its row of the outer
     one: `importance.kernel_columns`). The block runs with a removed
@@ -377,8 +377,7 @@ class FeedForwardMask(_WrappingMask):
 
     def __init__(self, layer: keras.layers.Layer, pruning_schedule: PruningSchedule, **kwargs: Any):
         _validation.instance(layer, "layer", keras.layers.Layer, "a keras Layer")
-        known = blocks.check_known(layer)
-        units = layer.get_config().get(known.key, 0) // known.per_unit
+        units = blocks.configured_units(layer)
         super().__init__(layer, pruning_schedule, **kwargs)
         self._check_channels(units, "feed-forward units")
 

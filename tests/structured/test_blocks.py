@@ -20,6 +20,9 @@ from keras_prune.structured import blocks
 from keras_prune.structured.channel_mask import FeedForwardMask
 
 hub = pytest.importorskip("keras_hub", reason="tools/setup installs keras-hub")
+# Not exported by keras_hub: its blocks are built by Gemma3Backbone.
+from keras_hub.src.models.gemma3.gemma3_decoder_block import Gemma3DecoderBlock  # noqa: E402
+
 # A KerasHub backbone's config at a test's size: 2 blocks, 16 wide, 32 FFN units.
 SMALL = {
     "vocabulary_size": 50,
@@ -88,6 +91,14 @@ def test_the_feed_forward_layers_of_kerashub_blocks_are_found_and_others_are_not
     decoder.build((None, 4, 6))
     assert blocks.feed_forward(decoder).units == 8
 
+    # Gemma 3's config says how many config units make one unit (`gate_dim_reduction`).
+    gemma3 = Gemma3DecoderBlock(
+        8, 16, head_dim=4, num_query_heads=2, num_key_value_heads=1, gate_dim_reduction=2
+    )
+    gemma3.build((None, 4, 8))
+    found = blocks.feed_forward(gemma3)
+    assert (found.units, found.config_value(3), blocks.configured_units(gemma3)) == (8, 6, 8)
+
     class Custom(hub.layers.TransformerEncoder):  # may compute something else in `call`
         pass
 
@@ -96,7 +107,7 @@ def test_the_feed_forward_layers_of_kerashub_blocks_are_found_and_others_are_not
     assert blocks.feed_forward(custom) is None
     assert blocks.feed_forward(hub.layers.TransformerEncoder(8, 2)) is None  # not built
     with pytest.raises(ValueError, match="`layer` 'dense'.*not a transformer block"):
-        blocks.check_known(keras.layers.Dense(4, name="dense"))
+        blocks.configured_units(keras.layers.Dense(4, name="dense"))
 
 
 def test_channel_groups_hold_each_blocks_units_and_nothing_else_of_it():
@@ -164,18 +175,21 @@ def test_prune_channels_trains_resumes_from_a_file_and_shrinks_a_kerashub_encode
 
 def _backbones():
     """KerasHub backbones built of each known block: (class name, config, feed-forward units)."""
-    heads = {"num_query_heads": 2, "num_key_value_heads": 1}
-    decoder = {k: v for k, v in SMALL.items() if k != "num_heads"} | heads
+    base = {k: v for k, v in SMALL.items() if k not in ("num_heads", "max_sequence_length")}
+    decoder = {**base, "num_query_heads": 2, "num_key_value_heads": 1}
     return [
         ("BertBackbone", SMALL, 32),
         ("GPT2Backbone", SMALL, 32),
         ("GemmaBackbone", {**decoder, "intermediate_dim": 64, "head_dim": 8}, 32),  # 64 // 2
+        ("Gemma3Backbone", {**decoder, "head_dim": 8, "image_size": 16}, 32),
         ("MistralBackbone", decoder, 32),
         ("QwenBackbone", decoder, 32),
+        ("Phi3Backbone", decoder, 32),
+        ("FalconBackbone", {**base, "num_attention_heads": 2}, 32),
     ]
 
 
-@pytest.mark.slow  # five backbones, traced on JAX
+@pytest.mark.slow  # eight backbones, traced on JAX
 @pytest.mark.parametrize("name, config, units", _backbones(), ids=[b[0] for b in _backbones()])
 def test_a_kerashub_backbone_shrinks_to_its_class_with_half_the_units(name, config, units):
     keras.utils.set_random_seed(0)
