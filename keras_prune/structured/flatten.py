@@ -70,19 +70,50 @@ def flatten(model: keras.Model) -> keras.Model:
 
     def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
         if id(layer) in inline:  # its graph, on the tensors it was called on
-            return _keras.run_graph(layer, keras.tree.flatten((args, kwargs)), call)
+            return _keras.run_graph(layer, _fed_inputs(layer, args, kwargs), call)
         if id(layer) not in copies:
             copies[id(layer)] = (layer, layer.__class__.from_config(layer.get_config()))
         return copies[id(layer)][1](*args, **kwargs)
 
     inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]
     outputs = _keras.run_graph(model, inputs, call)
-    structure = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+    structure = _input_structure(model)
     flat = keras.Model(keras.tree.pack_sequence_as(structure, inputs), outputs, name=model.name)
     for old, new in copies.values():
         if isinstance(old, keras.layers.Layer):  # not an operation such as `x[:, 0]`
             new.set_weights(old.get_weights())
     return flat
+
+
+def _input_structure(model: keras.Model) -> Any:
+    """The Keras tensors `model` was built on, in the structure it is called with
+    (a Sequential model's `input` is that of its last call, not its own)."""
+    return model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+
+
+def _fed_inputs(model: keras.Model, args: Any, kwargs: dict[str, Any]) -> list[Any]:
+    """The tensors a call `model(*args, **kwargs)` feeds to each of `model.inputs`, in order.
+
+    A dict of inputs is matched by key, not by flattening the call's
+    arguments: on torch, `keras.tree.flatten` sorts a dict's keys only at
+    the top of a structure (Keras 3.15; keras-team/keras#23201), so a
+    backbone called as `backbone(inputs={...})` (Gemma3CausalLM) had its
+    inputs swapped.
+    """
+    fed: dict[int, Any] = {}
+
+    def pair(expected: Any, given: Any) -> None:
+        if isinstance(expected, dict):
+            for key, value in expected.items():
+                pair(value, given[key])
+        elif isinstance(expected, (list, tuple)):
+            for e, g in zip(expected, given, strict=True):
+                pair(e, g)
+        else:
+            fed[id(expected)] = given
+
+    pair(_input_structure(model), args[0] if args else kwargs["inputs"])
+    return [fed[id(tensor)] for tensor in model.inputs]
 
 
 def _inlined(model: keras.Model) -> set[int]:

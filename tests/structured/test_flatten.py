@@ -94,3 +94,26 @@ def test_an_operation_inside_an_inlined_model_is_copied_without_weights():
     assert [type(op).__name__ for op in flat.operations[1:]] == ["Dense", "GetItem", "Dense"]
     x = np.random.RandomState(0).normal(size=(3, 6, 4)).astype("float32")
     np.testing.assert_allclose(_numpy(flat(x)), _numpy(model(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_a_nested_model_called_with_a_dict_by_keyword_gets_each_input_by_its_key():
+    # As Gemma3CausalLM calls its backbone: `backbone(inputs={...})`, the keys
+    # not in sorted order. Both inputs have one shape, so a swap would run.
+    z, a = keras.Input((3,), name="z"), keras.Input((3,), name="a")
+    inner = keras.Model(
+        {"z": z, "a": a},
+        L.Concatenate(name="cat")([L.Dense(2, name="dz")(z), L.Dense(2, name="da")(a)]),
+        name="inner",
+    )
+    outer_z, outer_a = keras.Input((3,), name="z"), keras.Input((3,), name="a")
+    y = L.Dense(1, name="out")(inner(inputs={"z": outer_z, "a": outer_a}))
+    model = keras.Model({"z": outer_z, "a": outer_a}, y)
+    flat = flatten(model)
+    assert [layer.name for layer in flat.layers if isinstance(layer, L.Dense)] == [
+        "dz",
+        "da",
+        "out",
+    ]
+    rng = np.random.RandomState(0)
+    x = {"z": rng.normal(size=(4, 3)), "a": rng.normal(size=(4, 3)) + 5}
+    np.testing.assert_allclose(_numpy(flat(x)), _numpy(model(x)), rtol=1e-6, atol=1e-6)
