@@ -285,3 +285,39 @@ def test_select_picks_blocks_by_name_or_class_and_global_pruning_spreads_over_th
     expected = [int((n > threshold).sum()) for n in normalised]
     small = keras_prune.shrink(model, 0.5, global_pruning=True)
     assert [small.get_layer(n).intermediate_dim for n in ("block_0", "block_1")] == expected
+
+
+def _causal_lms():
+    """Causal LMs whose backbones are built of known blocks: (name, a function making one)."""
+    base = {k: v for k, v in SMALL.items() if k not in ("num_heads", "max_sequence_length")}
+    heads = {"num_query_heads": 2, "num_key_value_heads": 1}
+    m = hub.models
+    return [
+        # Gemma3CausalLM calls its backbone as `backbone(inputs={...})`.
+        ("Gemma3CausalLM", lambda: m.Gemma3Backbone(**base, **heads, head_dim=8, image_size=16)),
+        ("MistralCausalLM", lambda: m.MistralBackbone(**base, **heads)),
+        ("Phi3CausalLM", lambda: m.Phi3Backbone(**base, **heads)),
+        ("FalconCausalLM", lambda: m.FalconBackbone(**base, num_attention_heads=2)),
+    ]
+
+
+@pytest.mark.slow  # four causal LMs, traced on JAX
+@pytest.mark.parametrize("name, backbone", _causal_lms(), ids=[c[0] for c in _causal_lms()])
+def test_a_causal_lm_is_masked_as_it_computes_and_shrinks_to_its_class(name, backbone):
+    keras.utils.set_random_seed(0)
+    model = getattr(hub.models, name)(backbone=backbone(), preprocessor=None)
+    rng = np.random.RandomState(0)
+    x = {"token_ids": rng.randint(0, 50, (4, 8)), "padding_mask": np.ones((4, 8), "bool")}
+    # Before any unit is removed, the masked graph computes what the model does.
+    untouched = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.0, 0))
+    np.testing.assert_array_equal(_numpy(untouched(x)), _numpy(model(x)))
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked(x, training=True)  # step 1: half of each block's units go
+    kept = [_numpy(m.mask).sum() for m in masked.layers if isinstance(m, FeedForwardMask)]
+    assert kept == [16, 16]
+    small = keras_prune.shrink(masked)
+    assert type(small) is type(model)
+    assert small.backbone.get_config()["intermediate_dim"] == 16
+    np.testing.assert_allclose(
+        _numpy(small(x)), _numpy(masked(x, training=False)), rtol=1e-4, atol=1e-5
+    )
