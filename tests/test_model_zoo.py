@@ -99,3 +99,27 @@ def test_kerashub_causal_lm_pruned_file_resumes_with_its_tied_embedding(hub, tmp
     np.testing.assert_allclose(
         stripped.predict(x, verbose=0), resumed.predict(x, verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_channels_of_keras_applications_mobilenet(tmp_path):
+    # Depthwise convolutions follow the channels of the convolution before them.
+    model = keras.applications.MobileNet(
+        weights=None, input_shape=(32, 32, 3), classes=3, alpha=0.25
+    )
+    x = np.random.default_rng(0).uniform(size=(4, 32, 32, 3))
+    result = model_zoo.check_channels(model, x, str(tmp_path))
+    assert result["groups"] == (14, 15)  # all but the output's
+    before, after = result["parameters"]
+    assert before == model.count_params() and after < before / 2
+    assert result["flops"][1] < result["flops"][0] / 2
+    assert result["max_difference"] <= 1e-4
+
+
+def test_channels_of_a_kerashub_causal_lm_shrink_to_its_class(hub, tmp_path):
+    model, x, *target = model_zoo.kerashub()["GemmaCausalLM"]()
+    result = model_zoo.check_channels(model, x, str(tmp_path), *target)
+    assert result["shrunk_class"] == "GemmaCausalLM"
+    assert result["groups"] == (2, 2)  # the feed-forward units of its two blocks
+    assert result["flops"] is None  # its blocks are custom layers that flops cannot count
+    before, after = result["parameters"]
+    assert before - after == 2 * 3 * 16 * 8  # half of each block's 3 (16 wide, 16 units) kernels

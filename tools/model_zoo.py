@@ -8,19 +8,26 @@ small configs: no presets, no downloads) go through what a user does:
     strip_pruning -> .keras save/load (no keras_prune objects in the file)
     -> same predictions -> keras_prune.export/load (.kps) -> same predictions
 
-Run it once per backend; each run adds its column to a JSON file, and the
-table in docs/models.md is written from all the columns there:
+and, with `--structure channels`, through channel pruning:
+
+    prune_channels -> fit -> shrink -> same predictions as the masked
+    model -> .keras save/load (no keras_prune objects) -> same predictions
+
+Run it once per backend (and structure); each run adds its column to a
+JSON file, and the tables in docs/models.md are written from all the
+columns there:
 
     for b in tensorflow jax torch; do
         KERAS_BACKEND=$b .venv/bin/python tools/model_zoo.py
+        KERAS_BACKEND=$b .venv/bin/python tools/model_zoo.py --structure channels
     done
 
 `--budget SECONDS` starts no model after that time (the table says "not run
 yet" for the rest) and `--missing` runs only those, to fill the table in
 several sittings.
 
-`tests/test_model_zoo.py` runs `check` on one small model per family, on
-every backend, in CI. KerasHub needs `pip install --no-deps keras-hub` plus
+`tests/test_model_zoo.py` runs `check` and `check_channels` on small models
+of each family, on every backend, in CI. KerasHub needs `pip install --no-deps keras-hub` plus
 its light dependencies (its `tensorflow-text` requirement conflicts with
 `tensorflow-cpu` and is not needed to build models from a config).
 """
@@ -45,7 +52,10 @@ import keras_prune
 SPARSITY = 0.5
 STEPS = 2
 BATCH = 4  # 2 makes some random-init EfficientNets predict NaN after one step, unpruned too
-RESULTS = os.path.join(os.path.dirname(__file__), "..", "docs", "models.json")
+RESULTS = {
+    "weights": os.path.join(os.path.dirname(__file__), "..", "docs", "models.json"),
+    "channels": os.path.join(os.path.dirname(__file__), "..", "docs", "models_channels.json"),
+}
 TABLE = os.path.join(os.path.dirname(__file__), "..", "docs", "models.md")
 
 
@@ -137,6 +147,69 @@ def check(
 LARGE = ["VGG16", "VGG19", "ResNet101", "ResNet101V2", "ResNet152", "ResNet152V2",
          "InceptionResNetV2", "EfficientNetV2M", "ConvNeXtBase", "EfficientNetB7",
          "NASNetLarge", "EfficientNetV2L", "ConvNeXtLarge", "ConvNeXtXLarge"]  # fmt: skip
+
+
+def check_channels(
+    model: keras.Model, x: Any, folder: str, y: Any = None, loss: Any = "mse"
+) -> dict[str, Any]:
+    """Prunes channels, trains, shrinks, saves and reloads `model`; asserts each step.
+
+    `prune_channels` at `SPARSITY` of each group's channels, `STEPS` steps
+    of `fit`, then `shrink`: the shrunk model predicts as the masked one
+    (1e-4 relative), its `.keras` file names no keras_prune object and
+    reloads with the same predictions. Returns parameters and FLOPs before
+    and after, and how many channel groups could be removed.
+    """
+    if y is None:
+        y = keras.tree.map_structure(np.zeros_like, _predict(model, x))
+    groups = keras_prune.channel_groups(model)
+    removable = sum(group.removable for group in groups)
+    if not removable:
+        reasons = sorted({group.reason for group in groups}) or [
+            "no channels outside custom layers "
+            + ", ".join(sorted({type(layer).__name__ for layer in _custom_layers(model)}))
+        ]
+        raise AssertionError(f"no channel group can be removed: {'; '.join(reasons)}")
+    schedule = keras_prune.ConstantSparsity(SPARSITY, 0, frequency=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the groups left whole: counted above
+        masked = keras_prune.prune_channels(model, schedule)
+    _train(masked, x, y, loss, [keras_prune.UpdatePruningStep()])
+    expected = _predict(masked, x)
+    if not _finite(expected):
+        raise AssertionError(_why_not_finite(model, x, y, loss))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a task that comes back as a plain graph says so
+        small = keras_prune.shrink(masked)
+    scale = max(1.0, max(float(np.max(np.abs(o))) for o in keras.tree.flatten(expected)))
+    after_shrink = _same(expected, _predict(small, x))
+    assert after_shrink <= 1e-4 * scale, f"the shrunk model predicts differently: {after_shrink}"
+    path = os.path.join(folder, "small.keras")
+    small.save(path)
+    with open(path, "rb") as file:
+        assert b"keras_prune" not in file.read(), "the shrunk .keras file names keras_prune"
+    loaded = keras.saving.load_model(path)
+    after_load = _same(expected, _predict(loaded, x))
+    assert after_load <= 1e-4 * scale, f"the reloaded model predicts differently: {after_load}"
+    with warnings.catch_warnings(record=True) as unseen:  # custom layers it cannot count
+        warnings.simplefilter("always")
+        operations = (keras_prune.flops(model), keras_prune.flops(small))
+    return {
+        "parameters": (model.count_params(), small.count_params()),
+        "flops": None if unseen else operations,
+        "groups": (removable, len(groups)),
+        "max_difference": max(after_shrink, after_load),
+        "shrunk_class": type(loaded).__name__,
+    }
+
+
+def _custom_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """`model`'s layers with weights that are not Keras's own."""
+    return [
+        layer
+        for layer in model.layers
+        if layer.weights and not type(layer).__module__.startswith("keras.")
+    ]
 
 
 def _images(shape: tuple[int, ...]) -> np.ndarray:
@@ -232,12 +305,14 @@ def kerashub() -> dict[str, Callable[[], tuple[Any, ...]]]:
     }
 
 
-def _run(name: str, build: Callable[[], tuple[Any, ...]]) -> dict[str, Any]:
+def _run(
+    name: str, build: Callable[[], tuple[Any, ...]], checker: Callable[..., Any]
+) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         model, x, *target = build()
         with tempfile.TemporaryDirectory() as folder:
-            result = {"status": "works", **check(model, x, folder, *target)}
+            result = {"status": "works", **checker(model, x, folder, *target)}
     except Exception as error:  # the table records why a model fails
         result = {"status": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -245,9 +320,31 @@ def _run(name: str, build: Callable[[], tuple[Any, ...]]) -> dict[str, Any]:
     return result
 
 
-def write_table(results: dict[str, dict[str, dict[str, Any]]], names: list[str], path: str) -> None:
-    """docs/models.md from {backend: {model: result}}, a row per name in `names`."""
-    backends = [b for b in ("tensorflow", "jax", "torch") if b in results]
+def _backends(results: dict[str, Any]) -> list[str]:
+    return [b for b in ("tensorflow", "jax", "torch") if b in results]
+
+
+def _count(n: float) -> str:
+    """25.6 M, 431 k, 96."""
+    for size, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _ratio(pair: Any) -> str:
+    """`before -> after (before / after)`, e.g. 25.6 M -> 7 M (3.68x)."""
+    if not pair:
+        return "-"
+    before, after = pair
+    return f"{_count(before)} -> {_count(after)} ({before / after:.2f}x)"
+
+
+def write_table(results: dict[str, dict[str, Any]], names: list[str], path: str) -> None:
+    """docs/models.md from `{"weights" or "channels": {backend: {model: result}}}`,
+    a row per name in `names` in each table."""
+    weights, channels = results["weights"], results["channels"]
+    backends = _backends(weights)
     lines = [
         "# Which models keras-prune prunes",
         "",
@@ -276,12 +373,7 @@ def write_table(results: dict[str, dict[str, dict[str, Any]]], names: list[str],
         "LM's tied output embedding one layer through a `.keras` file);",
         "`strip_pruning` gives the class back (a `GPT2CausalLM` that generates).",
         "",
-        "Channel pruning (`prune_channels`, `shrink`; not run here) removes the",
-        "feed-forward units of KerasHub's transformer blocks (BERT, GPT-2, Gemma,",
-        "Gemma 3, Mistral, Qwen, Phi-3, Falcon and the others built of the same",
-        "blocks), keeping their",
-        "width and heads; a backbone or task comes back as its class with a",
-        "smaller `intermediate_dim` (docs/structured.md).",
+        "Channel pruning (`prune_channels`, `shrink`) has its own table below.",
         "",
         "**Known failures** come from the models, not the pruning: KerasHub 0.32's",
         "`LlamaTransformerDecoder` and `ViTPatchingAndEmbedding` cannot be",
@@ -292,11 +384,40 @@ def write_table(results: dict[str, dict[str, dict[str, Any]]], names: list[str],
         "|---|" + "---|" * len(backends) + "---|",
     ]
     for name in names:
-        cells = [results[b].get(name, {}).get("status", "not run yet") for b in backends]
+        cells = [weights[b].get(name, {}).get("status", "not run yet") for b in backends]
         dense = sorted(
-            {c for b in backends for c in results[b].get(name, {}).get("left_dense", [])}
+            {c for b in backends for c in weights[b].get(name, {}).get("left_dense", [])}
         )
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(dense) or '-'} |")
+    backends = _backends(channels)
+    lines += [
+        "",
+        "## Removing channels",
+        "",
+        "Run with `--structure channels`. Each model is pruned with",
+        f"`prune_channels(model, ConstantSparsity({SPARSITY}, 0, frequency=1))`, trained",
+        f"{STEPS} steps, shrunk with `shrink`, saved as `.keras` and reloaded without",
+        "keras_prune, with the masked model's predictions at every step (1e-4",
+        "relative). *groups*: the channel groups that can be removed, of all",
+        "(`channel_groups`; the others are left whole, e.g. a model's output or",
+        "channels a LayerNormalization mixes). Parameters and FLOPs (`flops`, 2 x",
+        "multiply-adds per sample) before and after, at the small input the model",
+        "was built for; *-*: FLOPs of custom layers (KerasHub blocks) are not",
+        "counted. KerasHub's transformer blocks lose half their feed-forward units",
+        "(BERT, GPT-2, Gemma, Gemma 3, Mistral, Qwen, Phi-3, Falcon); a backbone or",
+        "task comes back as its class with a smaller `intermediate_dim`",
+        "(docs/structured.md).",
+        "",
+        "| model | " + " | ".join(backends) + " | groups | parameters | FLOPs |",
+        "|---|" + "---|" * len(backends) + "---|---|---|",
+    ]
+    for name in names:
+        row = [channels[b].get(name, {}) for b in backends]
+        done = next((r for r in row if r.get("status") == "works"), {})
+        groups = "{} of {}".format(*done["groups"]) if done else "-"
+        cells = [r.get("status", "not run yet") for r in row]
+        cells += [groups, _ratio(done.get("parameters")), _ratio(done.get("flops"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
 
@@ -314,29 +435,39 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--missing", action="store_true", help="only the models this backend has not run yet"
     )
+    parser.add_argument(
+        "--structure",
+        choices=("weights", "channels"),
+        default="weights",
+        help="prune_low_magnitude (weights) or prune_channels and shrink (channels)",
+    )
     args = parser.parse_args(argv)
     builders = {**kerashub(), **applications()}
     everything = sorted(builders)
     results: dict[str, Any] = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as file:
-            results = json.load(file)
+    for structure, path in RESULTS.items():
+        results[structure] = {}
+        if os.path.exists(path):
+            with open(path) as file:
+                results[structure] = json.load(file)
     if args.table:
         write_table(results, everything, TABLE)
         return 0
     if args.only:
         builders = {n: builders[n] for n in args.only.split(",")}
-    column = results.setdefault(keras.backend.backend(), {})
+    column = results[args.structure].setdefault(keras.backend.backend(), {})
     if args.missing:
         builders = {n: b for n, b in builders.items() if n not in column}
+    checker = check if args.structure == "weights" else check_channels
     start = time.perf_counter()
     for name, build in builders.items():
         if time.perf_counter() - start > args.budget:
             break  # the table says "not run yet" for the rest
-        column[name] = _run(name, build)
+        column[name] = _run(name, build, checker)
         keras.backend.clear_session()
-        with open(RESULTS, "w") as file:  # after each model: a stopped run keeps its results
-            json.dump(results, file, indent=1, sort_keys=True)
+        # After each model: a stopped run keeps its results.
+        with open(RESULTS[args.structure], "w") as file:
+            json.dump(results[args.structure], file, indent=1, sort_keys=True)
         write_table(results, everything, TABLE)
     return 0 if all(r["status"] == "works" for r in column.values()) else 1
 
