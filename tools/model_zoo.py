@@ -48,6 +48,7 @@ import keras
 import numpy as np
 
 import keras_prune
+from keras_prune import _files
 
 SPARSITY = 0.5
 STEPS = 2
@@ -422,6 +423,20 @@ def write_table(results: dict[str, dict[str, Any]], names: list[str], path: str)
         file.write("\n".join(lines) + "\n")
 
 
+def _save_column(path: str, column: dict[str, Any]) -> dict[str, Any]:
+    """Writes this backend's `column` into the JSON file at `path` and returns all
+    its columns. The file is read again first: another backend's run may be
+    writing its own column at the same time."""
+    results = {}
+    if os.path.exists(path):
+        with open(path) as file:
+            results = json.load(file)
+    results[keras.backend.backend()] = column
+    with _files.atomic_path(path, ".json") as temporary, open(temporary, "w") as file:
+        json.dump(results, file, indent=1, sort_keys=True)
+    return results
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated model names")
@@ -465,9 +480,8 @@ def main(argv: list[str]) -> int:
             break  # the table says "not run yet" for the rest
         column[name] = _run(name, build, checker)
         keras.backend.clear_session()
-        # After each model: a stopped run keeps its results.
-        with open(RESULTS[args.structure], "w") as file:
-            json.dump(results[args.structure], file, indent=1, sort_keys=True)
+        # After each model, so that a stopped run keeps its results.
+        results[args.structure] = _save_column(RESULTS[args.structure], column)
         write_table(results, everything, TABLE)
     return 0 if all(r["status"] == "works" for r in column.values()) else 1
 
