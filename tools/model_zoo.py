@@ -1,8 +1,9 @@
 """Runs keras-prune over model definitions nobody here wrote, and writes docs/models.md.
 
 Every `keras.applications` model (built with `weights=None`) and the KerasHub
-backbones and task models BERT, GPT-2, Gemma, Llama and ViT (built from
-small configs: no presets, no downloads) go through what a user does:
+backbones and task models BERT, GPT-2, Gemma, Llama and ViT, and the causal
+LMs of Gemma 3, Mistral, Qwen, Phi-3 and Falcon (built from small configs:
+no presets, no downloads) go through what a user does:
 
     prune_low_magnitude -> fit (a few steps) -> reached sparsity ->
     strip_pruning -> .keras save/load (no keras_prune objects in the file)
@@ -264,8 +265,10 @@ def kerashub() -> dict[str, Callable[[], tuple[Any, ...]]]:
     def gemma() -> keras.Model:
         return m.GemmaBackbone(**text, num_query_heads=2, num_key_value_heads=1, head_dim=8)
 
+    gqa = dict(num_query_heads=2, num_key_value_heads=1)
+
     def llama() -> keras.Model:
-        return m.LlamaBackbone(**text, num_query_heads=2, num_key_value_heads=1)
+        return m.LlamaBackbone(**text, **gqa)
 
     def vit() -> keras.Model:
         return m.ViTBackbone(
@@ -295,6 +298,35 @@ def kerashub() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "GPT2CausalLM": lambda: (m.GPT2CausalLM(gpt2(), preprocessor=None), tokens, *next_token),
         "GemmaBackbone": lambda: (gemma(), tokens),
         "GemmaCausalLM": lambda: (m.GemmaCausalLM(gemma(), preprocessor=None), tokens, *next_token),
+        # Causal LMs of further families, built of blocks channel pruning knows.
+        "Gemma3CausalLM": lambda: (
+            m.Gemma3CausalLM(
+                backbone=m.Gemma3Backbone(**text, **gqa, head_dim=8, image_size=16),
+                preprocessor=None,
+            ),
+            tokens,
+            *next_token,
+        ),
+        "MistralCausalLM": lambda: (
+            m.MistralCausalLM(m.MistralBackbone(**text, **gqa), preprocessor=None),
+            tokens,
+            *next_token,
+        ),
+        "QwenCausalLM": lambda: (
+            m.QwenCausalLM(m.QwenBackbone(**text, **gqa), preprocessor=None),
+            tokens,
+            *next_token,
+        ),
+        "Phi3CausalLM": lambda: (
+            m.Phi3CausalLM(m.Phi3Backbone(**text, **gqa), preprocessor=None),
+            tokens,
+            *next_token,
+        ),
+        "FalconCausalLM": lambda: (
+            m.FalconCausalLM(m.FalconBackbone(**text, num_attention_heads=2), preprocessor=None),
+            tokens,
+            *next_token,
+        ),
         "LlamaBackbone": lambda: (llama(), tokens),
         "LlamaCausalLM": lambda: (m.LlamaCausalLM(llama(), preprocessor=None), tokens, *next_token),
         "ViTBackbone": lambda: (vit(), _images((16, 16, 3))),
@@ -423,15 +455,15 @@ def write_table(results: dict[str, dict[str, Any]], names: list[str], path: str)
         file.write("\n".join(lines) + "\n")
 
 
-def _save_column(path: str, column: dict[str, Any]) -> dict[str, Any]:
-    """Writes this backend's `column` into the JSON file at `path` and returns all
-    its columns. The file is read again first: another backend's run may be
-    writing its own column at the same time."""
+def _save_result(path: str, name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Writes model `name`'s `result` on this backend into the JSON file at `path`
+    and returns all the results there. The file is read again first: other
+    runs (another backend, other models) may be writing theirs at the same time."""
     results = {}
     if os.path.exists(path):
         with open(path) as file:
             results = json.load(file)
-    results[keras.backend.backend()] = column
+    results.setdefault(keras.backend.backend(), {})[name] = result
     with _files.atomic_path(path, ".json") as temporary, open(temporary, "w") as file:
         json.dump(results, file, indent=1, sort_keys=True)
     return results
@@ -481,7 +513,7 @@ def main(argv: list[str]) -> int:
         column[name] = _run(name, build, checker)
         keras.backend.clear_session()
         # After each model, so that a stopped run keeps its results.
-        results[args.structure] = _save_column(RESULTS[args.structure], column)
+        results[args.structure] = _save_result(RESULTS[args.structure], name, column[name])
         write_table(results, everything, TABLE)
     return 0 if all(r["status"] == "works" for r in column.values()) else 1
 
