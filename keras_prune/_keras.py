@@ -217,3 +217,41 @@ def run_graph(model: keras.Model, inputs: Any, call: Callable[..., Any]) -> Any:
     tensors, so its outputs no longer connect to the tensors given.
     """
     return _graph(model)._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call)
+
+
+# The Keras ops (`keras.src.ops.numpy`, 3.0) that `x + 3.0` and friends
+# record in a graph; their classes are not exported.
+_NUMBER_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply",
+               "Divide": "divide", "TrueDivide": "divide"}  # fmt: skip
+
+
+def op_with_number(operation: Any) -> tuple[str, float, bool] | None:
+    """`(kind, number, tensor_first)` if `operation` is a Keras op called once on
+    one tensor and one number (`x + 3.0`, `(1 / 6) * x`), else None; `kind` is
+    "add", "subtract", "multiply" or "divide".
+
+    The op classes of `keras.ops` (`keras.src.ops.numpy`, 3.0) are not
+    exported, and a node's call arguments (`Node.arguments`, 3.0) are where
+    the number is kept: MobileNetV3's hard sigmoid is `relu6(x + 3) / 6`
+    built from such ops.
+    """
+    kind = _NUMBER_OPS.get(type(operation).__name__)
+    if kind is None or type(operation).__module__ != "keras.src.ops.numpy":
+        return None
+    if len(operation._inbound_nodes) != 1:
+        return None
+    arguments = operation._inbound_nodes[0].arguments
+    if arguments.kwargs or len(arguments.args) != 2:
+        return None
+    first, second = arguments.args
+    tensor_first = isinstance(first, keras.KerasTensor)
+    number = second if tensor_first else first
+    if tensor_first == isinstance(second, keras.KerasTensor):  # two tensors, or none
+        return None
+    try:
+        value = keras.ops.convert_to_numpy(number)
+    except (TypeError, ValueError):
+        return None
+    if getattr(value, "size", 1) != 1:
+        return None
+    return kind, float(value.reshape(()) if hasattr(value, "reshape") else value), tensor_first

@@ -186,3 +186,23 @@ def test_run_graph_calls_each_operation_on_the_tensors_given_and_stays_connected
     assert seen == ["dense", "relu"]
     joined = keras.Model(x, outputs)  # raises unless the outputs connect to `x`
     assert [layer.name for layer in joined.layers[1:]] == ["start", "dense", "relu"]
+
+
+def test_op_with_number_reads_the_number_of_an_op_on_one_tensor():
+    x = keras.Input((3,))
+    y = keras.Input((3,))
+    ops = {
+        "plus": x + 3.0,
+        "times": (1 / 6) * x,
+        "over": x / 2,
+        "minus_from": 1 - x,
+        "two_tensors": x * y,
+        "power": x**2,
+    }
+    found = {name: _keras.op_with_number(_keras.source_operation(t)) for name, t in ops.items()}
+    assert found["plus"] == ("add", 3.0, True)
+    assert found["times"] == ("multiply", pytest.approx(1 / 6), False)
+    assert found["over"] == ("divide", 2.0, True)
+    assert found["minus_from"] == ("subtract", 1.0, False)
+    assert found["two_tensors"] is None and found["power"] is None
+    assert _keras.op_with_number(keras.layers.Dense(2)) is None

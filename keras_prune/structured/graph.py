@@ -330,8 +330,10 @@ class _Walk:
     def call(self, layer: Any, inputs: list[Any], layouts: list[Layout], outputs: list[Any]):
         """The output layouts of one call, or None if it is not understood."""
         kind = type(layer)
-        if len(outputs) != 1 or not isinstance(layer, keras.layers.Layer):
+        if len(outputs) != 1:
             return None
+        if not isinstance(layer, keras.layers.Layer):
+            return self.number_op(layer, inputs, layouts, outputs[0])
         if kind in MERGES or kind is L.Multiply:
             return self.merge(layer, layouts)
         if kind is L.Concatenate:
@@ -378,6 +380,19 @@ class _Walk:
                 return None
             return [layout]
         return None
+
+    def number_op(self, operation: Any, inputs: list[Any], layouts: list[Layout], output: Any):
+        """A tensor and a number (`x + 3.0`, `x / 6`): each channel from itself alone.
+        A removed channel stays 0 unless a nonzero number is added to it."""
+        found = _keras.op_with_number(operation)
+        if found is None or len(layouts) != 1 or tuple(inputs[0].shape) != tuple(output.shape):
+            return None
+        kind, number, tensor_first = found
+        if not math.isfinite(number) or (kind == "divide" and (not tensor_first or number == 0)):
+            return None  # x / 0, 6 / x: not 0 where x is
+        zero = number == 0 if kind in ("add", "subtract") else True
+        layout = layouts[0]
+        return [Layout(layout.groups, tuple(z and zero for z in layout.zero), layout.repeat)]
 
     def produce(self, layer: keras.layers.Layer, tensor: Any, layout: Layout):
         if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:

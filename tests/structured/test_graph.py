@@ -71,6 +71,22 @@ def test_a_nonzero_activation_before_a_reader_keeps_the_channels():
     assert groups[("hidden",)].removable
 
 
+def test_ops_with_a_number_are_per_channel_and_adding_one_makes_removed_channels_nonzero():
+    # MobileNetV3's hard sigmoid is `relu6(x + 3) / 6`, built of Keras ops, not layers.
+    x = keras.Input((5,))
+    scaled = L.Dense(8, activation="relu", name="scaled")(x)
+    shifted = L.Dense(8, activation="relu", name="shifted")(x)
+    inverted = L.Dense(8, activation="relu", name="inverted")(x)
+    hidden = L.Concatenate()(
+        [(scaled * 0.5 - 0.0) / 6.0, L.ReLU(6.0)(shifted + 3.0), 2.0 / inverted]
+    )
+    model = keras.Model(x, L.Dense(2, name="out")(L.Dense(4, name="hidden")(hidden)))
+    groups = _groups(model)
+    assert groups[("scaled",)].removable
+    assert "`hidden` would read a nonzero value" in groups[("shifted",)].reason
+    assert "(TrueDivide) reads it and cannot be shrunk" in groups[("inverted",)].reason
+
+
 def test_an_activation_across_channels_keeps_them():
     # softmax normalises over the channels: without one of them the others change.
     x = keras.Input((8, 8, 3))

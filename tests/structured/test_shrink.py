@@ -318,6 +318,12 @@ def test_a_base_model_inside_a_sequential_model_shrinks_as_one_graph():
             "VGG16",
             lambda: keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10),
         ),
+        (  # hard sigmoid and hard swish built of `x + 3.0`, `x * (1 / 6)` ops
+            "MobileNetV3Small",
+            lambda: keras.applications.MobileNetV3Small(
+                weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None
+            ),
+        ),
     ],
 )
 def test_keras_applications_shrink_to_the_masked_models_predictions(name, build):
