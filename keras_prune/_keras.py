@@ -249,9 +249,9 @@ def op_with_number(operation: Any) -> tuple[str, float, bool] | None:
     if tensor_first == isinstance(second, keras.KerasTensor):  # two tensors, or none
         return None
     try:
-        value = keras.ops.convert_to_numpy(number)
+        value = keras.ops.convert_to_numpy(number)  # a numpy array or scalar
     except (TypeError, ValueError):
         return None
-    if getattr(value, "size", 1) != 1:
+    if value.size != 1:
         return None
-    return kind, float(value.reshape(()) if hasattr(value, "reshape") else value), tensor_first
+    return kind, float(value.reshape(())), tensor_first
