@@ -255,3 +255,15 @@ def op_with_number(operation: Any) -> tuple[str, float, bool] | None:
     if value.size != 1:
         return None
     return kind, float(value.reshape(())), tensor_first
+
+
+def is_scaled_sum(layer: Any) -> bool:
+    """Whether `layer` is InceptionResNetV2's `CustomScaleLayer`, which returns
+    `inputs[0] + inputs[1] * scale` (a residual sum: its inputs' channels are
+    one group). The class (`keras.src.applications.inception_resnet_v2`,
+    3.0) is not exported, so it is known by module and name."""
+    kind = type(layer)
+    return (kind.__module__, kind.__qualname__) == (
+        "keras.src.applications.inception_resnet_v2",
+        "CustomScaleLayer",
+    )

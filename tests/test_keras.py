@@ -206,3 +206,10 @@ def test_op_with_number_reads_the_number_of_an_op_on_one_tensor():
     assert found["minus_from"] == ("subtract", 1.0, False)
     assert found["two_tensors"] is None and found["power"] is None
     assert _keras.op_with_number(keras.layers.Dense(2)) is None
+
+
+def test_is_scaled_sum_knows_inception_resnets_residual_layer():
+    model = keras.applications.InceptionResNetV2(weights=None, input_shape=(75, 75, 3), classes=2)
+    found = [layer for layer in model.layers if _keras.is_scaled_sum(layer)]
+    assert len(found) == 40  # 10 + 20 + 10 residual blocks
+    assert not _keras.is_scaled_sum(keras.layers.Add())

@@ -334,7 +334,7 @@ class _Walk:
             return None
         if not isinstance(layer, keras.layers.Layer):
             return self.number_op(layer, inputs, layouts, outputs[0])
-        if kind in MERGES or kind is L.Multiply:
+        if kind in MERGES or kind is L.Multiply or _keras.is_scaled_sum(layer):
             return self.merge(layer, layouts)
         if kind is L.Concatenate:
             return self.concatenate(layer, inputs, layouts)

@@ -425,3 +425,21 @@ def test_an_operation_that_is_not_a_layer_is_kept_in_the_graph():
     _zero(reference.get_layer("a"), "bias", removed, axis=0)
     x = np.random.RandomState(0).normal(size=(4, 6, 4)).astype("float32")
     _close(_outputs(small, x), _outputs(reference, x))
+
+
+def test_inception_resnets_scaled_residual_sum_ties_its_inputs_and_shrinks():
+    # InceptionResNetV2's residual: inputs[0] + inputs[1] * scale, a layer Keras does not export.
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer  # noqa: PLC0415
+
+    x = keras.Input((6, 6, 3))
+    a = L.Conv2D(8, 3, padding="same", activation="relu", name="a")(x)
+    b = L.Conv2D(8, 1, name="b")(a)
+    h = L.Conv2D(8, 1, activation="relu", name="c")(CustomScaleLayer(0.17, name="sum")([a, b]))
+    model = keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(h)))
+    _randomize(model)
+    groups = {group.producers: group for group in channel_groups(model)}
+    assert groups[("a", "b")].removable and groups[("c",)].removable
+    small = shrink(model, 0.5)
+    assert [small.get_layer(n).filters for n in "abc"] == [4, 4, 4]
+    inputs = np.random.RandomState(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
