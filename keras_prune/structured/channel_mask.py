@@ -360,13 +360,14 @@ class FeedForwardMask(_WrappingMask):
 
     The block is one `structured.blocks.FEED_FORWARD` knows (KerasHub's
     `TransformerEncoder`, `TransformerDecoder`, and the Falcon, Gemma,
-    Gemma 3, Mistral, Qwen and Phi-3 decoder blocks). The mask has one entry per unit and is computed
-    as a `ChannelMask`'s (a unit's weights are its column of each inner
-    feed-forward kernel, two in a gated block, and its row of the outer
-    one: `importance.kernel_columns`). The block runs with a removed
-    unit's inner columns and biases read as 0; the activation keeps 0 at
-    0 (a gated block multiplies by it), so the unit adds exactly nothing,
-    as in the smaller block `shrink` makes. Made by `prune_channels`.
+    Gemma 3, Mistral, Qwen and Phi-3 decoder blocks). The mask has one
+    entry per unit and is computed as a `ChannelMask`'s (a unit's weights
+    are its column of each inner feed-forward kernel, two in a gated
+    block, and its row of the outer one: `importance.kernel_columns`).
+    The block runs with a removed unit's inner columns and biases read as
+    0; the activation keeps 0 at 0 (a gated block multiplies by it), so
+    the unit adds exactly nothing, as in the smaller block `shrink` makes.
+    Made by `prune_channels`.
 
     Args:
         layer: the block, built.
