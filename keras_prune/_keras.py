@@ -100,6 +100,11 @@ def is_functional(model: keras.Model) -> bool:
     return isinstance(model, Functional)
 
 
+def is_plain_graph(model: keras.Model) -> bool:
+    """True for `keras.Model(inputs, outputs)` itself, not a subclass of `Functional`."""
+    return type(model) is Functional
+
+
 def has_graph(model: Any) -> bool:
     """True for a Sequential or Functional model: one whose layers form a graph to walk."""
     return isinstance(model, keras.Sequential) or is_functional(model)

@@ -55,14 +55,35 @@ class PrunedGraph(keras.Model):
     Keras revives it as a graph model (its constructor takes `inputs` and
     `outputs`, as `keras.Model`'s does); `origin` is the original model's
     `keras.saving.serialize_keras_object` as JSON, kept in its config.
+    `unsavable` names a layer whose own config cannot re-create it (its copy
+    came from a re-created class, see `prune.py`): then the graph has no
+    config, and `get_config` (so `save`) says to save the weights instead.
     """
 
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any):
         origin = kwargs.pop("origin", None)
         super().__init__(inputs, outputs, name=name, **kwargs)
         self.origin = origin
+        self.unsavable: str | None = None
+
+    def save(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
+        """`keras.Model.save`, refused before any file is written when `unsavable`."""
+        self._check_savable()
+        super().save(filepath, *args, **kwargs)
+
+    def _check_savable(self) -> None:
+        if self.unsavable:
+            raise ValueError(
+                f"Cannot save {self.name!r} whole: its {self.unsavable}, so no config can "
+                "re-create this pruned model. Save its weights instead "
+                "(`model.save_weights('pruned.weights.h5')`, or "
+                "`keras.callbacks.ModelCheckpoint(..., save_weights_only=True)`); to resume, "
+                "prune the original model the same way and `load_weights` into it. "
+                "`strip_pruning` returns a model that saves as usual."
+            )
 
     def get_config(self) -> dict[str, Any]:
+        self._check_savable()
         return {**super().get_config(), "origin": self.origin, "shared": _shared_layers(self)}
 
     @classmethod
@@ -167,16 +188,47 @@ def _shared_layers(model: keras.Model) -> dict[str, list[str]]:
     }
 
 
-def remember(original: keras.Model, pruned: keras.Model) -> keras.Model:
-    """`pruned`, or the same graph as a `PrunedGraph` noting the class that cloning lost."""
+def remember(
+    original: keras.Model, pruned: keras.Model, unsavable: str | None = None
+) -> keras.Model:
+    """`pruned`, or the same graph as a `PrunedGraph` noting the class that cloning lost
+    (and `unsavable`: a layer whose config cannot re-create it, see `PrunedGraph`)."""
     origin = _origin(original, pruned)
     if origin is None:
         return pruned
     graph = PrunedGraph(pruned.input, pruned.output, name=pruned.name, origin=origin)
+    graph.unsavable = unsavable
     preprocessor = _PREPROCESSORS.get(original, getattr(original, "preprocessor", None))
     if preprocessor is not None:
         _PREPROCESSORS[graph] = preprocessor
     return graph
+
+
+def recreate(model: keras.Model) -> keras.Model | None:
+    """A new instance of `model`'s class (for a `PrunedGraph`: the class it was pruned
+    from) made from its config, with new weights; None for a model whose class
+    takes `inputs` and `outputs` (its config is its layers') or whose config fails."""
+    try:
+        if isinstance(model, PrunedGraph):
+            serialized = json.loads(model.origin) if model.origin else None
+        elif _keras.is_functional(model) and not _keras.is_plain_graph(model):
+            serialized = _serialized(model)
+        else:
+            return None
+        if serialized is None:
+            return None
+        serialized.pop("compile_config", None)
+        return keras.saving.deserialize_keras_object(serialized)
+    except Exception:  # the class's own get_config or from_config; the caller says what failed
+        return None
+
+
+def _serialized(model: keras.Model) -> dict[str, Any]:
+    """`model` serialized as Keras saves it, less its preprocessor (an asset, see above)."""
+    serialized = keras.saving.serialize_keras_object(model)
+    if serialized["config"].get("preprocessor") is not None:
+        serialized["config"]["preprocessor"] = None
+    return serialized
 
 
 def _origin(original: keras.Model, clone: keras.Model) -> str | None:
@@ -187,10 +239,7 @@ def _origin(original: keras.Model, clone: keras.Model) -> str | None:
     if not _keras.is_functional(original) or type(clone) is type(original):
         return None
     try:
-        serialized = keras.saving.serialize_keras_object(original)
-        if serialized["config"].get("preprocessor") is not None:
-            serialized["config"]["preprocessor"] = None  # its vocabulary is an asset (see above)
-        return json.dumps(serialized)
+        return json.dumps(_serialized(original))
     except (TypeError, ValueError) as error:  # a config Keras could not save either
         warnings.warn(
             f"strip_pruning will return a plain graph model for {original.name!r}: the "

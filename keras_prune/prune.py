@@ -4,7 +4,10 @@ Every model form is handled:
 
 * Sequential and Functional models are cloned (`keras.models.clone_model`)
   with the selected layers wrapped; shared layers stay shared (one wrapper,
-  one mask); nested models (a model used as a layer) are pruned inside.
+  one mask); nested models (a model used as a layer) are pruned inside. A
+  layer whose own config cannot re-create it, in a model whose class can (a
+  KerasHub backbone, see `_add_fresh`), is copied from a new instance of
+  that class.
 * Subclassed models (`class MyModel(keras.Model)`) are re-created from their
   config as a new instance of the same class, built and given the original
   weights; then every attribute holding a layer (directly, or in a list,
@@ -38,8 +41,26 @@ GLOBAL_GROUP = "global"
 # being built; `original` is the input model's layer at the same place (the
 # same object for Sequential/Functional), which selection matches against.
 Transform = Callable[[keras.layers.Layer, keras.layers.Layer], keras.layers.Layer]
-# id(original layer) -> its replacement, across the nested models of one call.
-Memo = dict[int, keras.layers.Layer]
+
+
+class Memo:
+    """What one `prune_low_magnitude` or `strip_pruning` call knows, across nested models.
+
+    `done`: id(original layer) -> its replacement. `fresh`: id(original
+    layer) -> its copy from a new instance of its model's class, for models
+    whose layers their own configs cannot re-create (`_add_fresh`).
+    """
+
+    def __init__(self) -> None:
+        self.done: dict[int, Any] = {}
+        self.fresh: dict[int, Any] = {}
+        self.not_recreatable: str | None = None  # the first layer its config could not copy
+
+    def copy(self, layer: Any) -> Any:
+        """The new model's copy of `layer` (nested models are passed as they are)."""
+        if isinstance(layer, keras.Model):
+            return layer
+        return self.fresh[id(layer)] if id(layer) in self.fresh else _clone_layer(layer)
 
 
 def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
@@ -52,8 +73,25 @@ def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
             yield layer
 
 
+class _NotRecreatable(Exception):
+    """A layer of a graph model that cannot be re-created from its own config."""
+
+    def __init__(self, layer: Any, error: BaseException):
+        root = error  # Keras wraps a from_config error in one that repeats the whole config
+        while root.__cause__ or root.__context__:
+            root = root.__cause__ or root.__context__
+        super().__init__(
+            f"layer {layer.name!r} ({type(layer).__name__}) cannot be re-created from its "
+            f"config ({type(root).__name__}: {root})"
+        )
+        self.layer, self.error = layer, error
+
+
 def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    return layer.__class__.from_config(layer.get_config())
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception as error:  # the layer's own get_config, from_config or __init__
+        raise _NotRecreatable(layer, error) from error
 
 
 def _unwrapped_weights(wrapper: PruneLowMagnitude) -> list[Any]:
@@ -77,18 +115,19 @@ def _copy_weights(original: keras.layers.Layer, new: keras.layers.Layer) -> None
 def _transform_plain(model: keras.Model, transform: Transform, memo: Memo) -> keras.Model:
     """Clones a Sequential/Functional model through `transform`, keeping weights.
 
-    `memo` maps layers already transformed, anywhere in the model being
-    transformed, to their replacement: a layer that a nested model and the
+    Each layer's copy (`Memo.copy`) is passed to `transform` with the
+    original. A layer already transformed, anywhere in the model being
+    transformed, keeps its replacement: a layer that a nested model and the
     outer graph share (KerasHub's tied `token_embedding`, called by the
     backbone and by the task's output) stays one layer.
     """
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if id(layer) not in memo:
-            memo[id(layer)] = transform(layer, layer)
-            pairs.append((layer, memo[id(layer)]))
-        return memo[id(layer)]
+        if id(layer) not in memo.done:
+            memo.done[id(layer)] = transform(memo.copy(layer), layer)
+            pairs.append((layer, memo.done[id(layer)]))
+        return memo.done[id(layer)]
 
     clone = keras.models.clone_model(model, clone_function=clone_function)
     for original, new in pairs:
@@ -194,12 +233,65 @@ def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Mod
     return clone
 
 
+def _add_fresh(model: keras.Model, memo: Memo) -> bool:
+    """Adds copies of `model`'s layers, nested models' included, from a new
+    instance of its class to `memo.fresh`; False where the class cannot make one.
+
+    For a graph model with a layer that its own config cannot re-create
+    (KerasHub 0.32's `LlamaTransformerDecoder` and `ViTPatchingAndEmbedding`)
+    where the model's class can: a KerasHub backbone or task is re-created
+    from its constructor arguments, as a `.keras` file is loaded. The copies
+    are layers of a private instance; their weights are set after cloning.
+    """
+    fresh = model_class.recreate(model)
+    if fresh is None:
+        return False
+    pairs: list[tuple[Any, Any]] = []
+
+    def match(original: keras.Model, copy: keras.Model) -> bool:
+        if len(original.layers) != len(copy.layers):
+            return False
+        for a, b in zip(original.layers, copy.layers):
+            inner = a.layer if isinstance(a, PruneLowMagnitude) else a
+            if isinstance(a, keras.Model) and isinstance(b, keras.Model):
+                if not match(a, b):
+                    return False
+            elif type(inner) is not type(b) or [w.shape for w in inner.weights] != [
+                w.shape for w in b.weights
+            ]:
+                return False
+            else:
+                pairs.append((a, b))
+        return True
+
+    if not match(model, fresh):
+        return False
+    memo.fresh.update((id(a), b) for a, b in pairs)
+    return True
+
+
 def _transform_model(model: keras.Model, transform: Transform, memo: Memo) -> keras.Model:
-    if _keras.has_graph(model):
+    if not _keras.has_graph(model):
+        # User subclasses of keras.Model are re-created from their config
+        # instead of cloned layer by layer.
+        return _transform_subclassed(model, transform)
+    before = dict(memo.done)
+    try:
         return _transform_plain(model, transform, memo)
-    # User subclasses of keras.Model are re-created from their config
-    # instead of cloned layer by layer.
-    return _transform_subclassed(model, transform)
+    except _NotRecreatable as failed:
+        memo.done = before  # nothing of the failed clone stays
+        if not _add_fresh(model, memo):
+            raise  # a model holding this one may re-create it
+        memo.not_recreatable = memo.not_recreatable or str(failed)
+    return _transform_plain(model, transform, memo)
+
+
+def _not_recreatable(failed: _NotRecreatable, caller: str) -> ValueError:
+    return ValueError(
+        f"{caller} cannot copy the model: its {failed}, and no model holding it is a "
+        "class that its own config re-creates (as a KerasHub backbone is). Fix the "
+        "layer's get_config() or from_config()."
+    )
 
 
 def _check_training_argument(model: keras.Model) -> None:
@@ -384,14 +476,20 @@ def prune_low_magnitude(
             pruning_policy.ensure_model_supports_pruning(to_prune)
         selection = Selection(select)
         unknown: dict[int, keras.layers.Layer] = {}
-        pruned = _prune_model(to_prune, options, selection, pruning_policy, strict, unknown, {})
+        memo = Memo()
+        try:
+            pruned = _prune_model(
+                to_prune, options, selection, pruning_policy, strict, unknown, memo
+            )
+        except _NotRecreatable as failed:
+            raise _not_recreatable(failed, "prune_low_magnitude") from failed.error
         selection.check_all_used()
         if unknown:
             warnings.warn(_unknown_message(unknown.values(), strict=False), stacklevel=2)
         link_groups(pruned_layers(pruned))
         if spread:
             _spread(pruned, distribution)
-        return model_class.remember(to_prune, pruned)
+        return model_class.remember(to_prune, pruned, memo.not_recreatable)
     if select is not None or pruning_policy is not None or distribution != "uniform":
         raise ValueError(
             "`select`, `pruning_policy` and `sparsity_distribution` apply to models; for a "
@@ -504,19 +602,19 @@ def _prune_model(
 ) -> keras.Model:
     """`model` with its selected layers wrapped; unknown weights left dense are added to `unknown`."""
     _check_training_argument(model)
-    plain = _keras.has_graph(model)
 
     def wrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
+        # `layer` is the new model's copy of `original` (a nested model: itself).
         if not isinstance(layer, keras.layers.Layer):  # an op such as `x + y` (MobileNetV3)
-            return _clone_layer(layer) if plain else layer
+            return layer
         if isinstance(layer, PruneLowMagnitude):
-            return PruneLowMagnitude.from_config(layer.get_config()) if plain else layer
+            return layer
         if isinstance(layer, keras.Model):
             inner = Selection(None) if selection(original) else selection
             return _prune_model(layer, options, inner, policy, strict, unknown, memo)
         chosen = selection(original) and (policy is None or policy.allow_pruning(original))
         if not chosen:
-            return _clone_layer(layer) if plain else layer
+            return layer
         prunable = registry.supports(original)  # built: custom layers make sublayers in build
         if not prunable and selection.explicit(original):
             raise ValueError(
@@ -528,9 +626,7 @@ def _prune_model(
         if dense and strict:
             raise ValueError(_unknown_message(dense, strict=True))
         unknown.update((id(u), u) for u in dense)
-        if prunable:
-            return PruneLowMagnitude(_clone_layer(layer) if plain else layer, **options)
-        return _clone_layer(layer) if plain else layer
+        return PruneLowMagnitude(layer, **options) if prunable else layer
 
     return _transform_model(model, wrap, memo)
 
@@ -563,7 +659,11 @@ def strip_pruning(model: keras.Model) -> keras.Model:
             "`keras_prune.shrink(model)` instead, which removes the masked channels and "
             "returns a plain Keras model."
         )
-    return model_class.restore(model, _strip(model, {}))
+    try:
+        stripped = _strip(model, Memo())
+    except _NotRecreatable as failed:
+        raise _not_recreatable(failed, "strip_pruning") from failed.error
+    return model_class.restore(model, stripped)
 
 
 def _strip(model: keras.Model, memo: Memo) -> keras.Model:
@@ -573,10 +673,9 @@ def _strip(model: keras.Model, memo: Memo) -> keras.Model:
         if isinstance(layer, keras.Model):
             return model_class.plain(_strip(layer, memo))
         if isinstance(layer, PruneLowMagnitude):
-            if plain:
-                return _clone_layer(layer.layer)
-            layer.layer.set_weights(_unwrapped_weights(layer))
+            if not plain:  # a graph's copies get their weights after cloning
+                layer.layer.set_weights(_unwrapped_weights(layer))
             return layer.layer
-        return _clone_layer(layer) if plain else layer
+        return layer
 
     return _transform_model(model, unwrap, memo)

@@ -153,3 +153,106 @@ def test_a_config_that_is_not_json_warns_when_pruning_and_strips_to_a_graph():
         pruned = keras_prune.prune_low_magnitude(Unsaveable(8))
     assert not isinstance(pruned, keras_prune.model_class.PrunedGraph)
     assert type(keras_prune.strip_pruning(pruned)) is not Unsaveable
+
+
+class Block(keras.layers.Layer):
+    """A custom layer whose own config cannot re-create it, as KerasHub 0.32's
+    `LlamaTransformerDecoder` (get_config reads an attribute never set)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(self.units, activation="relu", name="dense")
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        return self.dense(x)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable("test_model_class")
+class Backbone(keras.Model):
+    """Re-created from its own arguments, as a KerasHub backbone (and a `.keras` file) is."""
+
+    def __init__(self, units, **kwargs):
+        inputs = keras.Input((6,), name="x")
+        super().__init__(inputs, Block(units, name="block")(inputs), **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"units": self.units, "name": self.name}
+
+
+@keras.saving.register_keras_serializable("test_model_class")
+class Task(keras.Model):
+    """A task around a `Backbone`, as a KerasHub task holds its backbone."""
+
+    def __init__(self, backbone, **kwargs):
+        inputs = keras.Input((6,), name="x")
+        super().__init__(inputs, keras.layers.Dense(3, name="head")(backbone(inputs)), **kwargs)
+        self.backbone = backbone
+
+    def get_config(self):
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
+        return cls(backbone, **config)
+
+
+@pytest.mark.parametrize("form", ["backbone", "task"])
+def test_layers_their_config_cannot_copy_are_copied_from_a_recreated_class(form, tmp_path):
+    model = Backbone(3) if form == "backbone" else Task(Backbone(8))
+    before = [w.numpy().copy() for w in model.weights]
+    x, _ = _data()
+    pruned = _pruned(model)
+    report = keras_prune.sparsity_report(pruned)
+    assert len(report) == (1 if form == "backbone" else 2)  # the block's kernel; the head's
+    assert all(row.zeros == row.size // 2 for row in report)
+    for weight, value in zip(model.weights, before):  # the original is untouched
+        np.testing.assert_array_equal(weight.numpy(), value)
+    assert not any(isinstance(layer, keras_prune.PruneLowMagnitude) for layer in model.layers)
+    stripped = keras_prune.strip_pruning(pruned)
+    assert type(stripped) is type(model)
+    backbone = stripped if form == "backbone" else stripped.backbone
+    kernel = backbone.get_layer("block").dense.kernel.numpy()
+    assert np.count_nonzero(kernel == 0) == kernel.size // 2
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
+    path = str(tmp_path / "stripped.keras")
+    stripped.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), stripped.predict(x, verbose=0))
+
+
+def test_such_a_pruned_model_refuses_a_whole_save_and_resumes_from_its_weights(tmp_path):
+    x, y = _data()
+    model = Task(Backbone(8))
+    pruned = _pruned(model)
+    path = tmp_path / "pruned.keras"
+    with pytest.raises(ValueError, match=r"'block' \(Block\) cannot be re-created .*save_weights"):
+        pruned.save(str(path))
+    assert not path.exists()
+    weights = str(tmp_path / "pruned.weights.h5")
+    pruned.save_weights(weights)
+    resumed = keras_prune.prune_low_magnitude(
+        model, keras_prune.ConstantSparsity(0.5, 0, frequency=1)
+    )
+    resumed.load_weights(weights)
+    np.testing.assert_array_equal(resumed.predict(x, verbose=0), pruned.predict(x, verbose=0))
+    resumed.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    resumed.fit(x, y, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    assert all(row.zeros == row.size // 2 for row in keras_prune.sparsity_report(resumed))
+
+
+def test_a_plain_graph_with_such_a_layer_is_refused_naming_it():
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, Block(4, name="block")(inputs))
+    with pytest.raises(ValueError, match=r"'block' \(Block\) .*AttributeError.*scale"):
+        keras_prune.prune_low_magnitude(model)

@@ -123,3 +123,17 @@ def test_channels_of_a_kerashub_causal_lm_shrink_to_its_class(hub, tmp_path):
     assert result["flops"] is None  # its blocks are custom layers that flops cannot count
     before, after = result["parameters"]
     assert before - after == 2 * 3 * 16 * 8  # half of each block's 3 (16 wide, 16 units) kernels
+
+
+@pytest.mark.parametrize("name", ["LlamaCausalLM", "ViTImageClassifier"])
+def test_kerashub_models_whose_layers_their_configs_cannot_copy(hub, name, tmp_path):
+    # KerasHub 0.32's LlamaTransformerDecoder (get_config) and
+    # ViTPatchingAndEmbedding (from_config) fail keras.models.clone_model.
+    model, x, *target = model_zoo.kerashub()[name]()
+    # Pinned keras-hub (.ci/constraints.txt): a release that fixes them fails
+    # here, and docs/models.md's note on them can go.
+    with pytest.raises((AttributeError, TypeError)):
+        keras.models.clone_model(model.backbone)
+    result = _check(model, x, tmp_path, *target)
+    assert result["stripped_class"] == name
+    assert result["pruned_weights"] == 15
