@@ -243,7 +243,7 @@ def op_with_number(operation: Any) -> tuple[str, float, bool] | None:
     kind = _NUMBER_OPS.get(type(operation).__name__)
     if kind is None or type(operation).__module__ != "keras.src.ops.numpy":
         return None
-    if len(operation._inbound_nodes) != 1:
+    if call_count(operation) != 1:
         return None
     arguments = operation._inbound_nodes[0].arguments
     if arguments.kwargs or len(arguments.args) != 2:

@@ -96,6 +96,21 @@ def _why_not_finite(model: keras.Model, x: Any, y: Any, loss: Any) -> str:
     return f"after {STEPS} training steps it predicts NaN or inf, unpruned too (not keras_prune)"
 
 
+def _reloaded(
+    model: keras.Model, path: str, x: Any, expected: Any, tolerance: float
+) -> tuple[keras.Model, float]:
+    """`model` saved to `path` and loaded back, with its largest difference from
+    `expected` on `x`; asserts that the file names no keras_prune object and
+    that the difference is within `tolerance`."""
+    model.save(path)
+    with open(path, "rb") as file:
+        assert b"keras_prune" not in file.read(), f"{os.path.basename(path)} names keras_prune"
+    loaded = keras.saving.load_model(path)
+    difference = _same(expected, _predict(loaded, x))
+    assert difference <= tolerance, f"the reloaded model predicts differently: {difference}"
+    return loaded, difference
+
+
 def check(
     model: keras.Model, x: Any, folder: str, y: Any = None, loss: Any = "mse"
 ) -> dict[str, Any]:
@@ -124,13 +139,7 @@ def check(
     stripped = keras_prune.strip_pruning(pruned)
     after_strip = _same(masked, _predict(stripped, x))
     assert after_strip <= 1e-5, f"stripped model predicts differently: {after_strip}"
-    path = os.path.join(folder, "model.keras")
-    stripped.save(path)
-    with open(path, "rb") as file:
-        assert b"keras_prune" not in file.read(), "the stripped .keras file names keras_prune"
-    loaded = keras.saving.load_model(path)
-    after_load = _same(masked, _predict(loaded, x))
-    assert after_load <= 1e-5, f"the reloaded model predicts differently: {after_load}"
+    loaded, after_load = _reloaded(stripped, os.path.join(folder, "model.keras"), x, masked, 1e-5)
     kps = os.path.join(folder, "model.kps")
     keras_prune.export(stripped, kps)
     after_export = _same(masked, _predict(keras_prune.load(kps), x))
@@ -187,12 +196,7 @@ def check_channels(
     after_shrink = _same(expected, _predict(small, x))
     assert after_shrink <= 1e-4 * scale, f"the shrunk model predicts differently: {after_shrink}"
     path = os.path.join(folder, "small.keras")
-    small.save(path)
-    with open(path, "rb") as file:
-        assert b"keras_prune" not in file.read(), "the shrunk .keras file names keras_prune"
-    loaded = keras.saving.load_model(path)
-    after_load = _same(expected, _predict(loaded, x))
-    assert after_load <= 1e-4 * scale, f"the reloaded model predicts differently: {after_load}"
+    loaded, after_load = _reloaded(small, path, x, expected, 1e-4 * scale)
     with warnings.catch_warnings(record=True) as unseen:  # custom layers it cannot count
         warnings.simplefilter("always")
         operations = (keras_prune.flops(model), keras_prune.flops(small))

@@ -27,6 +27,7 @@ found.inner, found.outer, found.units  # (Dense,), Dense, 3072
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import keras
 
@@ -112,17 +113,18 @@ def _known(layer: keras.layers.Layer) -> FeedForward | None:
     return FEED_FORWARD.get(f"{kind.__module__}.{kind.__qualname__}")
 
 
-def _per_unit(known: FeedForward, layer: keras.layers.Layer) -> int:
-    """`known.per_unit`, read from `layer`'s config if it names a key there (0 if not an int)."""
+def _per_unit(known: FeedForward, config: dict[str, Any]) -> int:
+    """`known.per_unit`, read from a layer's `config` if it names a key there (0 if not an int)."""
     if isinstance(known.per_unit, int):
         return known.per_unit
-    value = layer.get_config().get(known.per_unit)
+    value = config.get(known.per_unit)
     return value if isinstance(value, int) and value >= 1 else 0
 
 
 def _config_units(known: FeedForward, layer: keras.layers.Layer) -> tuple[int, int]:
     """(units, per unit) as `layer`'s config says them; (0, 0) if it cannot say a whole number."""
-    per_unit, value = _per_unit(known, layer), layer.get_config().get(known.key)
+    config = layer.get_config()
+    per_unit, value = _per_unit(known, config), config.get(known.key)
     if not per_unit or not isinstance(value, int) or value % per_unit:
         return 0, 0
     return value // per_unit, per_unit
