@@ -28,6 +28,7 @@ import keras
 from keras import ops
 
 from keras_prune import _keras, _validation, model_class, registry, sparsity_distribution
+from keras_prune._layer_copy import NotRecreatable, copy_layer
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
@@ -60,7 +61,7 @@ class Memo:
         """The new model's copy of `layer` (nested models are passed as they are)."""
         if isinstance(layer, keras.Model):
             return layer
-        return self.fresh[id(layer)] if id(layer) in self.fresh else _clone_layer(layer)
+        return self.fresh[id(layer)] if id(layer) in self.fresh else copy_layer(layer)
 
 
 def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
@@ -71,27 +72,6 @@ def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:
     for layer in _keras.flatten_layers(model):
         if isinstance(layer, PruneLowMagnitude):
             yield layer
-
-
-class _NotRecreatable(Exception):
-    """A layer of a graph model that cannot be re-created from its own config."""
-
-    def __init__(self, layer: Any, error: BaseException):
-        root = error  # Keras wraps a from_config error in one that repeats the whole config
-        while root.__cause__ or root.__context__:
-            root = root.__cause__ or root.__context__
-        super().__init__(
-            f"layer {layer.name!r} ({type(layer).__name__}) cannot be re-created from its "
-            f"config ({type(root).__name__}: {root})"
-        )
-        self.layer, self.error = layer, error
-
-
-def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    try:
-        return layer.__class__.from_config(layer.get_config())
-    except Exception as error:  # the layer's own get_config, from_config or __init__
-        raise _NotRecreatable(layer, error) from error
 
 
 def _unwrapped_weights(wrapper: PruneLowMagnitude) -> list[Any]:
@@ -278,18 +258,18 @@ def _transform_model(model: keras.Model, transform: Transform, memo: Memo) -> ke
     before = dict(memo.done)
     try:
         return _transform_plain(model, transform, memo)
-    except _NotRecreatable as failed:
+    except NotRecreatable as failed:
         memo.done = before  # nothing of the failed clone stays
         if not _add_fresh(model, memo):
             raise  # a model holding this one may re-create it
-        memo.not_recreatable = memo.not_recreatable or str(failed)
+        memo.not_recreatable = memo.not_recreatable or failed.reason
     return _transform_plain(model, transform, memo)
 
 
-def _not_recreatable(failed: _NotRecreatable, caller: str) -> ValueError:
+def _not_recreatable(failed: NotRecreatable, caller: str) -> ValueError:
     return ValueError(
-        f"{caller} cannot copy the model: its {failed}, and no model holding it is a "
-        "class that its own config re-creates (as a KerasHub backbone is). Fix the "
+        f"{caller} cannot copy the model: its {failed.reason}, and no model holding it "
+        "is a class that its own config re-creates (as a KerasHub backbone is). Fix the "
         "layer's get_config() or from_config()."
     )
 
@@ -481,7 +461,7 @@ def prune_low_magnitude(
             pruned = _prune_model(
                 to_prune, options, selection, pruning_policy, strict, unknown, memo
             )
-        except _NotRecreatable as failed:
+        except NotRecreatable as failed:
             raise _not_recreatable(failed, "prune_low_magnitude") from failed.error
         selection.check_all_used()
         if unknown:
@@ -661,7 +641,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
         )
     try:
         stripped = _strip(model, Memo())
-    except _NotRecreatable as failed:
+    except NotRecreatable as failed:
         raise _not_recreatable(failed, "strip_pruning") from failed.error
     return model_class.restore(model, stripped)
 

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "keras_prune"
 # docs/architecture.md's rows, bottom first: a module may import modules of
 # lower rows, and of its own row where listed in SAME_ROW.
 LAYERS = [
-    {"_backend", "_keras", "_validation", "_files", "_tfevents"},
+    {"_backend", "_keras", "_validation", "_files", "_tfevents", "_layer_copy"},
     {
         "masks",
         "model_class",

@@ -33,6 +33,7 @@ from typing import Any
 import keras
 
 from keras_prune import _keras
+from keras_prune._layer_copy import copy_layer
 
 
 def _graph_models(model: keras.Model) -> list[keras.Model]:
@@ -72,7 +73,7 @@ def flatten(model: keras.Model) -> keras.Model:
         if id(layer) in inline:  # its graph, on the tensors it was called on
             return _keras.run_graph(layer, _fed_inputs(layer, args, kwargs), call)
         if id(layer) not in copies:
-            copies[id(layer)] = (layer, layer.__class__.from_config(layer.get_config()))
+            copies[id(layer)] = (layer, copy_layer(layer))
         return copies[id(layer)][1](*args, **kwargs)
 
     inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]

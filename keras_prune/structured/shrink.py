@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from keras_prune import _keras, _validation, model_class
+from keras_prune._layer_copy import copy_layer
 from keras_prune.structured import blocks
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import WRAPPING, ChannelMask, channel_masks
@@ -249,7 +250,7 @@ def clone(
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
         original = layer.layer if isinstance(layer, WRAPPING) else layer
-        new = original.__class__.from_config(configure(original))
+        new = copy_layer(original, configure)
         if not skip(layer) and isinstance(original, keras.layers.Layer):  # not a GetItem
             pairs.append((original, new))
         new = wrap(original, new)

@@ -453,3 +453,29 @@ def test_groups_it_cannot_prune_are_named_in_one_warning():
     with pytest.warns(UserWarning, match="1 channel group\\(s\\) keep every channel: a: `norm`"):
         masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
     assert list(_masks(masked)) == ["b"]
+
+
+class _Block(L.Layer):
+    """A custom layer whose get_config reads an attribute never set (KerasHub 0.32's Llama)."""
+
+    def call(self, x):
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["graph", "nested"])
+def test_a_layer_its_config_cannot_copy_is_named_before_anything_is_built(nested):
+    inputs = keras.Input((6,))
+    hidden = _Block(name="block")(L.Dense(8, name="hidden")(L.Dense(8, name="a")(inputs)))
+    if nested:  # channel_groups copies it too, to inline the nested model
+        outer = keras.Input((6,))
+        model = keras.Model(outer, L.Dense(2, name="out")(keras.Model(inputs, hidden)(outer)))
+        calls = [keras_prune.channel_groups]
+    else:
+        model, calls = keras.Model(inputs, L.Dense(2, name="out")(hidden)), []
+    calls.append(lambda m: prune_channels(m, keras_prune.ConstantSparsity(0.5, 0)))
+    for call in calls:
+        with pytest.raises(ValueError, match=r"layer 'block' \(_Block\) .*AttributeError.*factor"):
+            call(model)

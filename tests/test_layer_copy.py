@@ -1,0 +1,47 @@
+"""`_layer_copy`: a layer copied from its config, or an error naming it and its class's error."""
+
+import re
+
+import keras
+import pytest
+
+from keras_prune._layer_copy import NotRecreatable, copy_layer
+
+
+class ReadsUnsetAttribute(keras.layers.Layer):
+    """As KerasHub 0.32's LlamaTransformerDecoder: get_config reads what __init__ never set."""
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+class RefusesItsConfig(keras.layers.Layer):
+    """As KerasHub 0.32's ViTPatchingAndEmbedding: its config holds an argument __init__ refuses."""
+
+    def get_config(self):
+        return {**super().get_config(), "derived": 3}
+
+
+def test_a_copy_is_a_new_layer_of_the_same_class_and_config():
+    dense = keras.layers.Dense(4, activation="relu", name="head")
+    dense.build((None, 3))
+    copy = copy_layer(dense)
+    assert type(copy) is keras.layers.Dense and copy is not dense and not copy.built
+    assert copy.get_config() == dense.get_config()
+    edited = copy_layer(dense, lambda layer: {**layer.get_config(), "units": 2})
+    assert edited.units == 2 and edited.name == "head"
+
+
+@pytest.mark.parametrize(
+    "layer, root",
+    [
+        (ReadsUnsetAttribute(name="block"), r"AttributeError: .*'factor'"),
+        (RefusesItsConfig(name="block"), r"ValueError: Unrecognized keyword arguments .*derived"),
+    ],
+)
+def test_a_layer_its_config_cannot_re_create_is_named_with_the_root_error(layer, root):
+    with pytest.raises(NotRecreatable, match=r"layer 'block' \(\w+\) cannot be re-created") as e:
+        copy_layer(layer)
+    assert isinstance(e.value, ValueError)
+    assert re.search(root, e.value.reason), e.value.reason
+    assert "using config=" not in e.value.reason  # Keras's wrapper, which repeats the config
