@@ -34,6 +34,7 @@ masked = keras_prune.prune_channels(model, keras_prune.PolynomialDecay(0, 0.5, 0
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -58,12 +59,29 @@ def _segment(value: Any) -> dict[str, Any]:
     return {"group": str(value["group"]), "size": int(value["size"]), "producers": producers}
 
 
+# Keras maps a model's graph recursively, one Python frame per layer of depth
+# (`Function.__init__` -> `map_graph`, Keras 3.15), and a ChannelMask adds a
+# layer after each masked one: EfficientNetV2L's 1031 layers become 1370,
+# past Python's default limit of 1000 frames, when `prune_channels` builds the
+# masked model and when a `.keras` file of it is loaded. Python 3.11 runs
+# Python-to-Python calls without growing the C stack, so a higher limit is safe.
+DEEP_GRAPH_FRAMES = 10_000
+
+
+def _room_for_deep_graphs() -> None:
+    """Raises Python's recursion limit to `DEEP_GRAPH_FRAMES` (never lowers it)."""
+    if sys.getrecursionlimit() < DEEP_GRAPH_FRAMES:
+        sys.setrecursionlimit(DEEP_GRAPH_FRAMES)
+
+
 @keras.saving.register_keras_serializable(package="keras_prune")
 class ChannelMask(keras.layers.Layer):
     """Multiplies its input's channels (last axis) by a 0/1 mask that a pruning schedule updates.
 
     Made by `prune_channels`; public so that `isinstance` checks and
-    `keras.saving` find it.
+    `keras.saving` find it. Making one raises Python's recursion limit to
+    `DEEP_GRAPH_FRAMES`, so that Keras can build and load masked models
+    deeper than its default allows (see above).
 
     Args:
         pruning_schedule: a `PruningSchedule`; its sparsity is the fraction
@@ -95,6 +113,7 @@ class ChannelMask(keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        _room_for_deep_graphs()
         _validation.instance(
             pruning_schedule, "pruning_schedule", PruningSchedule, "a keras_prune.PruningSchedule"
         )

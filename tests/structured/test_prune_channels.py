@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import keras
@@ -479,3 +480,25 @@ def test_a_layer_its_config_cannot_copy_is_named_before_anything_is_built(nested
     for call in calls:
         with pytest.raises(ValueError, match=r"layer 'block' \(_Block\) .*AttributeError.*factor"):
             call(model)
+
+
+def test_a_masked_model_deeper_than_the_recursion_limit_builds_and_loads(tmp_path):
+    # Keras maps graphs recursively; masks add a layer after each masked one
+    # (EfficientNetV2L: 1031 layers masked to 1370, past Python's default 1000).
+    x = keras.Input((4,))
+    h = x
+    for i in range(100):
+        h = L.Dense(4, name=f"d{i}")(h)
+    model = keras.Model(x, L.Dense(2, name="out")(h))
+    data = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    limit, low = sys.getrecursionlimit(), 200  # the model (100 deep) builds; 200 masked cannot
+    try:
+        sys.setrecursionlimit(low)
+        masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
+        assert len(masked.layers) == len(model.layers) + 100
+        masked.save(str(tmp_path / "masked.keras"))
+        sys.setrecursionlimit(low)  # as a new process would start
+        loaded = keras.saving.load_model(str(tmp_path / "masked.keras"))
+    finally:
+        sys.setrecursionlimit(limit)
+    np.testing.assert_array_equal(_numpy(loaded(data)), _numpy(masked(data)))
