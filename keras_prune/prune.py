@@ -571,6 +571,20 @@ def _unknown_message(layers: Any, strict: bool) -> str:
     )
 
 
+def _wrapped_like(wrapper: PruneLowMagnitude, layer: keras.layers.Layer) -> PruneLowMagnitude:
+    """`layer` in a wrapper with `wrapper`'s name and options (its weights come after cloning)."""
+    return PruneLowMagnitude(
+        layer,
+        pruning_schedule=wrapper.pruning_schedule,
+        block_size=wrapper.block_size,
+        block_pooling_type=wrapper.block_pooling_type,
+        sparsity_m_by_n=wrapper.sparsity_m_by_n,
+        global_group=wrapper.global_group,
+        sparsity_factors=wrapper.sparsity_factors,
+        name=wrapper.name,
+    )
+
+
 def _prune_model(
     model: keras.Model,
     options: dict[str, Any],
@@ -589,6 +603,8 @@ def _prune_model(
             return layer
         if isinstance(layer, PruneLowMagnitude):
             return layer
+        if isinstance(original, PruneLowMagnitude):  # its layer copied from a re-created class
+            return _wrapped_like(original, layer)
         if isinstance(layer, keras.Model):
             inner = Selection(None) if selection(original) else selection
             return _prune_model(layer, options, inner, policy, strict, unknown, memo)

@@ -256,3 +256,17 @@ def test_a_plain_graph_with_such_a_layer_is_refused_naming_it():
     model = keras.Model(inputs, Block(4, name="block")(inputs))
     with pytest.raises(ValueError, match=r"'block' \(Block\) .*AttributeError.*scale"):
         keras_prune.prune_low_magnitude(model)
+
+
+def test_pruning_such_a_pruned_model_again_keeps_its_wrappers_and_masks():
+    x, _ = _data()
+    pruned = _pruned(Task(Backbone(8)))
+    again = keras_prune.prune_low_magnitude(pruned, keras_prune.ConstantSparsity(0.9, 0))
+    before = {w.name: w for w in keras_prune.pruned_layers(pruned)}
+    after = {w.name: w for w in keras_prune.pruned_layers(again)}
+    assert sorted(after) == sorted(before) and len(after) == 2
+    for name, wrapper in after.items():
+        assert wrapper.pruning_schedule.get_config() == before[name].pruning_schedule.get_config()
+        for a, b in zip(wrapper.weights, before[name].weights):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), b.numpy())
+    np.testing.assert_array_equal(again.predict(x, verbose=0), pruned.predict(x, verbose=0))
