@@ -55,35 +55,14 @@ class PrunedGraph(keras.Model):
     Keras revives it as a graph model (its constructor takes `inputs` and
     `outputs`, as `keras.Model`'s does); `origin` is the original model's
     `keras.saving.serialize_keras_object` as JSON, kept in its config.
-    `unsavable` names a layer whose own config cannot re-create it (its copy
-    came from a re-created class, see `prune.py`): then the graph has no
-    config, and `get_config` (so `save`) says to save the weights instead.
     """
 
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any):
         origin = kwargs.pop("origin", None)
         super().__init__(inputs, outputs, name=name, **kwargs)
         self.origin = origin
-        self.unsavable: str | None = None
-
-    def save(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
-        """`keras.Model.save`, refused before any file is written when `unsavable`."""
-        self._check_savable()
-        super().save(filepath, *args, **kwargs)
-
-    def _check_savable(self) -> None:
-        if self.unsavable:
-            raise ValueError(
-                f"Cannot save {self.name!r} whole: its {self.unsavable}, so no config can "
-                "re-create this pruned model. Save its weights instead "
-                "(`model.save_weights('pruned.weights.h5')`, or "
-                "`keras.callbacks.ModelCheckpoint(..., save_weights_only=True)`); to resume, "
-                "prune the original model the same way and `load_weights` into it. "
-                "`strip_pruning` returns a model that saves as usual."
-            )
 
     def get_config(self) -> dict[str, Any]:
-        self._check_savable()
         return {**super().get_config(), "origin": self.origin, "shared": _shared_layers(self)}
 
     @classmethod
@@ -189,15 +168,14 @@ def _shared_layers(model: keras.Model) -> dict[str, list[str]]:
 
 
 def remember(
-    original: keras.Model, pruned: keras.Model, unsavable: str | None = None
+    original: keras.Model, pruned: keras.Model, cls: type[PrunedGraph] = PrunedGraph
 ) -> keras.Model:
-    """`pruned`, or the same graph as a `PrunedGraph` noting the class that cloning lost
-    (and `unsavable`: a layer whose config cannot re-create it, see `PrunedGraph`)."""
+    """`pruned`, or the same graph as a `cls` (a `PrunedGraph`) noting the class that
+    cloning lost."""
     origin = _origin(original, pruned)
     if origin is None:
         return pruned
-    graph = PrunedGraph(pruned.input, pruned.output, name=pruned.name, origin=origin)
-    graph.unsavable = unsavable
+    graph = cls(pruned.input, pruned.output, name=pruned.name, origin=origin)
     preprocessor = _PREPROCESSORS.get(original, getattr(original, "preprocessor", None))
     if preprocessor is not None:
         _PREPROCESSORS[graph] = preprocessor
@@ -210,17 +188,19 @@ def recreate(model: keras.Model) -> keras.Model | None:
     takes `inputs` and `outputs` (its config is its layers') or whose config fails."""
     try:
         if isinstance(model, PrunedGraph):
-            serialized = json.loads(model.origin) if model.origin else None
-        elif _keras.is_functional(model) and not _keras.is_plain_graph(model):
-            serialized = _serialized(model)
-        else:
-            return None
-        if serialized is None:
-            return None
-        serialized.pop("compile_config", None)
-        return keras.saving.deserialize_keras_object(serialized)
+            return from_origin(model.origin) if model.origin else None
+        if _keras.is_functional(model) and not _keras.is_plain_graph(model):
+            return from_origin(json.dumps(_serialized(model)))
+        return None
     except Exception:  # the class's own get_config or from_config; the caller says what failed
         return None
+
+
+def from_origin(origin: str) -> keras.Model:
+    """A new, uncompiled instance of the class and config `origin` holds (as JSON)."""
+    serialized = json.loads(origin)
+    serialized.pop("compile_config", None)
+    return keras.saving.deserialize_keras_object(serialized)
 
 
 def _serialized(model: keras.Model) -> dict[str, Any]:

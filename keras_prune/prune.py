@@ -7,7 +7,7 @@ Every model form is handled:
   one mask); nested models (a model used as a layer) are pruned inside. A
   layer whose own config cannot re-create it, in a model whose class can (a
   KerasHub backbone, see `_add_fresh`), is copied from a new instance of
-  that class.
+  that class; the result saves as that class (`PrunedFromClass`).
 * Subclassed models (`class MyModel(keras.Model)`) are re-created from their
   config as a new instance of the same class, built and given the original
   weights; then every attribute holding a layer (directly, or in a list,
@@ -55,7 +55,7 @@ class Memo:
     def __init__(self) -> None:
         self.done: dict[int, Any] = {}
         self.fresh: dict[int, Any] = {}
-        self.not_recreatable: str | None = None  # the first layer its config could not copy
+        self.recreated = False  # whether some copies came from a re-created class
 
     def copy(self, layer: Any) -> Any:
         """The new model's copy of `layer` (nested models are passed as they are)."""
@@ -258,11 +258,11 @@ def _transform_model(model: keras.Model, transform: Transform, memo: Memo) -> ke
     before = dict(memo.done)
     try:
         return _transform_plain(model, transform, memo)
-    except NotRecreatable as failed:
+    except NotRecreatable:
         memo.done = before  # nothing of the failed clone stays
         if not _add_fresh(model, memo):
             raise  # a model holding this one may re-create it
-        memo.not_recreatable = memo.not_recreatable or failed.reason
+        memo.recreated = True
     return _transform_plain(model, transform, memo)
 
 
@@ -469,7 +469,9 @@ def prune_low_magnitude(
         link_groups(pruned_layers(pruned))
         if spread:
             _spread(pruned, distribution)
-        return model_class.remember(to_prune, pruned, memo.not_recreatable)
+        if memo.recreated:
+            return model_class.remember(to_prune, pruned, PrunedFromClass)
+        return model_class.remember(to_prune, pruned)
     if select is not None or pruning_policy is not None or distribution != "uniform":
         raise ValueError(
             "`select`, `pruning_policy` and `sparsity_distribution` apply to models; for a "
@@ -573,16 +575,78 @@ def _unknown_message(layers: Any, strict: bool) -> str:
 
 def _wrapped_like(wrapper: PruneLowMagnitude, layer: keras.layers.Layer) -> PruneLowMagnitude:
     """`layer` in a wrapper with `wrapper`'s name and options (its weights come after cloning)."""
-    return PruneLowMagnitude(
-        layer,
-        pruning_schedule=wrapper.pruning_schedule,
-        block_size=wrapper.block_size,
-        block_pooling_type=wrapper.block_pooling_type,
-        sparsity_m_by_n=wrapper.sparsity_m_by_n,
-        global_group=wrapper.global_group,
-        sparsity_factors=wrapper.sparsity_factors,
-        name=wrapper.name,
-    )
+    return _wrapped(layer, wrapper.options(), wrapper.name)
+
+
+def _wrapped(layer: keras.layers.Layer, options: dict[str, Any], name: str) -> PruneLowMagnitude:
+    """`layer` in a `PruneLowMagnitude` made from `options` (`PruneLowMagnitude.options`)."""
+    schedule = keras.saving.deserialize_keras_object(options["pruning_schedule"])
+    return PruneLowMagnitude(layer, **{**options, "pruning_schedule": schedule}, name=name)
+
+
+@keras.saving.register_keras_serializable("keras_prune")
+class PrunedFromClass(model_class.PrunedGraph):
+    """A `PrunedGraph` with layers that their own configs cannot re-create (`_add_fresh`).
+
+    No graph config can re-create it, so its config is the original's class
+    and config (`origin`) and, in `wrapped`, the name path of each pruned
+    layer with its wrapper's name and options. Loading re-creates the class
+    and wraps the same layers again; Keras then loads the weights, masks and
+    steps into them by name, as for any model.
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any):
+        wrapped = kwargs.pop("wrapped", None)
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        self.wrapped = _wrapped_paths(self) if wrapped is None else wrapped
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "origin": self.origin, "wrapped": self.wrapped}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> PrunedFromClass:
+        fresh = model_class.from_origin(config["origin"])
+        plan = {tuple(entry["path"]): entry for entry in config["wrapped"]}
+        memo = Memo()
+
+        def reuse(model: keras.Model) -> None:  # the private instance's own layers
+            for layer in model.layers:
+                memo.fresh[id(layer)] = layer
+                if _keras.has_graph(layer):
+                    reuse(layer)
+
+        def transform(path: tuple[str, ...]) -> Transform:
+            def wrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
+                if isinstance(original, keras.Model):
+                    return _transform_model(original, transform((*path, original.name)), memo)
+                entry = plan.get((*path, getattr(original, "name", None)))
+                return layer if entry is None else _wrapped(layer, entry["options"], entry["name"])
+
+            return wrap
+
+        reuse(fresh)
+        pruned = _transform_model(fresh, transform(()), memo)
+        link_groups(pruned_layers(pruned))
+        return cls(
+            pruned.input,
+            pruned.output,
+            name=config["name"],
+            origin=config["origin"],
+            wrapped=config["wrapped"],
+        )
+
+
+def _wrapped_paths(model: keras.Model, path: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """`{"path", "name", "options"}` of each wrapper in `model`'s graph and its nested
+    models', at every place it is called (a tied embedding: in the backbone and the task)."""
+    entries = []
+    for layer in model.layers:
+        if isinstance(layer, PruneLowMagnitude):
+            place = [*path, layer.layer.name]
+            entries.append({"path": place, "name": layer.name, "options": layer.options()})
+        elif _keras.has_graph(layer):
+            entries += _wrapped_paths(layer, (*path, layer.name))
+    return entries
 
 
 def _prune_model(

@@ -306,8 +306,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         ]
 
     def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self.options()}
+
+    def options(self) -> dict[str, Any]:
+        """The config entries of the pruning options (all but the wrapped layer's and the
+        name): what `PruneLowMagnitude.from_config` reads besides them."""
         return {
-            **super().get_config(),
             "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
             "block_size": list(self.block_size),
             "block_pooling_type": self.block_pooling_type,

@@ -231,24 +231,29 @@ def test_layers_their_config_cannot_copy_are_copied_from_a_recreated_class(form,
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), stripped.predict(x, verbose=0))
 
 
-def test_such_a_pruned_model_refuses_a_whole_save_and_resumes_from_its_weights(tmp_path):
+def test_such_a_pruned_model_saves_as_its_class_and_resumes_from_the_file(tmp_path):
     x, y = _data()
     model = Task(Backbone(8))
     pruned = _pruned(model)
-    path = tmp_path / "pruned.keras"
-    with pytest.raises(ValueError, match=r"'block' \(Block\) cannot be re-created .*save_weights"):
-        pruned.save(str(path))
-    assert not path.exists()
-    weights = str(tmp_path / "pruned.weights.h5")
-    pruned.save_weights(weights)
-    resumed = keras_prune.prune_low_magnitude(
-        model, keras_prune.ConstantSparsity(0.5, 0, frequency=1)
-    )
-    resumed.load_weights(weights)
+    path = str(tmp_path / "pruned.keras")
+    pruned.save(path)
+    resumed = keras.saving.load_model(path)
+    assert type(resumed) is type(pruned)
+    for a, b in zip(pruned.weights, resumed.weights, strict=True):  # kernels, masks, steps
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a))
     np.testing.assert_array_equal(resumed.predict(x, verbose=0), pruned.predict(x, verbose=0))
     resumed.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    resumed.fit(x, y, epochs=1, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    resumed.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    steps = [
+        int(keras.ops.convert_to_numpy(w.pruning_step)) for w in keras_prune.pruned_layers(resumed)
+    ]
+    assert steps == [8, 8]  # 4 batches before the file, 4 after
     assert all(row.zeros == row.size // 2 for row in keras_prune.sparsity_report(resumed))
+    stripped = keras_prune.strip_pruning(resumed)
+    assert type(stripped) is Task
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), resumed.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_a_plain_graph_with_such_a_layer_is_refused_naming_it():

@@ -137,3 +137,9 @@ def test_kerashub_models_whose_layers_their_configs_cannot_copy(hub, name, tmp_p
     result = _check(model, x, tmp_path, *target)
     assert result["stripped_class"] == name
     assert result["pruned_weights"] == 15
+    pruned = keras_prune.prune_low_magnitude(model)  # a pruned model also goes through a file
+    pruned.save(str(tmp_path / "pruned.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "pruned.keras"))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(pruned(x)), atol=1e-6
+    )
