@@ -36,6 +36,7 @@ its light dependencies (its `tensorflow-text` requirement conflicts with
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -443,7 +444,10 @@ def write_table(results: dict[str, dict[str, Any]], names: list[str], path: str)
         "counted. KerasHub's transformer blocks lose half their feed-forward units",
         "(BERT, GPT-2, Gemma, Gemma 3, Mistral, Qwen, Phi-3, Falcon); a backbone or",
         "task comes back as its class with a smaller `intermediate_dim`",
-        "(docs/structured.md).",
+        "(docs/structured.md). Llama and ViT do not: their blocks are not known",
+        "(a smaller Llama block cannot be made from its config; ViT keeps all its",
+        "blocks in one `ViTEncoder` layer), and their tasks hold a layer that its",
+        "config cannot re-create, which channel pruning refuses by name.",
         "",
         "| model | " + " | ".join(backends) + " | groups | parameters | FLOPs |",
         "|---|" + "---|" * len(backends) + "---|---|---|",
@@ -461,15 +465,18 @@ def write_table(results: dict[str, dict[str, Any]], names: list[str], path: str)
 
 def _save_result(path: str, name: str, result: dict[str, Any]) -> dict[str, Any]:
     """Writes model `name`'s `result` on this backend into the JSON file at `path`
-    and returns all the results there. The file is read again first: other
-    runs (another backend, other models) may be writing theirs at the same time."""
-    results = {}
-    if os.path.exists(path):
-        with open(path) as file:
-            results = json.load(file)
-    results.setdefault(keras.backend.backend(), {})[name] = result
-    with _files.atomic_path(path, ".json") as temporary, open(temporary, "w") as file:
-        json.dump(results, file, indent=1, sort_keys=True)
+    and returns all the results there. The file is read again first, under a
+    lock: other runs (another backend, other models) may be writing theirs at
+    the same time, and without the lock one run's write lost another's."""
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        results = {}
+        if os.path.exists(path):
+            with open(path) as file:
+                results = json.load(file)
+        results.setdefault(keras.backend.backend(), {})[name] = result
+        with _files.atomic_path(path, ".json") as temporary, open(temporary, "w") as file:
+            json.dump(results, file, indent=1, sort_keys=True)
     return results
 
 
