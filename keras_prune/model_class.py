@@ -196,11 +196,18 @@ def recreate(model: keras.Model) -> keras.Model | None:
         return None
 
 
-def from_origin(origin: str) -> keras.Model:
-    """A new, uncompiled instance of the class and config `origin` holds (as JSON)."""
+def from_origin(
+    origin: str, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> keras.Model:
+    """A new instance of the class and config `origin` holds (as JSON), the
+    config changed by `edit` if given.
+
+    Uncompiled, as a plain graph would be (and without Keras's warning that
+    a KerasHub task's custom `compile` was not called).
+    """
     serialized = json.loads(origin)
     serialized.pop("compile_config", None)
-    return keras.saving.deserialize_keras_object(serialized)
+    return keras.saving.deserialize_keras_object(edit(serialized) if edit else serialized)
 
 
 def _serialized(model: keras.Model) -> dict[str, Any]:
@@ -246,13 +253,9 @@ def restore(
     origin = _origin(pruned, stripped)
     if origin is None:
         return plain(stripped)
-    serialized = json.loads(origin)
-    # Uncompiled, as the plain graph would be (and without Keras's warning that
-    # a KerasHub task's custom `compile` was not called).
-    serialized.pop("compile_config", None)
-    name = serialized.get("class_name", "the original class")
+    name = json.loads(origin).get("class_name", "the original class")
     try:
-        model = keras.saving.deserialize_keras_object(edit(serialized) if edit else serialized)
+        model = from_origin(origin, edit)
     except Exception as error:  # the class's own from_config, or a package not installed
         warnings.warn(
             f"{caller} returns a plain graph model: {name} could not be re-created "

@@ -49,13 +49,13 @@ class Memo:
 
     `done`: id(original layer) -> its replacement. `fresh`: id(original
     layer) -> its copy from a new instance of its model's class, for models
-    whose layers their own configs cannot re-create (`_add_fresh`).
+    whose layers their own configs cannot re-create (`_add_fresh`); empty
+    when every layer copied itself.
     """
 
     def __init__(self) -> None:
         self.done: dict[int, Any] = {}
         self.fresh: dict[int, Any] = {}
-        self.recreated = False  # whether some copies came from a re-created class
 
     def copy(self, layer: Any) -> Any:
         """The new model's copy of `layer` (nested models are passed as they are)."""
@@ -262,7 +262,6 @@ def _transform_model(model: keras.Model, transform: Transform, memo: Memo) -> ke
         memo.done = before  # nothing of the failed clone stays
         if not _add_fresh(model, memo):
             raise  # a model holding this one may re-create it
-        memo.recreated = True
     return _transform_plain(model, transform, memo)
 
 
@@ -469,7 +468,7 @@ def prune_low_magnitude(
         link_groups(pruned_layers(pruned))
         if spread:
             _spread(pruned, distribution)
-        if memo.recreated:
+        if memo.fresh:
             return model_class.remember(to_prune, pruned, PrunedFromClass)
         return model_class.remember(to_prune, pruned)
     if select is not None or pruning_policy is not None or distribution != "uniform":
@@ -590,18 +589,13 @@ class PrunedFromClass(model_class.PrunedGraph):
 
     No graph config can re-create it, so its config is the original's class
     and config (`origin`) and, in `wrapped`, the name path of each pruned
-    layer with its wrapper's name and options. Loading re-creates the class
-    and wraps the same layers again; Keras then loads the weights, masks and
-    steps into them by name, as for any model.
+    layer with its wrapper's name and options (`_wrapped_paths`). Loading
+    re-creates the class and wraps the same layers again; Keras then loads
+    the weights, masks and steps into them by name, as for any model.
     """
 
-    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any):
-        wrapped = kwargs.pop("wrapped", None)
-        super().__init__(inputs, outputs, name=name, **kwargs)
-        self.wrapped = _wrapped_paths(self) if wrapped is None else wrapped
-
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "origin": self.origin, "wrapped": self.wrapped}
+        return {"name": self.name, "origin": self.origin, "wrapped": _wrapped_paths(self)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> PrunedFromClass:
@@ -627,13 +621,7 @@ class PrunedFromClass(model_class.PrunedGraph):
         reuse(fresh)
         pruned = _transform_model(fresh, transform(()), memo)
         link_groups(pruned_layers(pruned))
-        return cls(
-            pruned.input,
-            pruned.output,
-            name=config["name"],
-            origin=config["origin"],
-            wrapped=config["wrapped"],
-        )
+        return cls(pruned.input, pruned.output, name=config["name"], origin=config["origin"])
 
 
 def _wrapped_paths(model: keras.Model, path: tuple[str, ...] = ()) -> list[dict[str, Any]]:
