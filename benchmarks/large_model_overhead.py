@@ -2,7 +2,7 @@
 """Training-step cost of pruning on real-sized models: ResNet50 and a BERT-base-shaped encoder.
 
     python benchmarks/large_model_overhead.py [--models resnet50,bert] [--steps 8]
-        [--backends tensorflow,jax,torch] [--structure weights|channels]
+        [--backends tensorflow,jax,torch] [--structure weights|channels] [--out FILE]
 
 For each backend and model (one child process each, KERAS_BACKEND set):
 
@@ -33,7 +33,8 @@ BERT each block's feed-forward units, the only channels of a KerasHub
 block that can go). Results: BENCHMARKS.md.
 
 Writes benchmarks/results/large_model_overhead.json
-(`--structure channels`: large_model_overhead_channels.json).
+(`--structure channels`: large_model_overhead_channels.json; `--out` names
+another file, e.g. for another machine).
 """
 
 from __future__ import annotations
@@ -156,12 +157,13 @@ def main() -> None:
     parser.add_argument("--frequency", type=int, default=4)
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--structure", choices=("weights", "channels"), default="weights")
+    parser.add_argument("--out", help="the results file to merge into (default: see above)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.frequency, args.structure)))
         return
-    out = OUT_CHANNELS if args.structure == "channels" else OUT
+    out = args.out or (OUT_CHANNELS if args.structure == "channels" else OUT)
     results = json.load(open(out)) if os.path.exists(out) else {}
     for backend in args.backends.split(","):
         for name in args.models.split(","):
