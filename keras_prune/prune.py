@@ -588,10 +588,10 @@ class PrunedFromClass(model_class.PrunedGraph):
     """A `PrunedGraph` with layers that their own configs cannot re-create (`_add_fresh`).
 
     No graph config can re-create it, so its config is the original's class
-    and config (`origin`) and, in `wrapped`, the name path of each pruned
-    layer with its wrapper's name and options (`_wrapped_paths`). Loading
-    re-creates the class and wraps the same layers again; Keras then loads
-    the weights, masks and steps into them by name, as for any model.
+    and config (`origin`) and, in `wrapped`, where each wrapper sits with its
+    name and options (`_wrapped_paths`). Loading re-creates the class and
+    wraps the layers at the same places again; Keras then loads the
+    weights, masks and steps into them, as for any model.
     """
 
     def get_config(self) -> dict[str, Any]:
@@ -609,31 +609,39 @@ class PrunedFromClass(model_class.PrunedGraph):
                 if _keras.has_graph(layer):
                     reuse(layer)
 
-        def transform(path: tuple[str, ...]) -> Transform:
+        def transform(model: keras.Model, path: tuple[int, ...]) -> Transform:
+            places = {id(layer): (*path, i) for i, layer in enumerate(model.layers)}
+
             def wrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:
+                place = places.get(id(original))  # None for an op such as `x + y`
                 if isinstance(original, keras.Model):
-                    return _transform_model(original, transform((*path, original.name)), memo)
-                entry = plan.get((*path, getattr(original, "name", None)))
+                    return _transform_model(original, transform(original, place), memo)
+                entry = plan.get(place)
                 return layer if entry is None else _wrapped(layer, entry["options"], entry["name"])
 
             return wrap
 
         reuse(fresh)
-        pruned = _transform_model(fresh, transform(()), memo)
+        pruned = _transform_model(fresh, transform(fresh, ()), memo)
         link_groups(pruned_layers(pruned))
         return cls(pruned.input, pruned.output, name=config["name"], origin=config["origin"])
 
 
-def _wrapped_paths(model: keras.Model, path: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def _wrapped_paths(model: keras.Model, path: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     """`{"path", "name", "options"}` of each wrapper in `model`'s graph and its nested
-    models', at every place it is called (a tied embedding: in the backbone and the task)."""
+    models', at every place it is called (a tied embedding: in the backbone and the task).
+
+    A path is the positions in `layers` of the nested models and of the
+    wrapper, not their names: a new instance of a class names the layers
+    its constructor leaves unnamed anew (`dense_7`), and Keras loads a
+    model's layers by position too.
+    """
     entries = []
-    for layer in model.layers:
+    for i, layer in enumerate(model.layers):
         if isinstance(layer, PruneLowMagnitude):
-            place = [*path, layer.layer.name]
-            entries.append({"path": place, "name": layer.name, "options": layer.options()})
+            entries.append({"path": [*path, i], "name": layer.name, "options": layer.options()})
         elif _keras.has_graph(layer):
-            entries += _wrapped_paths(layer, (*path, layer.name))
+            entries += _wrapped_paths(layer, (*path, i))
     return entries
 
 

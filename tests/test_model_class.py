@@ -232,21 +232,8 @@ def test_layers_their_config_cannot_copy_are_copied_from_a_recreated_class(form,
 
 
 def test_such_a_pruned_model_saves_as_its_class_and_resumes_from_the_file(tmp_path):
-    x, y = _data()
-    model = Task(Backbone(8))
-    pruned = _pruned(model)
-    path = str(tmp_path / "pruned.keras")
-    pruned.save(path)
-    resumed = keras.saving.load_model(path)
-    assert type(resumed) is type(pruned)
-    for a, b in zip(pruned.weights, resumed.weights, strict=True):  # kernels, masks, steps
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a))
-    np.testing.assert_array_equal(resumed.predict(x, verbose=0), pruned.predict(x, verbose=0))
-    resumed.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    resumed.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
-    steps = [
-        int(keras.ops.convert_to_numpy(w.pruning_step)) for w in keras_prune.pruned_layers(resumed)
-    ]
+    x, _ = _data()
+    resumed, steps = _saved_and_resumed(_pruned(Task(Backbone(8))), tmp_path)
     assert steps == [8, 8]  # 4 batches before the file, 4 after
     assert all(row.zeros == row.size // 2 for row in keras_prune.sparsity_report(resumed))
     stripped = keras_prune.strip_pruning(resumed)
@@ -254,6 +241,46 @@ def test_such_a_pruned_model_saves_as_its_class_and_resumes_from_the_file(tmp_pa
     np.testing.assert_allclose(
         stripped.predict(x, verbose=0), resumed.predict(x, verbose=0), rtol=1e-6, atol=1e-6
     )
+
+
+def _saved_and_resumed(pruned, tmp_path, before_loading=lambda: None):
+    """`pruned` saved, loaded (checked equal) and trained one more epoch; the
+    loaded model and its wrappers' pruning steps."""
+    x, y = _data()
+    path = str(tmp_path / "pruned.keras")
+    pruned.save(path)
+    before_loading()
+    resumed = keras.saving.load_model(path)
+    assert type(resumed) is type(pruned)
+    for a, b in zip(pruned.weights, resumed.weights, strict=True):  # kernels, masks, steps
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a))
+    np.testing.assert_array_equal(resumed.predict(x, verbose=0), pruned.predict(x, verbose=0))
+    resumed.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    resumed.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    wrappers = keras_prune.pruned_layers(resumed)
+    return resumed, [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in wrappers]
+
+
+@keras.saving.register_keras_serializable("test_model_class")
+class UnnamedTask(keras.Model):
+    """A graph with such a layer whose layers are left unnamed: each new
+    instance of the class names them anew (`dense_7`)."""
+
+    def __init__(self, units, **kwargs):
+        inputs = keras.Input((6,))
+        hidden = Block(units)(keras.layers.Dense(units)(inputs))
+        super().__init__(inputs, keras.layers.Dense(3)(hidden), **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"units": self.units, "name": self.name}
+
+
+def test_such_a_pruned_model_with_unnamed_layers_loads_under_other_names(tmp_path):
+    pruned = _pruned(UnnamedTask(8))
+    # The instance that loading makes is not the next one: it names its layers otherwise.
+    _, steps = _saved_and_resumed(pruned, tmp_path, before_loading=lambda: UnnamedTask(8))
+    assert steps == [8, 8, 8]  # two Dense layers and the block's
 
 
 def test_a_plain_graph_with_such_a_layer_is_refused_naming_it():
