@@ -246,7 +246,7 @@ def restore(
 
     The class is re-created from the noted config, changed by `edit` if
     given (`shrink` gives its smaller sizes), and must have the same
-    variables as `stripped` (paths and shapes, in order). Where it cannot,
+    variables as `stripped` (names and shapes, in order). Where it cannot,
     a warning from `caller` says why and the plain graph of `stripped` is
     returned.
     """
@@ -263,15 +263,19 @@ def restore(
             stacklevel=4,
         )
         return plain(stripped)
-    expected = [(v.path, tuple(v.shape)) for v in stripped.weights]
-    got = [(v.path, tuple(v.shape)) for v in model.weights]
+    # By position, as set_weights assigns them: a new instance names the
+    # layers its constructor leaves unnamed anew (dense_7/kernel).
+    expected = [(v.name, tuple(v.shape)) for v in stripped.weights]
+    got = [(v.name, tuple(v.shape)) for v in model.weights]
     if got != expected:
-        differ = [f"{p} {shape}" for p, shape in expected if (p, shape) not in got][:3]
+        at = next((i for i, (e, g) in enumerate(zip(expected, got)) if e != g), None)
+        if at is None:
+            detail = f"{len(expected)} variables against {len(got)}"
+        else:
+            detail = f"{stripped.weights[at].path} {expected[at][1]} against {got[at][1]}"
         warnings.warn(
             f"{caller} returns a plain graph model: a {name} re-created from its config "
-            "does not have the variables of the model it returns"
-            + (f" ({', '.join(differ)}...)" if differ else "")
-            + ".",
+            f"does not have the variables of the model it returns ({detail}).",
             stacklevel=4,
         )
         return plain(stripped)

@@ -1,5 +1,7 @@
 """A Functional subclass (as KerasHub's backbones and tasks are) comes back as its class from strip_pruning."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -22,6 +24,20 @@ class Classifier(keras.Model):
 
     def probabilities(self, x):
         return keras.ops.softmax(self(x))
+
+
+@keras.saving.register_keras_serializable("test_model_class")
+class UnnamedClassifier(keras.Model):
+    """A `Classifier` whose layers are left unnamed: each new instance names them anew."""
+
+    def __init__(self, units, **kwargs):
+        inputs = keras.Input((6,))
+        hidden = keras.layers.Dense(units, activation="relu")(inputs)
+        super().__init__(inputs, keras.layers.Dense(3)(hidden), **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"units": self.units, "name": self.name}
 
 
 class Unrebuildable(Classifier):
@@ -281,6 +297,19 @@ def test_such_a_pruned_model_with_unnamed_layers_loads_under_other_names(tmp_pat
     # The instance that loading makes is not the next one: it names its layers otherwise.
     _, steps = _saved_and_resumed(pruned, tmp_path, before_loading=lambda: UnnamedTask(8))
     assert steps == [8, 8, 8]  # two Dense layers and the block's
+
+
+@pytest.mark.parametrize("cls", ["UnnamedClassifier", "UnnamedTask"])
+def test_strip_gives_back_a_class_whose_layers_are_unnamed(cls):
+    x, _ = _data()
+    pruned = _pruned(globals()[cls](8))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "strip_pruning returns a plain graph model")
+        stripped = keras_prune.strip_pruning(pruned)
+    assert type(stripped) is globals()[cls]
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_a_plain_graph_with_such_a_layer_is_refused_naming_it():
