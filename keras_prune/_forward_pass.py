@@ -124,14 +124,17 @@ def call_with_values(
     The scope maps every variable of the layer, so that values from an outer
     stateless scope (JAX's train step) are seen; updates the layer makes
     inside (normalisation statistics, a dropout's seed) are assigned, and its
-    losses added to `wrapper`.
+    losses added to `wrapper`. That includes a new value the layer gives a
+    masked weight, computed from the masked value (`SpectralNormalization`
+    rescales its kernel in each training call), so that the stored weight
+    is what the layer read, as without pruning.
     """
     current = [(v, values.get(id(v), v.value)) for v in wrapper.layer.variables]
     with keras.StatelessScope(state_mapping=current, collect_losses=True) as scope:
         outputs = wrapper.layer(*args, **kwargs)
     for variable, value in current:
         new_value = scope.get_current_value(variable)
-        if new_value is not value and id(variable) not in values:
+        if new_value is not value:
             variable.assign(new_value)
     for loss in scope.losses:
         wrapper.add_loss(loss)

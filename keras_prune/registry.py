@@ -183,14 +183,21 @@ for _cls in (_L.SimpleRNN, _L.LSTM, _L.GRU):
     register_prunable(_cls, ["cell.kernel", "cell.recurrent_kernel"])
 for _cls in (_L.SimpleRNNCell, _L.LSTMCell, _L.GRUCell):
     register_prunable(_cls, ["kernel", "recurrent_kernel"])
+for _cls in (_L.ConvLSTM1D, _L.ConvLSTM2D, _L.ConvLSTM3D):  # (their cell class is private)
+    register_prunable(_cls, ["cell.kernel", "cell.recurrent_kernel"])
+# SpectralNormalization rescales its layer's kernel in each training call:
+# prune that kernel (the rescaled masked kernel is what the layer reads and
+# what is stored); its power-iteration vector is no connection.
+register_prunable(_L.SpectralNormalization, ["layer.kernel"])
 register_prunable(
     _L.MultiHeadAttention,
     [f"{p}_dense.kernel" for p in ("query", "key", "value", "output")],
 )
-# Normalisation parameters are scales and shifts, not connections: never pruned.
+# Normalisation parameters are scales and shifts, not connections: never
+# pruned; nor the score scales of the attention layers without projections.
 for _cls in (
     _L.BatchNormalization, _L.LayerNormalization, _L.GroupNormalization,
-    _L.UnitNormalization, _L.Normalization, _L.PReLU,
+    _L.UnitNormalization, _L.Normalization, _L.PReLU, _L.Attention, _L.AdditiveAttention,
     *[getattr(_L, n) for n in ("RMSNormalization",) if hasattr(_L, n)],  # Keras >= 3.9
 ):  # fmt: skip
     register_prunable(_cls, [])

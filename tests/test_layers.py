@@ -67,6 +67,13 @@ LAYERS = {
     "simple_rnn": (conv(L.SimpleRNN, 6), (5, 4), False, RNN_WEIGHTS),
     "lstm": (conv(L.LSTM, 6, unit_forget_bias=False), (5, 4), False, RNN_WEIGHTS),
     "gru": (conv(L.GRU, 6), (5, 4), False, RNN_WEIGHTS),
+    "conv_lstm1d": (conv(L.ConvLSTM1D, 3, 3), (4, 6, 2), False, RNN_WEIGHTS),
+    "spectral_normalization": (
+        lambda: L.SpectralNormalization(L.Dense(8, **ONES)),
+        (6,),
+        False,
+        ("layer.kernel",),
+    ),
 }
 
 
@@ -134,8 +141,9 @@ def test_layer_trains_to_exactly_the_scheduled_sparsity(kind):
         "separable_conv1d": 2,
         "separable_conv2d": 2,
         "multi_head_attention": 4,
+        "spectral_normalization": 2,
     }.get(kind, 1)
-    for variable in others:  # biases (initialised to ones), depthwise kernels
+    for variable in others:  # biases (initialised to ones), depthwise kernels, power iteration
         assert np.count_nonzero(numpy(variable.value)) == math.prod(variable.shape), variable.path
 
     stripped = assert_strip_predicts_the_same(pruned, x)
@@ -143,6 +151,39 @@ def test_layer_trains_to_exactly_the_scheduled_sparsity(kind):
     assert [r.zeros for r in rows] == [
         math.prod(w.shape) - max(round(math.prod(w.shape) * (1 - SPARSITY)), 1) for w in expected
     ]
+
+
+def test_spectral_normalization_stores_its_rescaled_pruned_kernel_as_without_pruning():
+    # SpectralNormalization divides its kernel by the kernel's largest
+    # singular value in each training call and stores the result (on
+    # TensorFlow and torch; Keras's JAX trainer keeps a trainable variable's
+    # value from the optimizer only). The pruned kernel must end up as
+    # rescaled as the unpruned model's, on each backend.
+    def model():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6,))
+        hidden = L.SpectralNormalization(L.Dense(8), name="sn")(inputs)
+        return keras.Model(inputs, L.Dense(1)(hidden))
+
+    def top_singular_value(model):
+        return np.linalg.svd(numpy(model.get_layer("sn").layer.kernel.value))[1][0]
+
+    x, y = data((6,), False, n=32)
+    plain = model()
+    plain.compile(keras.optimizers.SGD(0.01), "mse")
+    plain.fit(x, y, batch_size=BATCH_SIZE, epochs=4, verbose=0, shuffle=False)
+    pruned = kp.prune_low_magnitude(model(), kp.ConstantSparsity(SPARSITY, 0, frequency=1))
+    pruned.compile(keras.optimizers.SGD(0.01), "mse")
+    pruned.fit(x, y, batch_size=BATCH_SIZE, epochs=4, verbose=0, shuffle=False,
+               callbacks=[kp.UpdatePruningStep()])  # fmt: skip
+    stripped = assert_strip_predicts_the_same(pruned, x)
+
+    initial = top_singular_value(model())
+    assert abs(top_singular_value(stripped) - top_singular_value(plain)) < 0.1
+    if keras.backend.backend() != "jax":
+        assert abs(top_singular_value(plain) - 1.0) < 0.05 < abs(initial - 1.0)
+    kernel = numpy(stripped.get_layer("sn").layer.kernel.value)
+    assert np.count_nonzero(kernel) == kernel.size // 2
 
 
 @pytest.mark.parametrize("norm", [L.BatchNormalization, L.LayerNormalization])
