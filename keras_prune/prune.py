@@ -85,11 +85,28 @@ def _copy_weights(original: keras.layers.Layer, new: keras.layers.Layer) -> None
     if isinstance(original, keras.Model) or original is new:
         return  # nested models are transformed, weights included, recursively
     if isinstance(original, PruneLowMagnitude) and not isinstance(new, PruneLowMagnitude):
-        new.set_weights(_unwrapped_weights(original))
+        target, weights = new, _unwrapped_weights(original)
     elif isinstance(new, PruneLowMagnitude) and not isinstance(original, PruneLowMagnitude):
-        new.layer.set_weights(original.get_weights())
+        target, weights = new.layer, original.get_weights()
     else:
-        new.set_weights(original.get_weights())
+        target, weights = new, original.get_weights()
+    if len(target.weights) != len(weights):
+        raise ValueError(_lost_in_copy(original, len(weights), len(target.weights)))
+    target.set_weights(weights)
+
+
+def _lost_in_copy(layer: keras.layers.Layer, had: int, has: int) -> str:
+    """Why `layer`, copied from its config, cannot take its weights."""
+    message = (
+        f"Layer {layer.name!r} ({type(layer).__name__}) has {had} weights, but the copy "
+        f"that its config makes has {has}: its config does not record all of its state"
+    )
+    if registry.cannot_prune(layer):  # LoRA enabled inside
+        message += (
+            " (LoRA was enabled in it, e.g. by a KerasHub backbone's `enable_lora`, which "
+            "its sublayers' configs do not carry); prune the model without LoRA"
+        )
+    return message + "."
 
 
 def _transform_plain(model: keras.Model, transform: Transform, memo: Memo) -> keras.Model:
@@ -406,9 +423,10 @@ def prune_low_magnitude(
             `PruneForLatencyOnXNNPack()`): it checks the model first and
             then decides, with `select`, which layers are pruned.
         strict: for a model, True refuses (ValueError) a selected layer
-            with weights keras_prune does not know how to prune, instead of
-            leaving it dense with a warning. A layer selected by instance,
-            name or class that has nothing to prune is an error either way.
+            with weights keras_prune does not know how to prune (or cannot:
+            a layer with LoRA enabled), instead of leaving it dense with a
+            warning. A layer selected by instance, name or class that has
+            nothing to prune is an error either way.
         global_pruning: deprecated spelling of
             `sparsity_distribution="global"` (True) or "uniform" (False).
         **kwargs: passed to `PruneLowMagnitude` (e.g. `name`) for a layer.
@@ -563,13 +581,25 @@ def _spread(model: keras.Model, distribution: Distribution) -> None:
 
 
 def _unknown_message(layers: Any, strict: bool) -> str:
-    names = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in layers)
-    start = "cannot prune" if strict else "left these weights dense: it does not know how to prune"
-    return (
-        f"keras_prune {start} {names}. Implement keras_prune.PrunableLayer on the class or "
-        "call keras_prune.register_prunable(its_class, [...]) to prune them"
-        + (", or pass strict=False to leave them dense." if strict else "; strict=True refuses.")
-    )
+    """The warning (or, `strict`, the error) about `registry.unknown_layers` left dense."""
+    layers = list(layers)
+    unknown = [layer for layer in layers if not registry.cannot_prune(layer)]
+    parts = []
+    if unknown:
+        names = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in unknown)
+        start = "cannot prune" if strict else "does not know how to prune"
+        parts.append(
+            f"{start} {names}. Implement keras_prune.PrunableLayer on the class or call "
+            "keras_prune.register_prunable(its_class, [...]) to prune them."
+        )
+    parts += [
+        f"cannot prune {layer.name!r} ({type(layer).__name__}): {registry.cannot_prune(layer)}."
+        for layer in layers
+        if registry.cannot_prune(layer)
+    ]
+    if strict:
+        return f"keras_prune {' It '.join(parts)} Pass strict=False to leave them dense."
+    return f"keras_prune left these weights dense: it {' It '.join(parts)} strict=True refuses."
 
 
 def _wrapped_like(wrapper: PruneLowMagnitude, layer: keras.layers.Layer) -> PruneLowMagnitude:
@@ -673,10 +703,16 @@ def _prune_model(
             return layer
         prunable = registry.supports(original)  # built: custom layers make sublayers in build
         if not prunable and selection.explicit(original):
+            reason = registry.cannot_prune(original)
             raise ValueError(
-                f"`select` picks layer {original.name!r} ({type(original).__name__}), which has "
-                "no weights keras_prune can prune; select layers with kernels or embeddings, "
-                "or register its class with keras_prune.register_prunable."
+                f"`select` picks layer {original.name!r} ({type(original).__name__}), "
+                + (
+                    f"which keras_prune cannot prune: {reason}."
+                    if reason
+                    else "which has no weights keras_prune can prune; select layers with "
+                    "kernels or embeddings, or register its class with "
+                    "keras_prune.register_prunable."
+                )
             )
         dense = registry.unknown_layers(original)
         if dense and strict:

@@ -93,6 +93,31 @@ def is_known(layer: Any) -> bool:
     return isinstance(layer, PrunableLayer) or _registered_paths(layer) is not None
 
 
+def cannot_prune(layer: Any) -> str | None:
+    """Why a layer the registry knows cannot be pruned as it is, or None if it can.
+
+    A Dense, EinsumDense or Embedding with LoRA enabled (`enable_lora`, or a
+    KerasHub backbone's) reads its kernel as the frozen kernel plus the
+    product of two trained factors, a sum that no mask keeps sparse. Such a
+    layer, and a known layer holding one (a `MultiHeadAttention` whose query
+    projection has LoRA), stay dense and are reported like unknown layers.
+    """
+    if any(
+        getattr(inner, "lora_enabled", False)
+        for inner in _keras.flatten_layers(layer, include_self=True)
+    ):
+        return (
+            "LoRA is enabled, so the kernel it reads is the frozen kernel plus "
+            "trained factors, which no mask keeps sparse"
+        )
+    return None
+
+
+def dense_reason(layer: keras.layers.Layer) -> str:
+    """Why `unknown_layers` lists `layer`: `cannot_prune`'s reason, or that the registry does not know it."""
+    return cannot_prune(layer) or "keras_prune does not know how to prune this layer"
+
+
 def _known_inside(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """The outermost known layers inside the unknown `layer`, at any depth, each once."""
     found: list[keras.layers.Layer] = []
@@ -115,19 +140,21 @@ def supports(layer: Any) -> bool:
     if not isinstance(layer, keras.layers.Layer):
         return False
     if is_known(layer):
-        return isinstance(layer, PrunableLayer) or bool(_registered_paths(layer))
+        prunable = isinstance(layer, PrunableLayer) or bool(_registered_paths(layer))
+        return prunable and cannot_prune(layer) is None
     return any(supports(sub) for sub in _known_inside(layer))
 
 
 def unknown_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """`layer` and the layers inside it that own weights the registry does not know.
+    """`layer` and the layers inside it that own weights the registry does not know
+    (or knows but `cannot_prune`).
 
     These weights are never pruned; `prune_low_magnitude` warns about them
     (or refuses, with `strict=True`) and `sparsity_report` lists them.
     Layers inside a known layer are the known layer's business.
     """
     if is_known(layer):
-        return []
+        return [layer] if cannot_prune(layer) else []
     found = [layer] if _keras.own_variables(layer) else []
     for sub in _keras.sublayers(layer):
         found += [u for u in unknown_layers(sub) if all(u is not f for f in found)]
@@ -138,10 +165,14 @@ def get_prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
     """The variables of a built `layer` that pruning masks.
 
     Raises:
-        ValueError: if the layer is not built or the registry does not know it.
+        ValueError: if the layer is not built, the registry does not know it,
+            or it `cannot_prune`.
     """
     if not isinstance(layer, keras.layers.Layer):
         raise TypeError(f"`layer` must be a keras.layers.Layer; got {type(layer).__name__}.")
+    reason = cannot_prune(layer)
+    if reason:
+        raise ValueError(f"Layer {layer.name!r} cannot be pruned: {reason}.")
     if isinstance(layer, PrunableLayer):
         weights = list(layer.get_prunable_weights())
         if not all(isinstance(w, keras.Variable) for w in weights):
@@ -160,7 +191,8 @@ def get_prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
             )
         weights: dict[int, keras.Variable] = {}
         for sub in _known_inside(layer):
-            weights.update((id(w), w) for w in get_prunable_weights(sub))
+            if not cannot_prune(sub):
+                weights.update((id(w), w) for w in get_prunable_weights(sub))
         return list(weights.values())
     if paths and not layer.built:
         raise ValueError(f"Layer {layer.name!r} must be built before its weights are listed.")

@@ -50,11 +50,12 @@ class WeightSparsity:
 
 @dataclasses.dataclass(frozen=True)
 class UnprunedLayer:
-    """A layer whose weights keras_prune does not know how to prune, left dense."""
+    """A layer whose weights keras_prune does not know how to prune (or cannot), left dense."""
 
     layer: str
     class_name: str
     size: int
+    reason: str = "keras_prune does not know how to prune this layer"
 
 
 class SparsityReport(list):
@@ -90,7 +91,7 @@ class SparsityReport(list):
         for item in self.unpruned:
             lines.append(
                 f"not pruned: {item.layer} ({item.class_name}, {item.size:,} weights): "
-                "keras_prune does not know how to prune this layer"
+                f"{item.reason}"
             )
         return "\n".join(lines)
 
@@ -159,7 +160,15 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
                 size = sum(math.prod(v.shape) for v in _keras.own_variables(layer))
                 report.unpruned.append(UnprunedLayer(layer.name, type(layer).__name__, size))
             continue
-        elif id(layer) in covered or not (layer.built and registry.supports(layer)):
+        elif id(layer) in covered:
+            continue
+        elif registry.cannot_prune(layer):
+            size = sum(math.prod(v.shape) for v in layer.weights)
+            report.unpruned.append(
+                UnprunedLayer(layer.name, type(layer).__name__, size, registry.dense_reason(layer))
+            )
+            continue
+        elif not (layer.built and registry.supports(layer)):
             continue
         else:
             inner = layer

@@ -57,6 +57,19 @@ def test_kerashub_bert_encoder(hub, tmp_path):
     assert result["left_dense"] == ["PositionEmbedding"]
 
 
+def test_kerashub_backbone_with_lora_is_refused_naming_the_block(hub):
+    # KerasHub's `enable_lora` is not in its blocks' configs: a copy cannot take the weights.
+    backbone = hub.BertBackbone(
+        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=8,
+    )  # fmt: skip
+    backbone.enable_lora(2)
+    with pytest.raises(
+        ValueError, match="'transformer_layer_0' \\(TransformerEncoder\\) has 20 weights.*LoRA"
+    ):
+        keras_prune.prune_low_magnitude(backbone)
+
+
 def test_kerashub_gemma_decoder(hub, tmp_path):
     model, x = model_zoo.kerashub()["GemmaBackbone"]()
     result = _check(model, x, tmp_path)

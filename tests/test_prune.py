@@ -152,6 +152,39 @@ def test_unknown_layer_is_left_dense_with_one_warning_or_refused_when_strict():
         keras_prune.prune_low_magnitude(model, strict="yes")
 
 
+def test_a_layer_with_lora_is_left_dense_and_reported_or_refused_when_strict():
+    # Its kernel is read as frozen kernel + a @ b: no mask keeps that sparse.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, name="lora"), keras.layers.Dense(2, name="dense")]
+    )
+    model.get_layer("lora").enable_lora(2)
+    with pytest.warns(UserWarning, match="cannot prune 'lora' \\(Dense\\): LoRA is enabled"):
+        pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1))
+    assert [type(layer).__name__ for layer in pruned.layers] == ["Dense", "PruneLowMagnitude"]
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    pruned.compile("sgd", "mse")
+    pruned.fit(x, np.ones((16, 2), "float32"), batch_size=8, verbose=0,
+               callbacks=[keras_prune.UpdatePruningStep()])  # fmt: skip
+    report = keras_prune.sparsity_report(pruned)
+    assert [(row.layer, row.sparsity) for row in report] == [("prune_low_magnitude_dense", 0.5)]
+    (left,) = report.unpruned
+    assert (left.layer, left.class_name, left.size) == ("lora", "Dense", 32 + 8 + 8 + 16)
+    assert "not pruned: lora (Dense, 64 weights): LoRA is enabled" in str(report)
+    kernel = ops.convert_to_numpy(pruned.get_layer("lora").kernel)  # what the layer reads
+    assert np.count_nonzero(kernel) == kernel.size
+    stripped = keras_prune.strip_pruning(pruned)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), rtol=1e-6
+    )
+
+    with pytest.raises(ValueError, match="cannot prune 'lora' \\(Dense\\): LoRA.*strict=False"):
+        keras_prune.prune_low_magnitude(model, strict=True)
+    with pytest.raises(ValueError, match="picks layer 'lora' \\(Dense\\), which keras_prune "
+                       "cannot prune: LoRA is enabled"):  # fmt: skip
+        keras_prune.prune_low_magnitude(model, select="lora")
+
+
 def test_prunable_layer_accepted():
     class PrunableScale(Scale, keras_prune.PrunableLayer):
         def get_prunable_weights(self):
