@@ -466,6 +466,7 @@ def prune_low_magnitude(
         _check_spreadable(to_prune, options)
 
     _validation.boolean(strict, "strict")
+    _check_not_quantized(to_prune)
     if isinstance(to_prune, keras.Model):
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for a model: {sorted(kwargs)}.")
@@ -509,6 +510,27 @@ def prune_low_magnitude(
         "`to_prune` must be a keras layer, a list of layers, or a keras.Model; "
         f"got {type(to_prune).__name__}."
     )
+
+
+def _check_not_quantized(to_prune: Any) -> None:
+    """Refuses layers that `model.quantize` turned to int8, int4 or float8: their
+    kernels are integers (or scaled for float8 training) that no config copy
+    re-creates, and magnitude pruning ranks float weights."""
+    tops = to_prune if isinstance(to_prune, (list, tuple)) else [to_prune]
+    quantized = [
+        layer
+        for top in tops
+        if isinstance(top, keras.layers.Layer)
+        for layer in _keras.flatten_layers(top, include_self=True)
+        if getattr(layer, "quantization_mode", None)
+    ]
+    if quantized:
+        names = ", ".join(f"{layer.name!r} ({layer.quantization_mode})" for layer in quantized[:3])
+        more = f" and {len(quantized) - 3} more" if len(quantized) > 3 else ""
+        raise ValueError(
+            f"`to_prune` holds quantized layers: {names}{more}. keras_prune prunes float "
+            "weights: prune the float model, `strip_pruning` it, then `model.quantize(...)`."
+        )
 
 
 def _distribution(distribution: Any, global_pruning: Any) -> Distribution:

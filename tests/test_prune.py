@@ -185,6 +185,20 @@ def test_a_layer_with_lora_is_left_dense_and_reported_or_refused_when_strict():
         keras_prune.prune_low_magnitude(model, select="lora")
 
 
+@pytest.mark.parametrize("mode", ["int8", "float8"])
+def test_a_quantized_model_is_refused_naming_its_layers(mode):
+    # int8 was pruned in its integer units, float8 failed deep in Keras's set_weights.
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, name="hidden"), keras.layers.Dense(2, name="out")]
+    )
+    model.quantize(mode)
+    expected = f"quantized layers: 'hidden' \\({mode}\\), 'out' \\({mode}\\)\\. .*model.quantize"
+    with pytest.raises(ValueError, match=expected):
+        keras_prune.prune_low_magnitude(model)
+    with pytest.raises(ValueError, match=f"quantized layers: 'hidden' \\({mode}\\)\\."):
+        keras_prune.prune_low_magnitude(model.layers[:1])
+
+
 def test_prunable_layer_accepted():
     class PrunableScale(Scale, keras_prune.PrunableLayer):
         def get_prunable_weights(self):

@@ -124,7 +124,7 @@ def shrink(
     if not removable:
         reasons = sorted(
             {graph.groups[i].reason for i in graph.roots() if graph.groups[i].producers}
-        )
+        ) or sorted({graph.groups[i].reason or "attention heads" for i in graph.roots()})
         raise ValueError(
             f"`model` ({model.name}) has no channel that can be removed: " + "; ".join(reasons)
         )

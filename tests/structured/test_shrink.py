@@ -353,6 +353,10 @@ def test_bad_arguments_are_named():
         ValueError, match="no channel that can be removed: it reaches the model output"
     ):
         shrink(only_output, 0.5)
+    quantized = keras.Sequential([keras.Input((4,)), L.Dense(8, name="hidden"), L.Dense(2)])
+    quantized.quantize("int8")
+    with pytest.raises(ValueError, match="removed: .*`hidden` \\(Dense\\) reads it and cannot"):
+        shrink(quantized, 0.5)  # no producer can shrink: the reasons of every group
 
 
 def test_a_model_pruned_by_weights_must_be_stripped_first():
