@@ -5,17 +5,23 @@ and shrinking copy each layer as `type(layer).from_config(layer.get_config())`,
 as `keras.models.clone_model` does. A layer whose config cannot re-create it
 (KerasHub 0.32's `LlamaTransformerDecoder`, whose `get_config` reads an
 attribute it never sets) raises `NotRecreatable`, a ValueError that names the
-layer and the error its class raised.
+layer and the error its class raised. `copy_weights` then gives the copy the
+original's weights, or names the layer whose config lost some of them.
 
 Example:
 
 ```python
-head = copy_layer(keras.layers.Dense(4, name="head"))   # a new, unbuilt Dense named "head"
+original = keras.layers.Dense(4, name="head")
+original.build((None, 3))
+head = copy_layer(original)    # a new, unbuilt Dense named "head"
+head.build((None, 3))
+copy_weights(original, head)   # original's kernel and bias, or an error naming what head lacks
 ```
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -49,3 +55,37 @@ def copy_layer(
         return layer.__class__.from_config(config)
     except Exception as error:  # the layer's own get_config, from_config or __init__
         raise NotRecreatable(layer, error) from error
+
+
+def copy_weights(source: keras.layers.Layer, copy: keras.layers.Layer, values: Any = None) -> None:
+    """Sets the weights of `copy`, a built copy of `source`, to `values` (default:
+    `source.get_weights()`), which are in the order of `source.weights`.
+
+    Raises:
+        ValueError: naming `source` and the weights the copy lacks, when
+            `source`'s config does not record all of its state (a sublayer
+            with LoRA enabled, which its parent's config does not carry).
+    """
+    values = source.get_weights() if values is None else values
+    if len(copy.weights) != len(values):
+        raise ValueError(_lost_in_copy(source, copy))
+    copy.set_weights(values)
+
+
+def _lost_in_copy(source: keras.layers.Layer, copy: keras.layers.Layer) -> str:
+    lacks = collections.Counter(w.name for w in source.weights)
+    lacks.subtract(w.name for w in copy.weights)
+    missing = sorted(name for name, count in lacks.items() if count > 0)
+    message = (
+        f"Layer {source.name!r} ({type(source).__name__}) has {len(source.weights)} weights, "
+        f"but the copy that its config makes has {len(copy.weights)}: its config does not "
+        "record all of its state"
+    )
+    if missing:
+        message += f" (the copy lacks {', '.join(missing)})"
+    if any(name.startswith("lora_") for name in missing):
+        message += (
+            "; LoRA was enabled in it, e.g. by a KerasHub backbone's `enable_lora`, which its "
+            "sublayers' configs do not carry: prune or shrink the model without LoRA"
+        )
+    return message + "."

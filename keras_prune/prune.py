@@ -28,7 +28,7 @@ import keras
 from keras import ops
 
 from keras_prune import _keras, _validation, model_class, registry, sparsity_distribution
-from keras_prune._layer_copy import NotRecreatable, copy_layer
+from keras_prune._layer_copy import NotRecreatable, copy_layer, copy_weights
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
@@ -85,28 +85,11 @@ def _copy_weights(original: keras.layers.Layer, new: keras.layers.Layer) -> None
     if isinstance(original, keras.Model) or original is new:
         return  # nested models are transformed, weights included, recursively
     if isinstance(original, PruneLowMagnitude) and not isinstance(new, PruneLowMagnitude):
-        target, weights = new, _unwrapped_weights(original)
+        copy_weights(original.layer, new, _unwrapped_weights(original))
     elif isinstance(new, PruneLowMagnitude) and not isinstance(original, PruneLowMagnitude):
-        target, weights = new.layer, original.get_weights()
+        copy_weights(original, new.layer)
     else:
-        target, weights = new, original.get_weights()
-    if len(target.weights) != len(weights):
-        raise ValueError(_lost_in_copy(original, len(weights), len(target.weights)))
-    target.set_weights(weights)
-
-
-def _lost_in_copy(layer: keras.layers.Layer, had: int, has: int) -> str:
-    """Why `layer`, copied from its config, cannot take its weights."""
-    message = (
-        f"Layer {layer.name!r} ({type(layer).__name__}) has {had} weights, but the copy "
-        f"that its config makes has {has}: its config does not record all of its state"
-    )
-    if registry.cannot_prune(layer):  # LoRA enabled inside
-        message += (
-            " (LoRA was enabled in it, e.g. by a KerasHub backbone's `enable_lora`, which "
-            "its sublayers' configs do not carry); prune the model without LoRA"
-        )
-    return message + "."
+        copy_weights(original, new)
 
 
 def _transform_plain(model: keras.Model, transform: Transform, memo: Memo) -> keras.Model:
@@ -218,9 +201,9 @@ def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Mod
                 if isinstance(original, PruneLowMagnitude) and not isinstance(
                     layer, PruneLowMagnitude
                 ):
-                    layer.set_weights(_unwrapped_weights(original))
+                    copy_weights(original.layer, layer, _unwrapped_weights(original))
                 else:
-                    layer.set_weights(original.get_weights())
+                    copy_weights(original, layer)
             new = transform(layer, original)
         replaced[id(layer)] = new
         if new is not layer:
@@ -604,8 +587,8 @@ def _spread(model: keras.Model, distribution: Distribution) -> None:
 
 def _unknown_message(layers: Any, strict: bool) -> str:
     """The warning (or, `strict`, the error) about `registry.unknown_layers` left dense."""
-    layers = list(layers)
-    unknown = [layer for layer in layers if not registry.cannot_prune(layer)]
+    reasons = [(layer, registry.cannot_prune(layer)) for layer in layers]
+    unknown = [layer for layer, reason in reasons if reason is None]
     parts = []
     if unknown:
         names = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in unknown)
@@ -615,9 +598,9 @@ def _unknown_message(layers: Any, strict: bool) -> str:
             "keras_prune.register_prunable(its_class, [...]) to prune them."
         )
     parts += [
-        f"cannot prune {layer.name!r} ({type(layer).__name__}): {registry.cannot_prune(layer)}."
-        for layer in layers
-        if registry.cannot_prune(layer)
+        f"cannot prune {layer.name!r} ({type(layer).__name__}): {reason}."
+        for layer, reason in reasons
+        if reason
     ]
     if strict:
         return f"keras_prune {' It '.join(parts)} Pass strict=False to leave them dense."

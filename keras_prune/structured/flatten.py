@@ -33,7 +33,7 @@ from typing import Any
 import keras
 
 from keras_prune import _keras
-from keras_prune._layer_copy import copy_layer
+from keras_prune._layer_copy import copy_layer, copy_weights
 
 
 def _graph_models(model: keras.Model) -> list[keras.Model]:
@@ -82,7 +82,7 @@ def flatten(model: keras.Model) -> keras.Model:
     flat = keras.Model(keras.tree.pack_sequence_as(structure, inputs), outputs, name=model.name)
     for old, new in copies.values():
         if isinstance(old, keras.layers.Layer):  # not an operation such as `x[:, 0]`
-            new.set_weights(old.get_weights())
+            copy_weights(old, new)
     return flat
 
 

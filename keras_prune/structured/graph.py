@@ -43,6 +43,7 @@ import dataclasses
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -182,6 +183,42 @@ class Graph:
             i for i in self.roots() if self.groups[i].reason is None and self.groups[i].producers
         ]
 
+    def reasons(self, picked: Callable[[keras.layers.Layer], bool] | None = None) -> str:
+        """Why no group can be removed, each reason once: those of the groups that
+        `picked` layers (any layer, if None) produce, or if none, of every group."""
+        roots = [self.groups[i] for i in self.roots()]
+        produced = [
+            group
+            for group in roots
+            if any(picked is None or picked(layer) for layer, _ in group.producers)
+        ]
+        reasons = {group.reason for group in produced or roots if group.reason}
+        return "; ".join(sorted(reasons)) or "no layer in it produces channels"
+
+
+def _cannot_shrink(operation: Any, uses: int) -> str:
+    """Why the channels `operation` reads and writes stay, for a group's `reason`."""
+    name = getattr(operation, "name", type(operation).__name__)
+    kind = type(operation).__name__
+    if uses > 1 and operation.weights:
+        return f"`{name}` is called {uses} times"
+    if isinstance(operation, keras.layers.Layer) and _cannot_cut(operation):
+        return _cannot_cut(operation)
+    return f"`{name}` ({kind}) reads it and cannot be shrunk"
+
+
+def _cannot_cut(layer: keras.layers.Layer) -> str | None:
+    """Why the weights of `layer` (or of a layer inside it) cannot lose channels:
+    quantized weights, or LoRA factors (their sum with the kernel is what it reads)."""
+    for inner in _keras.flatten_layers(layer, include_self=True):
+        name = f"`{inner.name}` ({type(inner).__name__})"
+        mode = getattr(inner, "quantization_mode", None)
+        if mode:
+            return f"{name} is quantized ({mode}): shrink the float model, then quantize"
+        if getattr(inner, "lora_enabled", False):
+            return f"{name} has LoRA enabled, whose factors shrink does not cut"
+    return None
+
 
 def _zero_at_zero(function: Any) -> bool:
     """True if `function(0) == 0` (relu, swish, gelu, tanh...; not sigmoid or softplus)."""
@@ -297,10 +334,7 @@ class _Walk:
             if uses[id(operation)] == 1 or not operation.weights:
                 result = self.call(operation, inputs, layouts, outputs)
             if result is None:
-                name = getattr(operation, "name", type(operation).__name__)
-                reason = f"`{name}` ({type(operation).__name__}) reads it and cannot be shrunk"
-                if uses[id(operation)] > 1 and operation.weights:
-                    reason = f"`{name}` is called {uses[id(operation)]} times"
+                reason = _cannot_shrink(operation, uses[id(operation)])
                 for layout in layouts:
                     self.freeze(layout, reason)
                 result = [self.opaque(t, reason) for t in outputs]
@@ -397,14 +431,16 @@ class _Walk:
     def produce(self, layer: keras.layers.Layer, tensor: Any, layout: Layout):
         if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:
             return None
-        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-            return None
         if layout.repeat != 1 and not isinstance(layer, L.Dense):
             return None
         if self.size(layout) != _last_dim(tensor):
             return None
-        self.read(layer, layout)
         units = layer.units if isinstance(layer, L.Dense) else layer.filters
+        reason = _cannot_cut(layer)
+        if reason:  # a producer still: `channel_groups` and the error name it with the reason
+            self.freeze(layout, reason)
+            return [Layout((self.new(units, [(layer, 0)], reason),), (False,))]
+        self.read(layer, layout)
         group = self.new(units, [(layer, 0)], None)
         if not per_channel(layer.activation):  # a model output says so first (see `run`)
             name = getattr(layer.activation, "__name__", "its activation")
@@ -415,6 +451,8 @@ class _Walk:
         """Its heads are a group of their own; its input and output channels stay."""
         kernels = [layer.query_dense.kernel, layer.key_dense.kernel, layer.value_dense.kernel]
         heads = layer.num_heads
+        if _cannot_cut(layer):
+            return None  # `run` freezes its channels with that reason
         if layer.get_config().get("use_gate") or layer.output_dense.kernel.shape[0] != heads:
             return None
         if any(len(kernel.shape) != 3 or kernel.shape[1] != heads for kernel in kernels):
@@ -437,11 +475,8 @@ class _Walk:
             activation = getattr(inner, "activation", None) or keras.activations.linear
             if not (_zero_at_zero(activation) and per_channel(activation)):
                 return None
-        if any(
-            getattr(d, "lora_enabled", False) or getattr(d, "quantization_mode", None)
-            for d in (*found.inner, found.outer)
-        ):
-            return None
+        if _cannot_cut(layer):
+            return None  # `run` freezes its channels with that reason
         kind = type(layer).__name__
         reason = f"`{layer.name}` ({kind}) reads it; only its feed-forward units are removed"
         for layout in layouts:

@@ -321,8 +321,6 @@ def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set
             "`to_prune` has no channel group that prune_channels can remove"
             + ("" if selection.everything else " among the selected layers")
             + ": "
-            + "; ".join(
-                sorted({graph.groups[i].reason or "attention heads" for i in graph.roots()})
-            )
+            + graph.reasons(selection)
         )
     return chosen

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 from keras_prune import _keras, _validation, model_class
-from keras_prune._layer_copy import copy_layer
+from keras_prune._layer_copy import copy_layer, copy_weights
 from keras_prune.structured import blocks
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import WRAPPING, ChannelMask, channel_masks
@@ -122,11 +122,8 @@ def shrink(
     graph = analyse(model)
     removable = graph.removable()
     if not removable:
-        reasons = sorted(
-            {graph.groups[i].reason for i in graph.roots() if graph.groups[i].producers}
-        ) or sorted({graph.groups[i].reason or "attention heads" for i in graph.roots()})
         raise ValueError(
-            f"`model` ({model.name}) has no channel that can be removed: " + "; ".join(reasons)
+            f"`model` ({model.name}) has no channel that can be removed: {graph.reasons()}"
         )
     warn_left_whole(graph)
     scores = [
@@ -306,7 +303,7 @@ def rebuild(
     for old, new in pairs:
         inputs, outputs = plans.get(id(old), (None, None))
         if inputs is None and outputs is None:
-            new.set_weights(old.get_weights())
+            copy_weights(old, new)
             continue
         sliced = {k: v for k, v in _sliced(old, inputs, outputs).items() if v is not None}
         if len(sliced) != len(old.weights):
@@ -330,7 +327,7 @@ def _unmasked(model: keras.Model) -> keras.Model:
         skip=lambda layer: type(layer) is ChannelMask,
     )
     for old, new in pairs:
-        new.set_weights(old.get_weights())
+        copy_weights(old, new)
     return result
 
 

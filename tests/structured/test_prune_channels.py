@@ -303,6 +303,10 @@ def test_bad_arguments_are_named_before_anything_is_built():
         ValueError, match="picks dense_1, whose channels cannot be removed: it reaches"
     ):
         prune_channels(model, schedule, select="dense_1")
+    with pytest.raises(  # only the selected layer's reason, not the other groups'
+        ValueError, match="among the selected layers: it reaches the model output of `dense_1`$"
+    ):
+        prune_channels(model, schedule, select=lambda layer: layer.name == "dense_1")
     with pytest.raises(
         ValueError, match="picks max_pooling2d \\(MaxPooling2D\\), which produces no channels"
     ):
@@ -327,6 +331,31 @@ def _attention_model():
     h = L.MultiHeadAttention(4, 3, name="attention")(x, x)
     h = L.Dense(6, activation="relu", name="hidden")(L.Add()([x, h]))
     return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(h)))
+
+
+def test_lora_leaves_its_channels_whole_and_a_config_that_loses_it_is_named():
+    dense_lora = keras.Sequential(
+        [keras.Input((4,)), L.Dense(8, name="hidden"), L.Dense(8, name="kept"), L.Dense(2)]
+    )
+    dense_lora.get_layer("hidden").enable_lora(2)
+    reasons = {g.producers: g.reason for g in keras_prune.channel_groups(dense_lora)}
+    assert reasons[("hidden",)] == (
+        "`hidden` (Dense) has LoRA enabled, whose factors shrink does not cut"
+    )
+    assert reasons[("kept",)] is None
+    with pytest.raises(ValueError, match="picks hidden, whose channels cannot be .*LoRA enabled"):
+        prune_channels(dense_lora, keras_prune.ConstantSparsity(0.5, 0), select="hidden")
+
+    # A MultiHeadAttention's config does not carry its projections' LoRA: the
+    # copy would lose the factors, so both calls name the layer (they failed in Keras).
+    model = _attention_model()
+    model.get_layer("attention").query_dense.enable_lora(2)
+    assert "attention" not in {p for g in keras_prune.channel_groups(model) for p in g.producers}
+    lost = "'attention' \\(MultiHeadAttention\\) has 10 weights.*lacks lora_kernel_a, lora_kernel_b"
+    with pytest.raises(ValueError, match=lost):
+        shrink(model, 0.5)
+    with pytest.raises(ValueError, match=lost):
+        prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
 
 
 def _head_scores(attention):

@@ -355,8 +355,15 @@ def test_bad_arguments_are_named():
         shrink(only_output, 0.5)
     quantized = keras.Sequential([keras.Input((4,)), L.Dense(8, name="hidden"), L.Dense(2)])
     quantized.quantize("int8")
-    with pytest.raises(ValueError, match="removed: .*`hidden` \\(Dense\\) reads it and cannot"):
+    with pytest.raises(
+        ValueError,
+        match="removed: .*`hidden` \\(Dense\\) is quantized \\(int8\\): shrink the float",
+    ):
         shrink(quantized, 0.5)  # no producer can shrink: the reasons of every group
+    with_lora = keras.Sequential([keras.Input((4,)), L.Dense(8, name="hidden"), L.Dense(2)])
+    with_lora.get_layer("hidden").enable_lora(2)
+    with pytest.raises(ValueError, match="`hidden` \\(Dense\\) has LoRA enabled"):
+        shrink(with_lora, 0.5)
 
 
 def test_a_model_pruned_by_weights_must_be_stripped_first():
