@@ -35,25 +35,6 @@ import _common  # noqa: E402
 BATCH = 250
 
 
-def cnn(conv1: int, conv2: int, dense1: int):
-    """The seed CNN's layers (keras_prune.compare.task.seed_model) at the given widths."""
-    import keras
-
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            layers.Conv2D(conv1, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(conv2, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(dense1, activation="relu"),
-            layers.Dense(10, activation="softmax"),
-        ]
-    )
-
-
 def convolutions_in_ynnpack(model) -> str:
     """How many of the compiled forward pass's convolutions XLA gave to YNNPACK, e.g. "1 of 2"."""
     import jax  # a benchmark may look at the backend's compiled program
@@ -78,12 +59,14 @@ def main() -> None:
     import keras
     import numpy as np
 
+    from keras_prune.compare.task import seed_model
+
     backend = keras.backend.backend()
     out = args.out or os.path.join(HERE, "results", f"conv_width_{backend}.json")
     keras.utils.set_random_seed(0)
-    arms = {"dense 32/64/256": cnn(32, 64, 256)}
+    arms = {"dense 32/64/256": seed_model()}
     for width in (int(w) for w in args.widths.split(",")):
-        arms[f"shrunk {width}/32/128"] = cnn(width, 32, 128)
+        arms[f"shrunk {width}/32/128"] = seed_model(widths=(width, 32, 128))
     x = np.random.default_rng(0).random((BATCH, 28, 28, 1), dtype=np.float32)
     for model in arms.values():
         for _ in range(3):

@@ -52,17 +52,28 @@ Data = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def seed_model(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10) -> keras.Model:
-    """The seed article's ConvNet, with the Flatten its code leaves out."""
+def seed_model(
+    input_shape: tuple[int, ...] = (28, 28, 1),
+    num_classes: int = 10,
+    widths: tuple[int, int, int] = (32, 64, 256),
+) -> keras.Model:
+    """The seed article's ConvNet, with the Flatten its code leaves out.
+
+    `widths` are its two convolutions' filters and its hidden Dense layer's
+    units (the article's by default; a benchmark builds shrunk shapes).
+    """
+    if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise ValueError(f"`widths` must be three positive ints; got {widths!r}.")
+    conv1, conv2, dense1 = widths
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            keras.layers.Conv2D(conv1, 3, activation="relu", name="conv1"),
             keras.layers.MaxPooling2D(2, name="pool1"),
-            keras.layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            keras.layers.Conv2D(conv2, 3, activation="relu", name="conv2"),
             keras.layers.MaxPooling2D(2, name="pool2"),
             keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(256, activation="relu", name="dense1"),
+            keras.layers.Dense(dense1, activation="relu", name="dense1"),
             keras.layers.Dense(num_classes, activation="softmax", name="dense2"),
         ],
         name="seed_convnet",

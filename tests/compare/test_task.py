@@ -133,6 +133,19 @@ def test_config_checks_model_and_data_settings(kwargs, words):
         ExperimentConfig(**kwargs)
 
 
+def test_seed_model_is_the_articles_convnet_at_the_widths_asked_for():
+    shapes = [tuple(w.shape) for w in task.seed_model().weights]
+    assert shapes == [(3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (1600, 256), (256,),
+                      (256, 10), (10,)]  # fmt: skip
+    narrow = task.seed_model(widths=(16, 32, 128))
+    assert [tuple(w.shape) for w in narrow.weights][::2] == [
+        (3, 3, 1, 16), (3, 3, 16, 32), (800, 128), (128, 10)
+    ]  # fmt: skip
+    for bad in [(16, 32), (16, 0, 8), (16.0, 32, 8)]:
+        with pytest.raises(ValueError, match="`widths` must be three positive ints"):
+            task.seed_model(widths=bad)
+
+
 def test_seed_task_needs_images_and_class_labels():
     (x, y), _ = _regression()
     with pytest.raises(ValueError, match="the seed ConvNet needs images"):
