@@ -24,6 +24,7 @@ from keras_prune.structured.channel_mask import (
     channel_masks,
 )
 from keras_prune.structured.importance import kernel as channel_kernel
+from keras_prune.structured.importance import output_axis
 from keras_prune.wrapper import PruneLowMagnitude
 
 _FORMATS = ("h5", "keras")
@@ -212,7 +213,7 @@ def _masked_channels(
     else:
         note = f"{removed} output channels removed by its ChannelMask"
         kernel = channel_kernel(layer)
-        axes = {id(kernel): len(kernel.shape) - 1}
+        axes = {id(kernel): len(kernel.shape) + output_axis(layer)}
     result, notes = [], []
     for weight, value in pairs:
         axis = axes.get(id(weight))
@@ -243,15 +244,18 @@ _FLOP_LAYERS = (
     _L.SeparableConv2D,
     _L.Dense,
 )
+_TRANSPOSED = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
 
 
 def flops(model: keras.Model) -> int:
-    """Floating-point operations of one sample through `model`'s Conv, DepthwiseConv,
-    SeparableConv, Dense, EinsumDense and MultiHeadAttention layers: 2 per multiply-add.
+    """Floating-point operations of one sample through `model`'s Conv, ConvTranspose,
+    DepthwiseConv, SeparableConv, Dense, EinsumDense and MultiHeadAttention
+    layers: 2 per multiply-add.
 
     Each output position of such a layer costs one multiply-add per kernel
-    entry (a separable layer's two kernels both count), each time the layer
-    is called; zeros inside a kernel count too, as dense kernels compute
+    entry (a separable layer's two kernels both count; a transposed
+    convolution's input positions count instead), each time the layer is
+    called; zeros inside a kernel count too, as dense kernels compute
     them. An EinsumDense costs one multiply-add per output entry and
     contracted kernel entry; a MultiHeadAttention its four projections and
     its attention scores and weighted sum. Activations, pooling and
@@ -298,6 +302,9 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
             kernels = kernels or [operation.kernel]
             positions = math.prod(_known(outputs[0].shape, operation)[1:-1])
             total += 2 * positions * sum(math.prod(k.shape) for k in kernels)
+        elif isinstance(operation, _TRANSPOSED):  # each input position spreads over a window
+            positions = math.prod(_known(inputs[0].shape, operation)[1:-1])
+            total += 2 * positions * math.prod(operation.kernel.shape)
         elif isinstance(operation, _L.EinsumDense):
             total += 2 * _einsum_macs(operation, _known(outputs[0].shape, operation))
         elif isinstance(operation, _L.MultiHeadAttention):
@@ -305,7 +312,7 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
             shapes = (_known(t.shape, operation) for t in (inputs[0], value))
             total += 2 * _attention_macs(operation, *shapes)
         elif isinstance(operation, keras.layers.Layer) and any(
-            isinstance(inner, (*_FLOP_LAYERS, _L.EinsumDense, _L.MultiHeadAttention))
+            isinstance(inner, (*_FLOP_LAYERS, *_TRANSPOSED, _L.EinsumDense, _L.MultiHeadAttention))
             for inner in _keras.flatten_layers(operation)
         ):
             name = f"{operation.name} ({type(operation).__name__})"

@@ -23,6 +23,13 @@ def test_flops_are_two_per_multiply_add_of_each_kernel_entry_and_output_position
     assert keras_prune.flops(model) == 2 * expected
     sequence = keras.Sequential([keras.Input((7, 4)), L.Dense(3)])  # 7 positions x 12
     assert keras_prune.flops(sequence) == 2 * 7 * 12
+    # A transposed convolution spreads each input position over its window:
+    # 5x5 input positions x 3*3*6*4 entries (its 10x10 output would count 4x too many).
+    up = keras.Sequential(
+        [keras.Input((5, 5, 4)), L.Conv2DTranspose(6, 3, strides=2, padding="same")]
+    )
+    assert up.compute_output_shape((None, 5, 5, 4)) == (None, 10, 10, 6)
+    assert keras_prune.flops(up) == 2 * 25 * 216
 
 
 def test_flops_count_every_call_and_nested_models_and_refuse_subclassed_models():

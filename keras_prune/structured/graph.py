@@ -56,7 +56,8 @@ from keras_prune.structured.flatten import flatten
 L = keras.layers
 CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
 SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
-PRODUCERS = (*CONVOLUTIONS, *SEPARABLE, L.Dense)
+TRANSPOSED = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+PRODUCERS = (*CONVOLUTIONS, *TRANSPOSED, *SEPARABLE, L.Dense)
 DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 ACTIVATIONS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
 # Layers that act on each channel alone and keep 0 at 0.

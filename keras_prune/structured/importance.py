@@ -55,9 +55,18 @@ def check(importance: Any) -> Importance:
 
 
 def kernel(layer: keras.layers.Layer) -> keras.Variable:
-    """The kernel whose last axis holds a producer's output channels (a
-    SeparableConv's pointwise kernel)."""
+    """The kernel that holds a producer's output channels (a SeparableConv's pointwise
+    kernel), on its last axis (`output_axis`)."""
     return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+
+
+def output_axis(layer: keras.layers.Layer) -> int:
+    """The axis of `kernel(layer)` that holds the output channels: -1, or -2 for a
+    transposed convolution."""
+    L = keras.layers  # a transposed kernel is `(*window, filters, input channels)`
+    return (
+        -2 if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)) else -1
+    )
 
 
 def _last(axis: int, rank: int) -> list[int]:
@@ -90,6 +99,8 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
         columns.append(ops.transpose(ops.cast(found.outer.kernel.value, "float32")))
         return ops.concatenate(columns, axis=0)
     weights = ops.cast(kernel(layer).value, "float32")
+    if output_axis(layer) == -2:
+        weights = ops.transpose(weights, _last(len(weights.shape) - 2, len(weights.shape)))
     return ops.reshape(weights, (-1, weights.shape[-1]))
 
 
@@ -101,7 +112,8 @@ def fan_in(layer: keras.layers.Layer) -> int:
     found = blocks.feed_forward(layer)
     if found is not None:
         return sum(d.kernel.shape[0] for d in found.inner) + found.outer.kernel.shape[1]
-    return math.prod(kernel(layer).shape[:-1])
+    shape = kernel(layer).shape
+    return math.prod(shape) // shape[output_axis(layer)]
 
 
 def channel_weights(layer: keras.layers.Layer) -> np.ndarray:

@@ -41,6 +41,7 @@ from keras_prune.structured.graph import (
     DEPTHWISE,
     PRODUCERS,
     SEPARABLE,
+    TRANSPOSED,
     Graph,
     Layout,
     analyse,
@@ -207,6 +208,9 @@ def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
         return sliced
     if isinstance(layer, (*CONVOLUTIONS, keras.layers.Dense)):
         kernel = cut(cut(value("kernel"), inputs, -2), outputs, -1)
+        return {"kernel": kernel, "bias": cut(value("bias"), outputs, 0)}
+    if isinstance(layer, TRANSPOSED):  # kernel `(*window, filters, input channels)`
+        kernel = cut(cut(value("kernel"), inputs, -1), outputs, -2)
         return {"kernel": kernel, "bias": cut(value("bias"), outputs, 0)}
     if isinstance(layer, SEPARABLE):
         pointwise_inputs = inputs

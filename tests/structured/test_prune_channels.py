@@ -282,6 +282,27 @@ def test_a_callable_importance_scores_in_the_train_step_and_is_saved(tmp_path):
         np.testing.assert_array_equal(mask, expected)
 
 
+def test_a_transposed_convolutions_filters_go_while_fit_trains():
+    x = keras.Input((8, 8, 3))
+    h = L.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="down")(x)
+    h = L.Conv2DTranspose(8, 3, strides=2, padding="same", activation="relu", name="up")(h)
+    model = keras.Model(x, L.Conv2D(2, 1, name="out")(h))
+    kernel = _numpy(model.get_layer("up").kernel)  # (3, 3, filters, inputs)
+    scores = np.sqrt((np.moveaxis(kernel, 2, 0).reshape(8, -1).astype("float64") ** 2).sum(1))
+    expected = np.zeros(8)
+    expected[np.sort(np.argsort(-scores, kind="stable")[:4])] = 1
+    images = np.random.RandomState(0).rand(16, 8, 8, 3).astype("float32")
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked.compile(keras.optimizers.SGD(0.0), "mse")  # the weights stay
+    masked.fit(images, np.zeros((16, 8, 8, 2)), batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_array_equal(_masks(masked)["up"], expected)
+    report = {row.layer: row.sparsity for row in keras_prune.sparsity_report(masked)}
+    assert report["up"] == 0.5  # 4 of its 8 filters, axis -2 of its kernel
+    small = shrink(masked)
+    assert small.get_layer("up").kernel.shape == (3, 3, 4, 3)
+    _assert_same_predictions(small, masked, images)
+
+
 def test_bad_arguments_are_named_before_anything_is_built():
     model = small_cnn()
     schedule = keras_prune.ConstantSparsity(0.5, 0)

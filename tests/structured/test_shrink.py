@@ -163,6 +163,36 @@ def test_residuals_concatenations_and_squeeze_excitation_shrink_exactly():
     _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
 
 
+def test_a_transposed_convolution_produces_and_reads_channels_like_a_convolution():
+    # A small U-Net: the upsampled features concatenated with the encoder's.
+    x = keras.Input((8, 8, 3))
+    e1 = L.Conv2D(8, 3, padding="same", activation="relu", name="e1")(x)
+    e2 = L.Conv2D(12, 3, padding="same", activation="relu", name="e2")(L.MaxPooling2D()(e1))
+    up = L.Conv2DTranspose(8, 3, strides=2, padding="same", activation="relu", name="up")(e2)
+    h = L.Conv2D(6, 3, padding="same", activation="relu", name="fuse")(L.Concatenate()([up, e1]))
+    model = keras.Model(x, L.Conv2D(2, 1, name="out")(h))
+    _randomize(model)
+    removable = {group.producers: group.removable for group in channel_groups(model)}
+    assert removable == {("e1",): True, ("e2",): True, ("up",): True, ("fuse",): True,
+                         ("out",): False}  # fmt: skip
+    small = shrink(model, 0.5)
+    assert small.get_layer("up").kernel.shape == (3, 3, 4, 6)  # (window, filters, inputs)
+    assert small.get_layer("fuse").kernel.shape == (3, 3, 8, 3)
+
+    reference = _copy(model)
+    for name in ("e1", "e2", "fuse"):
+        removed = _removed([model.get_layer(name)])
+        _zero(reference.get_layer(name), "kernel", removed)
+        _zero(reference.get_layer(name), "bias", removed, axis=0)
+    kernel = np.moveaxis(_numpy(model.get_layer("up").kernel), -2, -1).reshape(-1, 8)
+    scores = np.sqrt((kernel.astype("float64") ** 2).sum(axis=0))  # one per filter
+    removed = np.sort(np.argsort(scores)[:4])
+    _zero(reference.get_layer("up"), "kernel", removed, axis=-2)
+    _zero(reference.get_layer("up"), "bias", removed, axis=0)
+    inputs = np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32")
+    _close(_outputs(small, inputs), _outputs(reference, inputs))
+
+
 @pytest.mark.parametrize("norm", [1, 2])
 def test_importance_picks_the_channels_a_full_sort_picks(norm):
     model = small_cnn()
