@@ -38,7 +38,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_prune import _backend, _files, kps
+from keras_prune import _backend, _files, _keras, kps
 from keras_prune.prune import pruned_layers, strip_pruning
 
 QUANTIZE = {".kps": (None, "int8"), ".tflite": (None, "float16", "int8"), ".onnx": (None,)}
@@ -134,7 +134,8 @@ def export(
         except (RuntimeError, ValueError) as error:  # the runtime refused the file
             raise ValueError(
                 f"the written {suffix} file does not run in {_PIP[_RUNTIME[suffix]]} "
-                f"({_named_layers(model, str(error))}): {_first_line(error)}; nothing was written."
+                f"({_named_layers(model, str(error))}): {_first_line(error)}; nothing was "
+                f"written.{_flex_hint(model, str(error))}"
             ) from error
         _compare(expected, outputs, quantize, suffix)
     return os.path.getsize(path)
@@ -244,6 +245,23 @@ def _convert(
             f"TensorFlow could not convert the model to {suffix} "
             f"({_named_layers(model, done.stderr)}): {' | '.join(lines[-3:])}"
         )
+
+
+def _flex_hint(model: keras.Model, message: str) -> str:
+    """What to do when TensorFlow's converter fell back to TensorFlow ops (Flex), which
+    LiteRT's builtin interpreter does not have: a recurrent layer's loop, most often."""
+    if "Select TensorFlow op" not in message:
+        return ""
+    recurrent = [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in _keras.flatten_layers(model)
+        if isinstance(layer, keras.layers.RNN) and not layer.unroll
+    ]
+    found = f" Recurrent layers that loop: {', '.join(recurrent)};" if recurrent else ""
+    return (
+        f" The converter kept TensorFlow ops that LiteRT's builtin kernels lack.{found} "
+        "build them with `unroll=True` (a fixed sequence length), or export to .onnx."
+    )
 
 
 def _first_line(error: BaseException) -> str:

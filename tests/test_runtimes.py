@@ -178,3 +178,17 @@ def test_a_layer_litert_cannot_convert_is_named(tmp_path):
     ):
         keras_prune.export(keras.Model(inputs, odd), tmp_path / "m.tflite")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_looping_recurrent_layer_is_named_with_what_runs_in_litert(tmp_path):
+    # TensorFlow's converter keeps an LSTM's loop as TensorFlow (Flex) ops,
+    # which LiteRT's builtin interpreter lacks; unrolled, it converts.
+    def model(unroll):
+        lstm = keras.layers.LSTM(3, unroll=unroll, name="lstm")
+        return keras.Sequential([keras.Input((4, 2)), lstm, keras.layers.Dense(2)])
+
+    with pytest.raises(ValueError, match=r"does not run in ai-edge-litert .* loop: lstm \(LSTM\); "
+                       r"build them with `unroll=True`"):  # fmt: skip
+        keras_prune.export(model(unroll=False), tmp_path / "loop.tflite")
+    assert os.listdir(tmp_path) == []
+    assert keras_prune.export(model(unroll=True), tmp_path / "unrolled.tflite") > 0
