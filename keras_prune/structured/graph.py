@@ -396,6 +396,8 @@ class _Walk:
             ]
         if kind in ZERO_KEEPING:
             return [layout] if _channels_last(layer) else None
+        if kind is L.PReLU:  # prelu(0) = 0; its slopes along the last axis go with their channel
+            return [layout]
         if kind is L.BatchNormalization:
             if layer.axis not in (-1, len(inputs[0].shape) - 1):
                 return None

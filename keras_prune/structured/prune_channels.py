@@ -63,6 +63,7 @@ _ENLARGING = tuple(
 )
 _PER_CHANNEL = (
     _L.BatchNormalization,
+    _L.PReLU,
     *ACTIVATIONS,
     *(kind for kind in ZERO_KEEPING if kind not in _ENLARGING),
 )

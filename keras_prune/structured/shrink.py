@@ -223,6 +223,9 @@ def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
             "pointwise_kernel": pointwise,
             "bias": cut(value("bias"), outputs, 0),
         }
+    if isinstance(layer, keras.layers.PReLU):  # slopes shared across channels stay
+        alpha = value("alpha")
+        return {"alpha": alpha if alpha.shape[-1] == 1 else cut(alpha, inputs, -1)}
     if isinstance(layer, DEPTHWISE):
         return {"kernel": cut(value("kernel"), inputs, -2), "bias": cut(value("bias"), inputs, 0)}
     names = ("gamma", "beta", "moving_mean", "moving_variance")

@@ -303,6 +303,22 @@ def test_a_transposed_convolutions_filters_go_while_fit_trains():
     _assert_same_predictions(small, masked, images)
 
 
+def test_a_mask_moves_past_prelu_and_shrink_keeps_the_masked_predictions():
+    x = keras.Input((8, 8, 3))
+    slopes = keras.initializers.RandomUniform(0.1, 0.5, seed=1)
+    h = L.PReLU(alpha_initializer=slopes, shared_axes=[1, 2], name="prelu")(L.Conv2D(6, 3)(x))
+    model = keras.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(h))))
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    kinds = [type(layer).__name__ for layer in masked.layers]
+    assert kinds.index("ChannelMask") == kinds.index("PReLU") + 1  # after it, one mask
+    images = np.random.RandomState(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    masked.compile("adam", "mse")
+    masked.fit(images, np.zeros((16, 2)), batch_size=8, epochs=1, verbose=0)
+    small = shrink(masked)
+    assert small.get_layer("prelu").alpha.shape == (1, 1, 3)
+    _assert_same_predictions(small, masked, images)
+
+
 def test_bad_arguments_are_named_before_anything_is_built():
     model = small_cnn()
     schedule = keras_prune.ConstantSparsity(0.5, 0)

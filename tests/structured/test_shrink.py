@@ -193,6 +193,21 @@ def test_a_transposed_convolution_produces_and_reads_channels_like_a_convolution
     _close(_outputs(small, inputs), _outputs(reference, inputs))
 
 
+@pytest.mark.parametrize("shared_axes, alpha_shape", [([1, 2], (1, 1, 3)), ([3], (6, 6, 1))])
+def test_prelu_slopes_go_with_their_channels_unless_shared_across_them(shared_axes, alpha_shape):
+    x = keras.Input((8, 8, 3))
+    slopes = keras.initializers.RandomUniform(0.1, 0.5, seed=1)
+    h = L.Conv2D(6, 3, name="conv")(x)
+    h = L.PReLU(alpha_initializer=slopes, shared_axes=shared_axes, name="prelu")(h)
+    model = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Conv2D(4, 3, name="next")(h))))
+    _randomize(model)
+    assert [group.removable for group in channel_groups(model)] == [True, True, False]
+    small = shrink(model, 0.5)
+    assert small.get_layer("prelu").alpha.shape == alpha_shape
+    inputs = np.random.RandomState(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
+
+
 @pytest.mark.parametrize("norm", [1, 2])
 def test_importance_picks_the_channels_a_full_sort_picks(norm):
     model = small_cnn()
