@@ -262,6 +262,57 @@ def op_with_number(operation: Any) -> tuple[str, float, bool] | None:
     return kind, float(value.reshape(())), tensor_first
 
 
+# Keras ops on two tensors that compute each entry from the same entries of
+# both, as the merge layers do (`x + shortcut`, `x * gate`).
+_TENSOR_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply",
+               "Maximum": "maximum", "Minimum": "minimum"}  # fmt: skip
+# Keras ops on one tensor that compute each entry from that entry alone
+# (`ops.relu(x)`, `keras.activations.silu(x)`), by module and class name.
+_ELEMENTWISE_OPS = {
+    "keras.src.ops.nn": {
+        "Celu", "Elu", "Gelu", "HardShrink", "HardSigmoid", "HardSilu", "HardTanh",
+        "LeakyRelu", "LogSigmoid", "Relu", "Relu6", "Selu", "Sigmoid", "Silu", "SoftShrink",
+        "Softplus", "Softsign", "SparsePlus", "SparseSigmoid", "Squareplus", "TanhShrink",
+        "Threshold",
+    },
+    "keras.src.ops.numpy": {"Abs", "Absolute", "Negative", "Square", "Tanh", "Exp", "Erf"},
+}  # fmt: skip
+
+
+def _tensor_arguments(operation: Any) -> tuple[Any, ...] | None:
+    """The tensors a Keras op was called on, if called once on tensors alone
+    (`Node.arguments`, 3.0: other arguments are its own attributes)."""
+    if call_count(operation) != 1:
+        return None
+    arguments = operation._inbound_nodes[0].arguments
+    if arguments.kwargs or not all(isinstance(a, keras.KerasTensor) for a in arguments.args):
+        return None
+    return tuple(arguments.args)
+
+
+def tensor_op(operation: Any) -> str | None:
+    """ "add", "subtract", "multiply", "maximum" or "minimum" if `operation` is that
+    Keras op called once on two tensors (`x + y`), else None. Its class
+    (`keras.src.ops.numpy`, 3.0) is not exported."""
+    kind = _TENSOR_OPS.get(type(operation).__name__)
+    if kind is None or type(operation).__module__ != "keras.src.ops.numpy":
+        return None
+    arguments = _tensor_arguments(operation)
+    return kind if arguments is not None and len(arguments) == 2 else None
+
+
+def elementwise_op(operation: Any) -> bool:
+    """Whether `operation` is a Keras op called once on one tensor that computes each
+    entry from that entry alone (`ops.relu(x)`); calling it on a tensor computes
+    the same. Their classes (`keras.src.ops.nn`, `keras.src.ops.numpy`, 3.0)
+    are not exported."""
+    names = _ELEMENTWISE_OPS.get(type(operation).__module__, set())
+    if type(operation).__name__ not in names:
+        return False
+    arguments = _tensor_arguments(operation)
+    return arguments is not None and len(arguments) == 1
+
+
 def is_scaled_sum(layer: Any) -> bool:
     """Whether `layer` is InceptionResNetV2's `CustomScaleLayer`, which returns
     `inputs[0] + inputs[1] * scale` (a residual sum: its inputs' channels are

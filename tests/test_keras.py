@@ -208,6 +208,32 @@ def test_op_with_number_reads_the_number_of_an_op_on_one_tensor():
     assert _keras.op_with_number(keras.layers.Dense(2)) is None
 
 
+def test_tensor_and_elementwise_ops_are_known_by_what_they_were_called_on():
+    x = keras.Input((3,))
+    y = keras.Input((3,))
+    ops = keras.ops
+    cases = {
+        "sum": x + y,
+        "gate": x * ops.sigmoid(y),
+        "max": ops.maximum(x, y),
+        "plus_number": x + 3.0,
+        "matmul": ops.matmul(x, ops.transpose(y)),
+        "relu": ops.relu(x),
+        "gelu": ops.gelu(x, approximate=False),
+        "silu": keras.activations.silu(x),
+        "softmax": ops.softmax(x),
+        "sum_over_axis": ops.sum(x, axis=-1),
+    }
+    source = {name: _keras.source_operation(t) for name, t in cases.items()}
+    kinds = {name: _keras.tensor_op(op) for name, op in source.items()}
+    assert kinds == {"sum": "add", "gate": "multiply", "max": "maximum"} | {
+        name: None for name in cases if name not in ("sum", "gate", "max")
+    }
+    elementwise = {name for name, op in source.items() if _keras.elementwise_op(op)}
+    assert elementwise == {"relu", "gelu", "silu"}
+    assert not _keras.elementwise_op(keras.layers.ReLU())
+
+
 def test_is_scaled_sum_knows_inception_resnets_residual_layer():
     model = keras.applications.InceptionResNetV2(weights=None, input_shape=(75, 75, 3), classes=2)
     found = [layer for layer in model.layers if _keras.is_scaled_sum(layer)]

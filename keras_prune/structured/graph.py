@@ -368,9 +368,9 @@ class _Walk:
         if len(outputs) != 1:
             return None
         if not isinstance(layer, keras.layers.Layer):
-            return self.number_op(layer, inputs, layouts, outputs[0])
+            return self.op(layer, inputs, layouts, outputs[0])
         if kind in MERGES or kind is L.Multiply or _keras.is_scaled_sum(layer):
-            return self.merge(layer, layouts)
+            return self.merge(layouts, multiply=kind is L.Multiply)
         if kind is L.Concatenate:
             return self.concatenate(layer, inputs, layouts)
         if kind is L.MultiHeadAttention:
@@ -417,6 +417,24 @@ class _Walk:
                 return None
             return [layout]
         return None
+
+    def op(self, operation: Any, inputs: list[Any], layouts: list[Layout], output: Any):
+        """A Keras op: on a tensor and a number (`number_op`), on two tensors as the
+        merge layers (`x + shortcut`), or on each entry of one tensor (`ops.relu(x)`)."""
+        if _keras.op_with_number(operation) is not None:
+            return self.number_op(operation, inputs, layouts, output)
+        kind = _keras.tensor_op(operation)
+        if kind is not None:
+            widths = {_last_dim(inputs[0]), _last_dim(inputs[1]), _last_dim(output)}
+            if len(layouts) != 2 or len(widths) != 1:  # not broadcast along the channels
+                return None
+            return self.merge(layouts, multiply=kind == "multiply")
+        if not _keras.elementwise_op(operation) or len(layouts) != 1:
+            return None
+        if tuple(inputs[0].shape) != tuple(output.shape):
+            return None
+        layout, zero = layouts[0], _zero_at_zero(operation)
+        return [Layout(layout.groups, tuple(z and zero for z in layout.zero), layout.repeat)]
 
     def number_op(self, operation: Any, inputs: list[Any], layouts: list[Layout], output: Any):
         """A tensor and a number (`x + 3.0`, `x / 6`): each channel from itself alone.
@@ -487,7 +505,7 @@ class _Walk:
         self.graph.inner[id(layer)] = (layer, self.new(found.units, [(layer, 0)], None))
         return [self.opaque(output, f"it is the output of `{layer.name}` ({kind})")]
 
-    def merge(self, layer: keras.layers.Layer, layouts: list[Layout]):
+    def merge(self, layouts: list[Layout], multiply: bool):
         aligned = self.align(layouts)
         if aligned is None:
             return None
@@ -495,7 +513,7 @@ class _Walk:
         for other in aligned[1:]:
             for a, b in zip(first.groups, other.groups):
                 self.union(a, b)
-        combine = any if isinstance(layer, L.Multiply) else all
+        combine = any if multiply else all  # x * 0 is 0; x + 0 is 0 only if x is
         zero = tuple(
             combine(layout.zero[i] for layout in aligned) for i in range(len(first.groups))
         )
@@ -509,9 +527,8 @@ class _Walk:
             groups = tuple(g for layout in layouts for g in layout.groups)
             zero = tuple(z for layout in layouts for z in layout.zero)
             return [Layout(groups, zero)]
-        return self.merge(
-            layer, layouts
-        )  # along another axis, channel c of each input is one channel
+        # Along another axis, channel c of each input is one channel.
+        return self.merge(layouts, multiply=False)
 
 
 def analyse(model: keras.Model) -> Graph:

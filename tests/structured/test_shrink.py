@@ -208,6 +208,30 @@ def test_prelu_slopes_go_with_their_channels_unless_shared_across_them(shared_ax
     _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
 
 
+def test_keras_ops_tie_and_pass_channels_as_the_layers_that_do_the_same():
+    ops = keras.ops
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(6, 3, padding="same", name="a")(x)
+    b = L.Conv2D(6, 3, padding="same", name="b")(ops.relu(a))
+    h = a + b  # a residual written as an op: one group
+    h = h * ops.sigmoid(h)  # swish by hand: 0 stays 0
+    h = ops.maximum(h, ops.leaky_relu(h, 0.2))
+    g = L.Conv2D(4, 1, name="g")(h)
+    gate = L.Conv2D(5, 1, name="gate")(h)
+    s = L.Conv2D(5, 1, name="s")(ops.sigmoid(gate))  # a removed channel would read 0.5
+    model = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Concatenate()([g, s]))))
+    _randomize(model)
+    reasons = {group.producers: group.reason for group in channel_groups(model)}
+    assert [reasons[p] for p in [("a", "b"), ("g",), ("s",)]] == [None, None, None]
+    assert reasons[("gate",)].startswith("`s` would read a nonzero value")
+    with pytest.warns(UserWarning, match="keep every channel: gate: `s` would read"):
+        small = shrink(model, 0.5)
+    assert small.get_layer("b").kernel.shape == (3, 3, 3, 3)
+    assert small.get_layer("gate").filters == 5
+    inputs = np.random.RandomState(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
+
+
 @pytest.mark.parametrize("norm", [1, 2])
 def test_importance_picks_the_channels_a_full_sort_picks(norm):
     model = small_cnn()
