@@ -421,8 +421,9 @@ class _Walk:
     def op(self, operation: Any, inputs: list[Any], layouts: list[Layout], output: Any):
         """A Keras op: on a tensor and a number (`number_op`), on two tensors as the
         merge layers (`x + shortcut`), or on each entry of one tensor (`ops.relu(x)`)."""
-        if _keras.op_with_number(operation) is not None:
-            return self.number_op(operation, inputs, layouts, output)
+        found = _keras.op_with_number(operation)
+        if found is not None:
+            return self.number_op(found, inputs, layouts, output)
         kind = _keras.tensor_op(operation)
         if kind is not None:
             widths = {_last_dim(inputs[0]), _last_dim(inputs[1]), _last_dim(output)}
@@ -436,11 +437,11 @@ class _Walk:
         layout, zero = layouts[0], _zero_at_zero(operation)
         return [Layout(layout.groups, tuple(z and zero for z in layout.zero), layout.repeat)]
 
-    def number_op(self, operation: Any, inputs: list[Any], layouts: list[Layout], output: Any):
-        """A tensor and a number (`x + 3.0`, `x / 6`): each channel from itself alone.
-        A removed channel stays 0 unless a nonzero number is added to it."""
-        found = _keras.op_with_number(operation)
-        if found is None or len(layouts) != 1 or tuple(inputs[0].shape) != tuple(output.shape):
+    def number_op(self, found: Any, inputs: list[Any], layouts: list[Layout], output: Any):
+        """A tensor and a number (`x + 3.0`, `x / 6`; `found` is `_keras.op_with_number`'s):
+        each channel from itself alone. A removed channel stays 0 unless a nonzero
+        number is added to it."""
+        if len(layouts) != 1 or tuple(inputs[0].shape) != tuple(output.shape):
             return None
         kind, number, tensor_first = found
         if not math.isfinite(number) or (kind == "divide" and (not tensor_first or number == 0)):
