@@ -203,9 +203,8 @@ def _cannot_shrink(operation: Any, uses: int) -> str:
     kind = type(operation).__name__
     if uses > 1 and operation.weights:
         return f"`{name}` is called {uses} times"
-    if isinstance(operation, keras.layers.Layer) and _cannot_cut(operation):
-        return _cannot_cut(operation)
-    return f"`{name}` ({kind}) reads it and cannot be shrunk"
+    reason = _cannot_cut(operation) if isinstance(operation, keras.layers.Layer) else None
+    return reason or f"`{name}` ({kind}) reads it and cannot be shrunk"
 
 
 def _cannot_cut(layer: keras.layers.Layer) -> str | None:
