@@ -15,6 +15,26 @@ from keras_prune import _backend, _forward_pass, _keras, global_pruning, masks, 
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
 
+class _MaskedRegularizer(keras.regularizers.Regularizer):
+    """A pruned weight's regularizer, on the weight times its mask.
+
+    Keras adds `variable.regularizer(variable)` to the loss outside the
+    layer's call, so without this a pruned weight would still count in the
+    loss (and be pulled toward 0), though the layer reads it as 0, as
+    tfmot's zeroed weights do not. Set on the variable only: the layer's
+    config keeps its own regularizer, which `strip_pruning` restores.
+    """
+
+    def __init__(self, regularizer: keras.regularizers.Regularizer, mask: keras.Variable):
+        self.regularizer, self.mask = regularizer, mask
+
+    def __call__(self, x: Any) -> Any:
+        return self.regularizer(ops.multiply(x, ops.cast(self.mask.value, x.dtype)))
+
+    def get_config(self) -> dict[str, Any]:
+        return self.regularizer.get_config()
+
+
 @keras.saving.register_keras_serializable(package="keras_prune")
 class PruneLowMagnitude(keras.layers.Wrapper):
     """Wraps a layer so that its prunable weights are magnitude-pruned.
@@ -24,7 +44,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     step by one and, when `pruning_schedule(step)` says so, recomputes the
     masks from the masked weights (so pruned weights stay pruned) inside the
     compiled train step. In training and inference the wrapped layer runs on
-    `weight * mask`, so pruned weights get exactly zero gradient.
+    `weight * mask`, so pruned weights get exactly zero gradient; a weight's
+    regularizer (`kernel_regularizer`) also sees `weight * mask`.
 
     Use `prune_low_magnitude` rather than this class directly; it is
     public so that `isinstance` checks and `keras.saving` find it.
@@ -167,6 +188,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 trainable=False,
             )
             self.pruning_vars.append((weight, mask, threshold))
+            if weight.regularizer is not None and not isinstance(
+                weight.regularizer, _MaskedRegularizer
+            ):
+                weight.regularizer = _MaskedRegularizer(weight.regularizer, mask)
         if self.sparsity_factors is not None and len(self.sparsity_factors) != len(
             self.pruning_vars
         ):

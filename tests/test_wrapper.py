@@ -168,3 +168,38 @@ def test_rejects_bad_arguments(make, error, match):
 def test_block_size_on_conv_kernel_is_rejected_at_build():
     with pytest.raises(ValueError, match="block_size.*2-D"):
         keras_prune.prune_low_magnitude(small_cnn(), block_size=(2, 2))
+
+
+def test_a_pruned_weights_regularizer_sees_it_as_the_layer_does(tmp_path):
+    # Keras adds the regularizer's loss outside the layer's call; a pruned
+    # weight must count as the 0 the layer reads, as tfmot's zeroed one does.
+    l2 = keras.regularizers.L2(1.0)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, kernel_regularizer=l2, bias_regularizer=l2, name="d"),
+            keras.layers.Dense(1, name="out"),
+        ]
+    )
+    model.get_layer("d").bias.assign(np.full(8, 0.5, "float32"))
+    pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.75, 0, frequency=1))
+    pruned.compile(keras.optimizers.SGD(0.0), "mse")  # the weights stay as they are
+    x = np.random.RandomState(0).normal(size=(8, 4)).astype("float32")
+    y = np.zeros((8, 1), "float32")
+    history = pruned.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    wrapper = pruned.layers[0]
+    kernel, mask, _ = (ops.convert_to_numpy(v) for v in wrapper.pruning_vars[0])
+    assert mask.mean() == 0.25
+    expected = float(((kernel * mask) ** 2).sum()) + 8 * 0.25  # the bias is not pruned
+    mse = float(np.mean(ops.convert_to_numpy(pruned(x)) ** 2))
+    assert history.history["loss"][0] == pytest.approx(mse + expected, rel=1e-5)
+
+    def penalty(m):
+        return sum(float(ops.convert_to_numpy(loss)) for loss in m.losses)
+
+    assert penalty(pruned) == pytest.approx(expected, rel=1e-5)
+    pruned.save(tmp_path / "pruned.keras")
+    assert penalty(keras.saving.load_model(tmp_path / "pruned.keras")) == pytest.approx(expected)
+    stripped = keras_prune.strip_pruning(pruned)
+    assert stripped.get_layer("d").get_config()["kernel_regularizer"]["config"] == {"l2": 1.0}
+    assert penalty(stripped) == pytest.approx(expected, rel=1e-5)
