@@ -23,6 +23,7 @@ from keras_prune.structured.channel_mask import (
     HeadMask,
     channel_masks,
 )
+from keras_prune.structured.graph import TRANSPOSED
 from keras_prune.structured.importance import kernel as channel_kernel
 from keras_prune.structured.importance import output_axis
 from keras_prune.wrapper import PruneLowMagnitude
@@ -244,7 +245,6 @@ _FLOP_LAYERS = (
     _L.SeparableConv2D,
     _L.Dense,
 )
-_TRANSPOSED = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
 
 
 def flops(model: keras.Model) -> int:
@@ -302,7 +302,7 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
             kernels = kernels or [operation.kernel]
             positions = math.prod(_known(outputs[0].shape, operation)[1:-1])
             total += 2 * positions * sum(math.prod(k.shape) for k in kernels)
-        elif isinstance(operation, _TRANSPOSED):  # each input position spreads over a window
+        elif isinstance(operation, TRANSPOSED):  # each input position spreads over a window
             positions = math.prod(_known(inputs[0].shape, operation)[1:-1])
             total += 2 * positions * math.prod(operation.kernel.shape)
         elif isinstance(operation, _L.EinsumDense):
@@ -312,7 +312,7 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
             shapes = (_known(t.shape, operation) for t in (inputs[0], value))
             total += 2 * _attention_macs(operation, *shapes)
         elif isinstance(operation, keras.layers.Layer) and any(
-            isinstance(inner, (*_FLOP_LAYERS, *_TRANSPOSED, _L.EinsumDense, _L.MultiHeadAttention))
+            isinstance(inner, (*_FLOP_LAYERS, *TRANSPOSED, _L.EinsumDense, _L.MultiHeadAttention))
             for inner in _keras.flatten_layers(operation)
         ):
             name = f"{operation.name} ({type(operation).__name__})"
