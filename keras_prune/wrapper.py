@@ -188,10 +188,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 trainable=False,
             )
             self.pruning_vars.append((weight, mask, threshold))
-            if weight.regularizer is not None and not isinstance(
-                weight.regularizer, _MaskedRegularizer
-            ):
-                weight.regularizer = _MaskedRegularizer(weight.regularizer, mask)
+            regularizer = weight.regularizer
+            if isinstance(regularizer, _MaskedRegularizer):  # a layer wrapped anew: this mask
+                regularizer = regularizer.regularizer
+            if regularizer is not None:
+                weight.regularizer = _MaskedRegularizer(regularizer, mask)
         if self.sparsity_factors is not None and len(self.sparsity_factors) != len(
             self.pruning_vars
         ):
