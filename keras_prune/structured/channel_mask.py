@@ -1,8 +1,8 @@
 """`ChannelMask`: zeroes the removed channels of a tensor while `prune_channels` trains.
 
 `prune_channels` puts one after every layer whose output holds channels it
-prunes (a Conv, Dense or SeparableConv, a BatchNormalization, a depthwise
-convolution), or after the per-channel layers that alone follow it, so a
+prunes (a Conv, Dense or SeparableConv, a Batch- or GroupNormalization, a
+depthwise convolution), or after the per-channel layers that alone follow it, so a
 removed channel is exactly 0 wherever another layer reads it, as it is
 absent from the model `shrink` makes. Its mask is one 0/1 entry per
 channel, in segments: one per channel group of the tensor (a concatenation
@@ -34,6 +34,7 @@ masked = keras_prune.prune_channels(model, keras_prune.PolynomialDecay(0, 0.5, 0
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from collections.abc import Callable
@@ -49,14 +50,20 @@ from keras_prune.structured import importance as importance_lib
 
 
 def _segment(value: Any) -> dict[str, Any]:
-    """A segment as stored in the config: its group name, size and producers."""
-    if not isinstance(value, dict) or set(value) != {"group", "size", "producers"}:
+    """A segment as stored in the config: its group name, size, producers and block."""
+    keys = {"group", "size", "producers"}
+    if not isinstance(value, dict) or not keys <= set(value) <= keys | {"block"}:
         raise TypeError(
-            "each of `segments` must be a dict with keys 'group', 'size' and 'producers'; "
-            f"got {value!r}."
+            "each of `segments` must be a dict with keys 'group', 'size', 'producers' and "
+            f"optionally 'block'; got {value!r}."
         )
     producers = [(str(name), int(first)) for name, first in value["producers"]]
-    return {"group": str(value["group"]), "size": int(value["size"]), "producers": producers}
+    size, block = int(value["size"]), int(value.get("block", 1))  # files before blocks: 1
+    if block < 1 or size % block:
+        raise ValueError(
+            f"a segment's `block` must be a divisor of its size {size} (at least 1); got {block}."
+        )
+    return {"group": str(value["group"]), "size": size, "producers": producers, "block": block}
 
 
 # Keras maps a model's graph recursively, one Python frame per layer of depth
@@ -88,8 +95,9 @@ class ChannelMask(keras.layers.Layer):
             of each group's channels removed.
         segments: one dict per channel group along the last axis, in order:
             `{"group": name, "size": channels, "producers": [[layer name,
-            first output channel], ...]}`; a segment with no producers is
-            never pruned.
+            first output channel], ...], "block": run}`; a segment with no
+            producers is never pruned; its channels go in aligned runs of
+            `block` (optional, default 1; see `ChannelGroup.block`).
         importance: "l2" or "l1", the norm of a channel's kernel weights,
             or a callable that `keras.saving` can save: given one float32
             `(channels, fan_in)` tensor per producer, it returns the
@@ -206,16 +214,18 @@ class ChannelMask(keras.layers.Layer):
             scores = sum(ops.sum(ops.abs(c), axis=0) for c in columns)
         return ops.stop_gradient(scores) * previous  # removed channels stay removed
 
-    def _rounded(self, kept: Any, size: int) -> Any:
-        """`kept` rounded up to a multiple of `round_to`, at least `round_to`, at most `size`."""
-        kept = ops.maximum(ops.ceil(kept / self.round_to) * self.round_to, self.round_to)
-        return ops.minimum(kept, size)
+    def _rounded(self, kept: Any, segment: dict[str, Any]) -> Any:
+        """`kept` rounded up to a multiple of `round_to` and of the segment's block,
+        at least that, at most the segment's size."""
+        unit = math.lcm(self.round_to, segment["block"])
+        kept = ops.maximum(ops.ceil(kept / unit) * unit, unit)
+        return ops.minimum(kept, segment["size"])
 
     def _keep(self, segment: dict[str, Any], previous: Any, sparsity: Any) -> Any:
         """1.0 for the segment's channels that stay at `sparsity`, 0.0 for the others."""
         size = segment["size"]
-        kept = self._rounded(size - ops.floor(sparsity * size + 1e-6), size)
-        return _top(self._scores(segment, previous), kept)
+        kept = self._rounded(size - ops.floor(sparsity * size + 1e-6), segment)
+        return _top_runs(self._scores(segment, previous), kept, segment["block"])
 
     def _keep_global(self, sparsity: Any) -> dict[str, Any]:
         """`{group: 1.0/0.0 per channel}` for every group of the model, with one threshold."""
@@ -233,7 +243,8 @@ class ChannelMask(keras.layers.Layer):
         result = {}
         for name, (_, _, segment) in groups.items():
             above = ops.sum(ops.cast(ops.greater(scores[name], threshold), "float32"))
-            result[name] = _top(scores[name], self._rounded(above, segment["size"]))
+            kept = self._rounded(above, segment)
+            result[name] = _top_runs(scores[name], kept, segment["block"])
         return result
 
     def _current_global(self) -> dict[str, Any]:
@@ -457,6 +468,15 @@ def _top(scores: Any, kept: Any) -> Any:
     room = kept - ops.sum(ops.cast(above, "int32"))
     first_tied = ops.logical_and(ops.cast(tied, "bool"), ops.less_equal(ops.cumsum(tied), room))
     return ops.cast(ops.logical_or(above, first_tied), "float32")
+
+
+def _top_runs(scores: Any, kept: Any, block: int) -> Any:
+    """`_top` over aligned runs of `block` channels, each scored by the sum of its
+    channels' scores; `kept` channels (a multiple of `block`) stay."""
+    if block == 1:
+        return _top(scores, kept)
+    runs = ops.sum(ops.reshape(scores, (-1, block)), axis=1)
+    return ops.repeat(_top(runs, ops.cast(kept, "int32") // block), block)
 
 
 def _groups(layers: Any) -> dict[str, tuple[ChannelMask, int, dict[str, Any]]]:

@@ -25,8 +25,10 @@ understand.
 
 What removing channel `c` of a group means, and what a shrunk model
 computes exactly: the producers' kernels and biases for `c` are zero, and
-so are the per-channel weights that carry it (BatchNormalization's scale and
-shift, a depthwise kernel and bias), so that every layer reads 0 there.
+so are the per-channel weights that carry it (BatchNormalization's and
+GroupNormalization's scale and shift, a depthwise kernel and bias), so that
+every layer reads 0 there. A GroupNormalization normalises runs of
+channels together, so a group it reads loses whole runs (`block`).
 
 Example:
 
@@ -106,12 +108,17 @@ class ChannelGroup:
             channel 0 (0 unless the producer's channels are in several
             groups, as when they multiply a concatenation).
         reason: why the group keeps every channel, or None if it can shrink.
+        block: its channels go in aligned runs of this many (channel `c`
+            with all of `block * (c // block)` to `block * (c // block + 1) - 1`):
+            the groups of a GroupNormalization that reads them, whose
+            statistics stay exact only when whole groups go; 1 otherwise.
     """
 
     size: int
     producers: tuple[str, ...]
     offsets: tuple[int, ...]
     reason: str | None
+    block: int = 1
 
     @property
     def removable(self) -> bool:
@@ -124,6 +131,7 @@ class _Group:
     producers: list[tuple[keras.layers.Layer, int]]  # (layer, its output channel for channel 0)
     reason: str | None
     parent: int
+    block: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +284,7 @@ class _Walk:
             second.parent = a
             first.producers += second.producers
             first.reason = first.reason or second.reason
+            self.set_block(a, second.block)
 
     def size(self, layout: Layout) -> int:
         return sum(self.sizes(layout)) * layout.repeat
@@ -290,9 +299,31 @@ class _Walk:
         pieces = []
         for start, end in zip(bounds, bounds[1:]):
             producers = [(layer, first + start) for layer, first in whole.producers]
-            pieces.append(self.new(end - start, producers, whole.reason))
+            piece = self.new(end - start, producers, whole.reason)
+            if start % whole.block:  # its runs would start mid-run
+                self.graph.groups[piece].reason = self.graph.groups[piece].reason or (
+                    f"a run of {whole.block} channels normalised together is cut in two"
+                )
+            else:
+                self.set_block(piece, whole.block)
+            pieces.append(piece)
         self.graph.splits[group] = pieces
         return pieces
+
+    def set_block(self, index: int, block: int) -> None:
+        """Root group `index` loses channels in runs of `block` too (GroupNormalization)."""
+        group = self.graph.groups[index]
+        group.block = math.lcm(group.block, block)
+        if group.size % group.block:
+            reason = (
+                f"its {group.size} channels do not divide into the runs of {group.block} "
+                "that GroupNormalization normalises together"
+            )
+        elif 1 < group.block == group.size:
+            reason = f"GroupNormalization normalises all its {group.size} channels together"
+        else:
+            return
+        group.reason = group.reason or reason
 
     def align(self, layouts: list[Layout]) -> list[Layout] | None:
         """`layouts` cut into groups of the same sizes at the same places, or None if they differ in size."""
@@ -401,6 +432,8 @@ class _Walk:
             if layer.axis not in (-1, len(inputs[0].shape) - 1):
                 return None
             return [Layout(layout.groups, (True,) * len(layout.groups))]
+        if kind is L.GroupNormalization:
+            return self.group_norm(layer, inputs[0], layout)
         if kind in DEPTHWISE:
             if layer.depth_multiplier != 1 or not _channels_last(layer):
                 return None
@@ -416,6 +449,27 @@ class _Walk:
                 return None
             return [layout]
         return None
+
+    def group_norm(self, layer: keras.layers.GroupNormalization, tensor: Any, layout: Layout):
+        """Its groups are normalised apart, so whole ones can go: a removed run of
+        channels is 0 after it, once its scale and shift are (`set_block`)."""
+        channels = _last_dim(tensor)
+        if layer.axis not in (-1, len(tensor.shape) - 1) or layout.repeat != 1 or not channels:
+            return None
+        run = channels // (channels if layer.groups == -1 else layer.groups)
+        offset = 0
+        for group in layout.groups:
+            size = self.graph.groups[group].size
+            if offset % run or size % run:  # a normalised group spans two channel groups
+                self.freeze(
+                    layout,
+                    f"`{layer.name}` (GroupNormalization) normalises runs of {run} channels "
+                    "across channel groups",
+                )
+                break
+            self.set_block(group, run)
+            offset += size
+        return [Layout(layout.groups, (True,) * len(layout.groups))]
 
     def op(self, operation: Any, inputs: list[Any], layouts: list[Layout], output: Any):
         """A Keras op: on a tensor and a number (`number_op`), on two tensors as the
@@ -592,5 +646,5 @@ def channel_groups(model: keras.Model) -> list[ChannelGroup]:
         if group.producers:
             names = tuple(layer.name for layer, _ in group.producers)
             offsets = tuple(first for _, first in group.producers)
-            result.append(ChannelGroup(group.size, names, offsets, group.reason))
+            result.append(ChannelGroup(group.size, names, offsets, group.reason, group.block))
     return result

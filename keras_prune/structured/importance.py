@@ -158,15 +158,23 @@ def _rounded(kept: int, channels: int, round_to: int) -> int:
     return min(channels, max(round_to, math.ceil(kept / round_to) * round_to))
 
 
-def _top(scores: np.ndarray, count: int) -> np.ndarray:
-    """The indices of the `count` highest scores, ascending (the lower index on a tie)."""
-    order = np.argsort(-scores, kind="stable")
-    return np.sort(order[:count])
+def _top(scores: np.ndarray, count: int, block: int = 1) -> np.ndarray:
+    """The indices of the `count` highest scores, ascending (the lower index on a tie),
+    in whole runs of `block` channels scored by their sum (`count` a multiple of it)."""
+    runs = scores.reshape(-1, block).sum(axis=1)
+    order = np.argsort(-runs, kind="stable")[: count // block]
+    return np.sort((order[:, None] * block + np.arange(block)[None, :]).ravel())
 
 
-def keep(scores: np.ndarray, sparsity: float, round_to: int) -> np.ndarray:
-    """The indices of the channels to keep, ascending: the highest scores (the lower index on a tie)."""
-    return _top(scores, kept_count(len(scores), sparsity, round_to))
+def keep(scores: np.ndarray, sparsity: float, round_to: int, block: int = 1) -> np.ndarray:
+    """The indices of the channels to keep, ascending: the highest scores (the lower index on a tie).
+
+    With `block` > 1 (a group that a GroupNormalization reads, `ChannelGroup.block`)
+    channels go in aligned runs of `block`, each scored by the sum of its
+    channels' scores, and the count kept is a multiple of `block` too.
+    """
+    unit = math.lcm(round_to, block)
+    return _top(scores, kept_count(len(scores), sparsity, unit), block)
 
 
 def normalized(scores: np.ndarray) -> np.ndarray:
@@ -183,17 +191,24 @@ def global_threshold(normalised: Sequence[np.ndarray], sparsity: float) -> float
     return float(values[removed - 1]) if removed else -math.inf
 
 
-def keep_global(scores: Sequence[np.ndarray], sparsity: float, round_to: int) -> list[np.ndarray]:
+def keep_global(
+    scores: Sequence[np.ndarray],
+    sparsity: float,
+    round_to: int,
+    blocks: Sequence[int] | None = None,
+) -> list[np.ndarray]:
     """The indices of the channels to keep in each group, with one threshold for all groups.
 
     A `sparsity` fraction of all the groups' channels goes: those whose
     normalised score is at or below `global_threshold`. Each group keeps the
-    rest, its count rounded up to a multiple of `round_to` and at least
-    `round_to` (so slightly less than `sparsity` may go).
+    rest, its count rounded up to a multiple of `round_to` (and of its
+    `blocks` entry, in whole runs as in `keep`) and at least `round_to` (so
+    slightly less than `sparsity` may go).
     """
     normalised = [normalized(group) for group in scores]
     threshold = global_threshold(normalised, sparsity)
+    blocks = [1] * len(scores) if blocks is None else blocks
     return [
-        _top(group, _rounded(int(np.sum(n > threshold)), len(group), round_to))
-        for group, n in zip(scores, normalised, strict=True)
+        _top(group, _rounded(int(np.sum(n > threshold)), len(group), math.lcm(round_to, b)), b)
+        for group, n, b in zip(scores, normalised, blocks, strict=True)
     ]

@@ -52,17 +52,25 @@ from keras_prune.structured.shrink import rebuild
 from keras_prune.wrapper import PruneLowMagnitude
 
 # Layers after which a removed channel could be nonzero: those with per-channel weights.
-_MASKED_AFTER = (*PRODUCERS, *DEPTHWISE, keras.layers.BatchNormalization)
+_MASKED_AFTER = (
+    *PRODUCERS,
+    *DEPTHWISE,
+    keras.layers.BatchNormalization,
+    keras.layers.GroupNormalization,
+)
 _L = keras.layers
-# Layers that compute each channel from the same channel alone, keeping the
-# last axis, and that a mask may follow past: masking their output zeroes
-# the channel as masking their input would, for what comes after. Padding
-# and upsampling are left out: they make the tensor to mask larger.
+# Layers that compute each channel from the same channel alone (a
+# GroupNormalization from its own run of channels, which goes whole),
+# keeping the last axis, and that a mask may follow past: masking their
+# output zeroes the channel as masking their input would, for what comes
+# after. Padding and upsampling are left out: they make the tensor to mask
+# larger.
 _ENLARGING = tuple(
     getattr(_L, f"{k}{d}D") for k in ("ZeroPadding", "UpSampling") for d in (1, 2, 3)
 )
 _PER_CHANNEL = (
     _L.BatchNormalization,
+    _L.GroupNormalization,
     _L.PReLU,
     *ACTIVATIONS,
     *(kind for kind in ZERO_KEEPING if kind not in _ENLARGING),
@@ -153,6 +161,7 @@ def prune_channels(
             "group": f"group_{group}",
             "size": graph.groups[group].size,
             "producers": [[p.name, first] for p, first in producers],
+            "block": graph.groups[group].block,
         }
 
     masks: dict[int, ChannelMask] = {}

@@ -6,7 +6,8 @@
 group, and rebuilds the model with smaller layers: Conv filters, Dense
 units, attention heads and the feed-forward units of KerasHub transformer
 blocks, the matching inputs of the layers that read
-them, and the BatchNormalization and depthwise weights that carry them. The result holds
+them, and the Batch- and GroupNormalization and depthwise weights that carry
+them (a GroupNormalization loses whole groups). The result holds
 only Keras layers, so it saves and loads without keras_prune and exports
 like any model; its predictions are those of `model` with the removed
 channels' weights set to zero (`structured.graph` says which weights).
@@ -131,10 +132,11 @@ def shrink(
         importance_lib.scores(importance, graph.groups[root].producers, graph.groups[root].size)
         for root in removable
     ]
+    blocks = [graph.groups[root].block for root in removable]
     if global_pruning:
-        kept = importance_lib.keep_global(scores, sparsity, round_to)
+        kept = importance_lib.keep_global(scores, sparsity, round_to, blocks)
     else:
-        kept = [importance_lib.keep(s, sparsity, round_to) for s in scores]
+        kept = [importance_lib.keep(s, sparsity, round_to, b) for s, b in zip(scores, blocks)]
     keep: Keep = {
         root: k for root, k, s in zip(removable, kept, scores, strict=True) if len(k) < len(s)
     }
@@ -166,6 +168,9 @@ def _config(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
     found = blocks.feed_forward(layer)
     if found is not None and outputs is not None:
         config[found.key] = found.config_value(len(outputs))
+    if isinstance(layer, keras.layers.GroupNormalization) and inputs is not None:
+        (channels,) = layer.input_spec.axes.values()  # whole groups went (`ChannelGroup.block`)
+        config["groups"] = len(inputs) // (channels // layer.groups)
     if isinstance(layer, keras.layers.Reshape) and inputs is not None:
         config["target_shape"] = (*config["target_shape"][:-1], len(inputs))
     return config

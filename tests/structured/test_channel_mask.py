@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune.structured.channel_mask import _top
+from keras_prune import ConstantSparsity
+from keras_prune.structured.channel_mask import ChannelMask, _top, _top_runs
 
 
 def _expected(scores, kept):
@@ -35,3 +36,21 @@ def test_distinct_scores_and_a_float_count_as_the_train_step_gives_it():
     kept = keras.ops.convert_to_tensor(1536.0)
     got = keras.ops.convert_to_numpy(_top(keras.ops.convert_to_tensor(scores), kept))
     np.testing.assert_array_equal(got, _expected(scores, 1536))
+
+
+@pytest.mark.parametrize("kept", [3, 6, 12])
+def test_runs_of_a_block_stay_or_go_whole_by_the_sum_of_their_scores(kept):
+    scores = np.random.RandomState(kept).rand(12).astype("float32")
+    got = keras.ops.convert_to_numpy(_top_runs(keras.ops.convert_to_tensor(scores), kept, 3))
+    runs = scores.astype("float64").reshape(4, 3).sum(axis=1)
+    np.testing.assert_array_equal(got, np.repeat(_expected(runs, kept // 3), 3))
+
+
+def test_a_segment_without_a_block_loads_as_one_and_a_bad_block_is_named():
+    schedule = ConstantSparsity(0.5, 0)
+    old = {"group": "g", "size": 6, "producers": [["conv", 0]]}  # a file from before blocks
+    assert ChannelMask(schedule, [old]).segments[0]["block"] == 1
+    with pytest.raises(ValueError, match="`block` must be a divisor of its size 6"):
+        ChannelMask(schedule, [{**old, "block": 4}])
+    with pytest.raises(TypeError, match="optionally 'block'"):
+        ChannelMask(schedule, [{**old, "blocks": 2}])

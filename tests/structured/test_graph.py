@@ -102,6 +102,44 @@ def test_an_activation_across_channels_keeps_them():
     assert groups[("d",)].removable
 
 
+def test_group_normalization_makes_channels_go_in_whole_runs():
+    x = keras.Input((8, 8, 3))
+    a = L.GroupNormalization(groups=4, name="gn_a")(L.Conv2D(8, 1, name="a")(x))  # runs of 2
+    b = L.GroupNormalization(groups=-1, name="gn_b")(L.Conv2D(8, 1, name="b")(a))  # runs of 1
+    c = L.Concatenate()([L.Conv2D(6, 1, name="c")(b), L.Conv2D(4, 1, name="d")(b)])
+    c = L.GroupNormalization(groups=5, name="gn_cd")(c)  # runs of 2: c's 6 and d's 4 fill them
+    e = L.Concatenate()([L.Conv2D(3, 1, name="e")(c), L.Conv2D(5, 1, name="f")(c)])
+    e = L.GroupNormalization(groups=2, name="gn_ef")(e)  # runs of 4: one spans e and f
+    g = L.Conv2D(6, 1, name="g")(e)
+    h = L.Add()([L.GroupNormalization(groups=3)(g), L.GroupNormalization(groups=2)(g)])
+    i = L.GroupNormalization(groups=1, name="gn_i")(L.Conv2D(4, 1, name="i")(h))
+    y = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(i))
+    groups = _groups(keras.Model(x, y))
+    assert [(groups[(n,)].block, groups[(n,)].removable) for n in "abcd"] == [
+        (2, True),
+        (1, True),
+        (2, True),
+        (2, True),
+    ]
+    for name in "ef":
+        assert "`gn_ef` (GroupNormalization) normalises runs of 4" in groups[(name,)].reason
+    # runs of 2 and of 3 over 6 channels: only all 6 together; groups=1 likewise
+    assert groups[("g",)].block == 6
+    assert "normalises all its 6 channels together" in groups[("g",)].reason
+    assert "normalises all its 4 channels together" in groups[("i",)].reason
+
+
+def test_a_cut_through_a_run_of_group_normalization_keeps_the_pieces():
+    x = keras.Input((8, 8, 3))
+    a = L.GroupNormalization(groups=2)(L.Conv2D(8, 1, name="a")(x))  # runs of 4
+    b = L.Concatenate()([L.Conv2D(2, 1, name="b")(x), L.Conv2D(6, 1, name="c")(x)])
+    y = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.Add()([a, b])))
+    pieces = [g for g in channel_groups(keras.Model(x, y)) if "a" in g.producers]
+    assert [(g.size, g.producers) for g in pieces] == [(2, ("a", "b")), (6, ("a", "c"))]
+    assert "do not divide into the runs of 4" in pieces[0].reason
+    assert "a run of 4 channels normalised together is cut in two" in pieces[1].reason
+
+
 def test_unknown_layers_keep_the_channels_they_touch():
     x = keras.Input((6, 4))
     a = L.Dense(8, name="a")(x)

@@ -319,6 +319,38 @@ def test_a_mask_moves_past_prelu_and_shrink_keeps_the_masked_predictions():
     _assert_same_predictions(small, masked, images)
 
 
+@pytest.mark.parametrize("global_pruning", [False, True], ids=["local", "global"])
+def test_group_normalizations_groups_go_whole_while_fit_trains(tmp_path, global_pruning):
+    x = keras.Input((8, 8, 3))
+    h = L.Conv2D(12, 3, name="conv")(x)
+    h = L.ReLU()(L.GroupNormalization(groups=4, name="gn")(h))  # runs of 3 channels
+    h = L.GroupNormalization(groups=-1)(L.Conv2D(4, 3, name="conv2")(h))
+    model = keras.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(h)))
+    for variable in model.get_layer("gn").weights:  # a removed run's shift must not leak
+        variable.assign(np.linspace(0.5, 1.5, 12).astype("float32"))
+    schedule = keras_prune.ConstantSparsity(0.5, 0, frequency=1)
+    masked = prune_channels(model, schedule, global_pruning=global_pruning)
+    kinds = [type(layer).__name__ for layer in masked.layers]
+    assert kinds.index("ChannelMask") == kinds.index("ReLU") + 1  # one mask, past both
+    images = np.random.RandomState(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    masked.compile(keras.optimizers.SGD(0.0), "mse")  # the weights stay
+    masked.fit(images, np.zeros((16, 2)), batch_size=8, epochs=1, verbose=0)
+    mask = _masks(masked)["conv"]
+    assert np.all(mask.reshape(4, 3) == mask.reshape(4, 3)[:, :1])  # whole runs
+    if not global_pruning:
+        kernel = _numpy(model.get_layer("conv").kernel).reshape(-1, 12).astype("float64")
+        runs = np.sqrt((kernel**2).sum(axis=0)).reshape(4, 3).sum(axis=1)
+        expected = np.repeat(np.isin(np.arange(4), np.argsort(-runs)[:2]), 3)
+        np.testing.assert_array_equal(mask, expected.astype("float32"))
+    masked.save(tmp_path / "masked.keras")
+    loaded = keras.saving.load_model(tmp_path / "masked.keras")
+    assert loaded.get_layer("conv_channel_mask").segments[0]["block"] == 3
+    small = shrink(loaded)
+    kept = int(mask.sum())
+    assert (small.get_layer("gn").groups, small.get_layer("conv").filters) == (kept // 3, kept)
+    _assert_same_predictions(small, masked, images)
+
+
 def test_bad_arguments_are_named_before_anything_is_built():
     model = small_cnn()
     schedule = keras_prune.ConstantSparsity(0.5, 0)

@@ -53,6 +53,24 @@ def _zero(layer, name, index, axis=-1):
     variable.assign(value)
 
 
+def _zero_channels(layer, index):
+    """Zeroes channels `index` of a producer's kernel and bias, or a normalisation's scale and shift."""
+    if hasattr(layer, "gamma"):
+        for name in ("gamma", "beta"):
+            _zero(layer, name, index, axis=0)
+    else:
+        _zero(layer, "kernel", index)
+        _zero(layer, "bias", index, axis=0)
+
+
+def _all_nonzero(model, seed):
+    """Every weight of `model` in [0.5, 1.5], shifts and biases too; returns the generator."""
+    rng = np.random.RandomState(seed)
+    for variable in model.weights:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    return rng
+
+
 def _copy(model):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
@@ -121,20 +139,40 @@ def test_batch_normalization_and_depthwise_weights_go_with_their_channels():
     h = L.ReLU()(h)
     y = L.Dense(3, name="out")(L.Flatten()(h))
     model = keras.Model(x, y)
-    rng = np.random.RandomState(1)
-    for variable in model.weights:  # every weight nonzero: shifts and biases too
-        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    rng = _all_nonzero(model, seed=1)
     small = shrink(model, 0.5)
     assert small.get_layer("dw").kernel.shape == (3, 3, 3, 1)
     assert small.get_layer("bn").moving_mean.shape == (3,)
     reference = _copy(model)
     removed = _removed([model.get_layer("conv")])
-    _zero(reference.get_layer("conv"), "kernel", removed)
-    _zero(reference.get_layer("conv"), "bias", removed, axis=0)
-    for name in ("gamma", "beta"):
-        _zero(reference.get_layer("bn"), name, removed, axis=0)
+    _zero_channels(reference.get_layer("conv"), removed)
+    _zero_channels(reference.get_layer("bn"), removed)
     _zero(reference.get_layer("dw"), "kernel", removed, axis=-2)
     _zero(reference.get_layer("dw"), "bias", removed, axis=0)
+    inputs = rng.rand(4, 6, 6, 2).astype("float32")
+    _close(_outputs(small, inputs), _outputs(reference, inputs))
+
+
+def test_group_normalization_loses_whole_groups_with_their_scale_and_shift():
+    x = keras.Input((6, 6, 2))
+    h = L.Conv2D(12, 3, padding="same", name="conv")(x)
+    h = L.GroupNormalization(groups=4, name="gn")(h)  # runs of 3 channels
+    h = L.Conv2D(5, 1, activation="relu", name="mid")(h)
+    h = L.GroupNormalization(groups=-1, name="instance")(h)  # each channel alone
+    y = L.Dense(3, name="out")(L.Flatten()(h))
+    model = keras.Model(x, y)
+    rng = _all_nonzero(model, seed=2)
+    small = shrink(model, 0.5)
+    assert (small.get_layer("gn").groups, small.get_layer("gn").gamma.shape) == (2, (6,))
+    assert small.get_layer("instance").beta.shape == (3,)  # 5 - floor(2.5)
+    # conv: the two runs of 3 with the lowest sums of channel norms, by a full sort
+    kernel = _numpy(model.get_layer("conv").kernel).reshape(-1, 12).astype("float64")
+    runs = np.sqrt((kernel**2).sum(axis=0)).reshape(4, 3).sum(axis=1)
+    removed = (np.sort(np.argsort(runs)[:2])[:, None] * 3 + np.arange(3)).ravel()
+    reference = _copy(model)
+    mid = _removed([model.get_layer("mid")])
+    for name, index in (("conv", removed), ("gn", removed), ("mid", mid), ("instance", mid)):
+        _zero_channels(reference.get_layer(name), index)
     inputs = rng.rand(4, 6, 6, 2).astype("float32")
     _close(_outputs(small, inputs), _outputs(reference, inputs))
 
