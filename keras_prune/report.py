@@ -300,10 +300,10 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
                 getattr(operation, n) for n in names if getattr(operation, n, None) is not None
             ]
             kernels = kernels or [operation.kernel]
-            positions = math.prod(_known(outputs[0].shape, operation)[1:-1])
+            positions = _positions(_known(outputs[0].shape, operation), operation)
             total += 2 * positions * sum(math.prod(k.shape) for k in kernels)
         elif isinstance(operation, TRANSPOSED):  # each input position spreads over a window
-            positions = math.prod(_known(inputs[0].shape, operation)[1:-1])
+            positions = _positions(_known(inputs[0].shape, operation), operation)
             total += 2 * positions * math.prod(operation.kernel.shape)
         elif isinstance(operation, _L.EinsumDense):
             total += 2 * _einsum_macs(operation, _known(outputs[0].shape, operation))
@@ -319,6 +319,13 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
             if name not in uncounted:  # called more than once
                 uncounted.append(name)
     return total
+
+
+def _positions(shape: tuple[int, ...], layer: Any) -> int:
+    """The number of positions of `shape` (batch first) that `layer`'s kernel is applied
+    at: the axes between the batch and the channels (after them if channels_first)."""
+    first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    return math.prod(shape[2:] if first else shape[1:-1])
 
 
 def _known(shape: Any, layer: Any) -> tuple[int, ...]:

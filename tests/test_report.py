@@ -30,6 +30,15 @@ def test_flops_are_two_per_multiply_add_of_each_kernel_entry_and_output_position
     )
     assert up.compute_output_shape((None, 5, 5, 4)) == (None, 10, 10, 6)
     assert keras_prune.flops(up) == 2 * 25 * 216
+    # channels_first: the positions are the axes after the channels
+    first = keras.Sequential(
+        [
+            keras.Input((3, 10, 9)),
+            L.Conv2D(4, 3, data_format="channels_first"),  # 8x7 positions x 3*3*3*4
+            L.Conv2DTranspose(2, 1, data_format="channels_first"),  # 8x7 x 1*1*2*4
+        ]
+    )
+    assert keras_prune.flops(first) == 2 * (56 * 108 + 56 * 8)
 
 
 def test_flops_count_every_call_and_nested_models_and_refuse_subclassed_models():

@@ -83,7 +83,7 @@ def _room_for_deep_graphs() -> None:
 
 @keras.saving.register_keras_serializable(package="keras_prune")
 class ChannelMask(keras.layers.Layer):
-    """Multiplies its input's channels (last axis) by a 0/1 mask that a pruning schedule updates.
+    """Multiplies its input's channels by a 0/1 mask that a pruning schedule updates.
 
     Made by `prune_channels`; public so that `isinstance` checks and
     `keras.saving` find it. Making one raises Python's recursion limit to
@@ -108,6 +108,8 @@ class ChannelMask(keras.layers.Layer):
         global_pruning: False: each group loses the schedule's sparsity of
             its channels; True: all groups of the model together do (see
             `importance.keep_global`).
+        axis: the input's axis that holds the channels: -1 (the last), or
+            1 (channels_first images and sequences).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class ChannelMask(keras.layers.Layer):
         round_to: int = 1,
         source: str | None = None,
         global_pruning: bool = False,
+        axis: int = -1,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -133,13 +136,15 @@ class ChannelMask(keras.layers.Layer):
         self.round_to = _validation.count(round_to, "round_to", minimum=1)
         self.source = source
         self.global_pruning = _validation.boolean(global_pruning, "global_pruning")
+        self.axis = _validation.one_of(axis, "axis", (-1, 1))
         self.supports_masking = True
 
     def build(self, input_shape: Any) -> None:
         channels = sum(s["size"] for s in self.segments)
-        if input_shape[-1] != channels:
+        if len(input_shape) <= self.axis or input_shape[self.axis] != channels:
             raise ValueError(
-                f"{self.name!r} masks {channels} channels but its input has {input_shape[-1]}."
+                f"{self.name!r} masks {channels} channels on axis {self.axis} but its input has "
+                f"shape {tuple(input_shape)}."
             )
         self.mask = self.add_weight(
             name="mask", shape=(channels,), initializer="ones", dtype="float32", trainable=False
@@ -152,7 +157,10 @@ class ChannelMask(keras.layers.Layer):
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         if training:
             self._update()
-        return ops.multiply(inputs, ops.cast(self.mask.value, inputs.dtype))
+        mask = ops.cast(self.mask.value, inputs.dtype)
+        if self.axis == 1:  # (channels, 1, ...) against (batch, channels, ...)
+            mask = ops.reshape(mask, (-1,) + (1,) * (len(inputs.shape) - 2))
+        return ops.multiply(inputs, mask)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
@@ -285,6 +293,7 @@ class ChannelMask(keras.layers.Layer):
             "round_to": self.round_to,
             "source": self.source,
             "global_pruning": self.global_pruning,
+            "axis": self.axis,
         }
 
     @classmethod

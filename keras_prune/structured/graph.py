@@ -136,7 +136,7 @@ class _Group:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """What a tensor's last axis holds: whole groups side by side.
+    """What a tensor's channel axis (`channel_axis`) holds: whole groups side by side.
 
     `zero[i]` says whether a removed channel of `groups[i]` reads 0 here;
     `repeat` > 1 after Flatten, where channel `c` sits at `p * channels + c`
@@ -161,6 +161,8 @@ class Graph:
     # layer, the group of its heads); id(transformer block) -> (the block,
     # the group of its feed-forward units).
     inner: dict[int, tuple[keras.layers.Layer, int]] = dataclasses.field(default_factory=dict)
+    # Channels on axis 1 of tensors of rank 3 and more (`channel_axis`).
+    channels_first: bool = False
 
     def find(self, index: int) -> int:
         while self.groups[index].parent != index:
@@ -250,18 +252,32 @@ def per_channel(function: Any) -> bool:
     return whole.shape == x.shape and bool(np.allclose(whole[:, :4], half))
 
 
-def _channels_last(layer: keras.layers.Layer) -> bool:
-    return getattr(layer, "data_format", "channels_last") == "channels_last"
+def channels_first(model: keras.Model) -> bool:
+    """True if every layer of `model` with a `data_format` has "channels_first"
+    (a model built under `keras.config.set_image_data_format("channels_first")`):
+    the walk then finds channels on axis 1 of tensors of rank 3 and more. A
+    model that mixes the two formats is walked channels last, and its
+    channels_first layers keep their channels."""
+    formats = {
+        layer.data_format
+        for layer in _keras.flatten_layers(model)
+        if isinstance(getattr(layer, "data_format", None), str)
+    }
+    return formats == {"channels_first"}
 
 
-def _last_dim(tensor: Any) -> int | None:
-    shape = tensor.shape
-    return shape[-1] if len(shape) else None
+def channel_axis(tensor: Any, first: bool) -> int:
+    """The axis of `tensor` that holds its channels: 1 for an image or sequence of a
+    channels_first model (`first`), else the last (a Dense layer's features)."""
+    rank = len(tensor.shape)
+    return 1 if first and rank > 2 else rank - 1
 
 
 class _Walk:
     def __init__(self, model: keras.Model):
-        self.graph = Graph([], {})
+        first = channels_first(model)
+        self.graph = Graph([], {}, channels_first=first)
+        self.format = "channels_first" if first else "channels_last"
         self.layouts: dict[int, Layout] = {}
         self.model = model
         self.mixing: list[tuple[int, str]] = []  # producers' groups whose activation mixes them
@@ -346,9 +362,20 @@ class _Walk:
             result.append(Layout(tuple(groups), tuple(zero), layout.repeat))
         return [self.graph.expand(layout) for layout in result]
 
+    def channels(self, tensor: Any) -> int | None:
+        """The number of channels of `tensor` (None if unknown or a scalar)."""
+        return tensor.shape[self.axis(tensor)] if len(tensor.shape) else None
+
+    def axis(self, tensor: Any) -> int:
+        return channel_axis(tensor, self.graph.channels_first)
+
+    def in_format(self, layer: keras.layers.Layer) -> bool:
+        """Whether `layer` (if it has a `data_format`) keeps the channels where the walk does."""
+        return getattr(layer, "data_format", self.format) == self.format
+
     def opaque(self, tensor: Any, reason: str) -> Layout:
         """A tensor whose channels nothing may remove."""
-        size = _last_dim(tensor) or 0
+        size = self.channels(tensor) or 0
         return Layout((self.new(size, [], reason),), (False,))
 
     # the walk ---------------------------------------------------------
@@ -425,27 +452,33 @@ class _Walk:
                 )
             ]
         if kind in ZERO_KEEPING:
-            return [layout] if _channels_last(layer) else None
+            return [layout] if self.in_format(layer) else None
         if kind is L.PReLU:  # prelu(0) = 0; its slopes along the last axis go with their channel
-            return [layout]
+            return [layout] if self.axis(inputs[0]) == len(inputs[0].shape) - 1 else None
         if kind is L.BatchNormalization:
-            if layer.axis not in (-1, len(inputs[0].shape) - 1):
+            if layer.axis % len(inputs[0].shape) != self.axis(inputs[0]):
                 return None
             return [Layout(layout.groups, (True,) * len(layout.groups))]
         if kind is L.GroupNormalization:
             return self.group_norm(layer, inputs[0], layout)
         if kind in DEPTHWISE:
-            if layer.depth_multiplier != 1 or not _channels_last(layer):
+            if layer.depth_multiplier != 1 or not self.in_format(layer):
                 return None
             zero = _zero_at_zero(layer.activation)
             return [Layout(layout.groups, (zero,) * len(layout.groups))]
-        if kind is L.Flatten:
+        if kind is L.Flatten:  # channels_first: Flatten moves the channels last first
             shape = inputs[0].shape
-            if not _channels_last(layer) or len(shape) < 3 or None in shape[1:]:
+            if not self.in_format(layer) or len(shape) < 3 or None in shape[1:]:
                 return None
-            return [Layout(layout.groups, layout.zero, math.prod(shape[1:-1]))]
-        if kind is L.Reshape:
-            if _last_dim(inputs[0]) is None or _last_dim(inputs[0]) != _last_dim(outputs[0]):
+            return [
+                Layout(
+                    layout.groups, layout.zero, math.prod(shape[1:]) // shape[self.axis(inputs[0])]
+                )
+            ]
+        if kind is L.Reshape:  # channel c's entries stay together: its axis is last or 1 in both
+            if self.channels(inputs[0]) is None or self.channels(inputs[0]) != self.channels(
+                outputs[0]
+            ):
                 return None
             return [layout]
         return None
@@ -453,8 +486,12 @@ class _Walk:
     def group_norm(self, layer: keras.layers.GroupNormalization, tensor: Any, layout: Layout):
         """Its groups are normalised apart, so whole ones can go: a removed run of
         channels is 0 after it, once its scale and shift are (`set_block`)."""
-        channels = _last_dim(tensor)
-        if layer.axis not in (-1, len(tensor.shape) - 1) or layout.repeat != 1 or not channels:
+        channels = self.channels(tensor)
+        if (
+            layer.axis % len(tensor.shape) != self.axis(tensor)
+            or layout.repeat != 1
+            or not channels
+        ):
             return None
         run = channels // (channels if layer.groups == -1 else layer.groups)
         offset = 0
@@ -479,7 +516,7 @@ class _Walk:
             return self.number_op(found, inputs, layouts, output)
         kind = _keras.tensor_op(operation)
         if kind is not None:
-            widths = {_last_dim(inputs[0]), _last_dim(inputs[1]), _last_dim(output)}
+            widths = {self.channels(inputs[0]), self.channels(inputs[1]), self.channels(output)}
             if len(layouts) != 2 or len(widths) != 1:  # not broadcast along the channels
                 return None
             return self.merge(layouts, multiply=kind == "multiply")
@@ -504,11 +541,13 @@ class _Walk:
         return [Layout(layout.groups, tuple(z and zero for z in layout.zero), layout.repeat)]
 
     def produce(self, layer: keras.layers.Layer, tensor: Any, layout: Layout):
-        if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:
+        if not self.in_format(layer) or getattr(layer, "groups", 1) != 1:
             return None
         if layout.repeat != 1 and not isinstance(layer, L.Dense):
             return None
-        if self.size(layout) != _last_dim(tensor):
+        if self.axis(tensor) != len(tensor.shape) - 1 and isinstance(layer, L.Dense):
+            return None  # a Dense layer reads the last axis, not the channels
+        if self.size(layout) != self.channels(tensor):
             return None
         units = layer.units if isinstance(layer, L.Dense) else layer.filters
         reason = _cannot_cut(layer)
@@ -526,7 +565,7 @@ class _Walk:
         """Its heads are a group of their own; its input and output channels stay."""
         kernels = [layer.query_dense.kernel, layer.key_dense.kernel, layer.value_dense.kernel]
         heads = layer.num_heads
-        if _cannot_cut(layer):
+        if self.graph.channels_first or _cannot_cut(layer):  # it reads the last axis
             return None  # `run` freezes its channels with that reason
         if layer.get_config().get("use_gate") or layer.output_dense.kernel.shape[0] != heads:
             return None
@@ -542,7 +581,7 @@ class _Walk:
         """A known transformer block (`structured.blocks`): its feed-forward units are a
         group of their own; its input and output channels stay."""
         found = blocks.feed_forward(layer)
-        if found is None:
+        if found is None or self.graph.channels_first:  # it reads the last axis
             return None
         # A removed unit's inputs to the last projection are 0 if each first
         # projection's own activation keeps 0 at 0 (a gated block multiplies them).
@@ -577,7 +616,7 @@ class _Walk:
         rank = len(inputs[0].shape)
         if any(layout.repeat != 1 for layout in layouts):
             return None
-        if layer.axis in (-1, rank - 1):
+        if layer.axis % rank == self.axis(inputs[0]):
             groups = tuple(g for layout in layouts for g in layout.groups)
             zero = tuple(z for layout in layouts for z in layout.zero)
             return [Layout(groups, zero)]

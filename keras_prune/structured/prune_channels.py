@@ -165,7 +165,7 @@ def prune_channels(
         }
 
     masks: dict[int, ChannelMask] = {}
-    for end, layer in _mask_places(to_prune, graph, chosen).items():
+    for end, (layer, output) in _mask_places(to_prune, graph, chosen).items():
         masks[end] = ChannelMask(
             pruning_schedule,
             [segment(group) for group in graph.calls[id(layer)][2].groups],
@@ -173,6 +173,7 @@ def prune_channels(
             round_to=round_to,
             source=layer.name,
             global_pruning=global_pruning,
+            axis=1 if graph.channels_first and len(output.shape) > 2 else -1,
             name=f"{layer.name}_channel_mask",
         )
     inside: dict[int, list[dict[str, Any]]] = {}
@@ -254,8 +255,10 @@ def _by_name(select: Any, layers: list[keras.layers.Layer]) -> Any:
     return [one(item) for item in select] if isinstance(select, (list, tuple, set)) else one(select)
 
 
-def _mask_places(model: keras.Model, graph: Graph, chosen: set[int]) -> dict[int, Any]:
-    """`{id(layer a mask follows): the layer whose channels it masks}`.
+def _mask_places(
+    model: keras.Model, graph: Graph, chosen: set[int]
+) -> dict[int, tuple[keras.layers.Layer, Any]]:
+    """`{id(layer a mask follows): (the layer whose channels it masks, the tensor it masks)}`.
 
     Each layer with per-channel weights whose channels are chosen gets a
     mask, moved past every `_PER_CHANNEL` layer that alone reads what comes
@@ -288,7 +291,7 @@ def _mask_places(model: keras.Model, graph: Graph, chosen: set[int]) -> dict[int
             return None
         return user
 
-    places: dict[int, Any] = {}
+    places: dict[int, tuple[keras.layers.Layer, Any]] = {}
     followed: set[int] = set()
     for layer, _, outputs in graph.calls.values():
         if id(layer) in followed or not isinstance(layer, _MASKED_AFTER):
@@ -299,7 +302,7 @@ def _mask_places(model: keras.Model, graph: Graph, chosen: set[int]) -> dict[int
         while (link_ := next_link(end)) is not None:
             end = link_
             followed.add(id(end))
-        places[id(end)] = layer
+        places[id(end)] = (layer, outputs_of[id(end)][0])
     return places
 
 

@@ -159,7 +159,12 @@ def indices(graph: Graph, layout: Layout, keep: Keep) -> np.ndarray | None:
     return index
 
 
-def _config(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.ndarray | None):
+def _config(
+    layer: keras.layers.Layer,
+    inputs: np.ndarray | None,
+    outputs: np.ndarray | None,
+    channels_first: bool,
+):
     config = layer.get_config()
     if isinstance(layer, PRODUCERS) and outputs is not None:
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = len(outputs)
@@ -172,7 +177,9 @@ def _config(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
         (channels,) = layer.input_spec.axes.values()  # whole groups went (`ChannelGroup.block`)
         config["groups"] = len(inputs) // (channels // layer.groups)
     if isinstance(layer, keras.layers.Reshape) and inputs is not None:
-        config["target_shape"] = (*config["target_shape"][:-1], len(inputs))
+        target = list(config["target_shape"])
+        target[0 if channels_first else -1] = len(inputs)  # `graph.channel_axis`, less the batch
+        config["target_shape"] = tuple(target)
     return config
 
 
@@ -309,7 +316,7 @@ def rebuild(
         plans[id(layer)] = (None, keep.get(graph.find(group)))
 
     def configure(layer: keras.layers.Layer) -> dict[str, Any]:
-        return _config(layer, *plans.get(id(layer), (None, None)))
+        return _config(layer, *plans.get(id(layer), (None, None)), graph.channels_first)
 
     result, pairs = clone(model, configure, after=after, wrap=wrap)
     for old, new in pairs:

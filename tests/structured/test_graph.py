@@ -140,6 +140,27 @@ def test_a_cut_through_a_run_of_group_normalization_keeps_the_pieces():
     assert "a run of 4 channels normalised together is cut in two" in pieces[1].reason
 
 
+def test_channels_first_finds_channels_on_axis_1_and_keeps_what_reads_another_axis():
+    first = "channels_first"
+    x = keras.Input((3, 10, 9))
+    a = L.Conv2D(6, 3, data_format=first, name="a")(x)
+    b = L.Conv2D(6, 1, data_format=first, name="b")(L.BatchNormalization(axis=1)(a))
+    h = L.Add()([a, b])
+    w = L.Dense(4, name="w")(h)  # its last axis is the width, not the channels
+    y = L.Dense(2, name="out")(L.GlobalMaxPooling2D(data_format=first)(w))
+    groups = _groups(keras.Model(x, y))
+    assert set(groups) == {("a", "b"), ("out",)} and groups[("a", "b")].size == 6
+    assert "`w` (Dense) reads it" in groups[("a", "b")].reason
+    # one model, two formats: walked channels last, the channels_first layers stay whole
+    x = keras.Input((8, 8, 3))
+    c = L.Conv2D(4, 1, name="c")(x)
+    d = L.Conv2D(5, 1, data_format=first, name="d")(c)
+    y = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="e")(d)))
+    mixed = _groups(keras.Model(x, y))
+    assert "`d` (Conv2D) reads it" in mixed[("c",)].reason and ("d",) not in mixed
+    assert mixed[("e",)].removable
+
+
 def test_unknown_layers_keep_the_channels_they_touch():
     x = keras.Input((6, 4))
     a = L.Dense(8, name="a")(x)

@@ -8,7 +8,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn, small_encoder, small_images
+from conftest import image_twins, small_cnn, small_encoder, small_images
 
 import keras_prune
 from keras_prune import ChannelMask, prune_channels, shrink
@@ -349,6 +349,25 @@ def test_group_normalizations_groups_go_whole_while_fit_trains(tmp_path, global_
     kept = int(mask.sum())
     assert (small.get_layer("gn").groups, small.get_layer("conv").filters) == (kept // 3, kept)
     _assert_same_predictions(small, masked, images)
+
+
+def test_a_channels_first_model_prunes_and_shrinks_as_its_channels_last_twin(tmp_path):
+    images = np.random.RandomState(0).rand(16, 10, 10, 3).astype("float32")
+    masked = {}
+    for model, x in zip(image_twins(), (images, images.transpose(0, 3, 1, 2))):
+        masked[model] = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+        masked[model].compile(keras.optimizers.SGD(0.0), "mse")  # the weights stay
+        masked[model].fit(x, np.zeros((16, 3)), batch_size=8, epochs=1, verbose=0)
+    last, first = masked.values()
+    assert _masks(first).keys() == _masks(last).keys()
+    for name, mask in _masks(first).items():
+        np.testing.assert_array_equal(mask, _masks(last)[name])
+        assert 0 < mask.sum() < len(mask)
+    assert {layer.axis for layer in first.layers if isinstance(layer, ChannelMask)} == {1}
+    first.save(tmp_path / "first.keras")
+    small = shrink(keras.saving.load_model(tmp_path / "first.keras"))
+    assert small.get_layer("c1").kernel.shape == (3, 3, 3, 4)
+    _assert_same_predictions(small, first, images.transpose(0, 3, 1, 2))
 
 
 def test_bad_arguments_are_named_before_anything_is_built():

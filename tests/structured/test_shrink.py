@@ -14,7 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn, small_encoder, small_images
+from conftest import image_twins, small_cnn, small_encoder, small_images
 
 from keras_prune.structured.graph import channel_groups
 from keras_prune.structured.shrink import shrink
@@ -175,6 +175,18 @@ def test_group_normalization_loses_whole_groups_with_their_scale_and_shift():
         _zero_channels(reference.get_layer(name), index)
     inputs = rng.rand(4, 6, 6, 2).astype("float32")
     _close(_outputs(small, inputs), _outputs(reference, inputs))
+
+
+def test_a_channels_first_model_shrinks_as_its_channels_last_twin():
+    last, first = image_twins()
+    assert channel_groups(first) == channel_groups(last)
+    small_last, small_first = shrink(last, 0.5), shrink(first, 0.5)
+    names = ("c1", "c2", "c3", "squeeze", "excite", "c4")
+    filters = [small_first.get_layer(name).filters for name in names]
+    assert filters == [small_last.get_layer(name).filters for name in names]
+    assert filters == [4, 4, 2, 2, 6, 3] and small_first.get_layer("gn").groups == 3
+    x = np.random.RandomState(0).rand(4, 10, 10, 3).astype("float32")
+    _close(_outputs(small_first, x.transpose(0, 3, 1, 2)), _outputs(small_last, x))
 
 
 def test_residuals_concatenations_and_squeeze_excitation_shrink_exactly():
