@@ -504,8 +504,7 @@ def _check_not_quantized(to_prune: Any) -> None:
         layer
         for top in tops
         if isinstance(top, keras.layers.Layer)
-        for layer in _keras.flatten_layers(top, include_self=True)
-        if getattr(layer, "quantization_mode", None)
+        for layer in registry.quantized_layers(top)
     ]
     if quantized:
         names = ", ".join(f"{layer.name!r} ({layer.quantization_mode})" for layer in quantized[:3])

@@ -161,6 +161,17 @@ def unknown_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return found
 
 
+def quantized_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """`layer` and the layers inside it that `model.quantize` changed (they have a
+    `quantization_mode`): their kernels are integers, or float8 with scales, that
+    neither magnitude pruning nor `shrink` can rank or cut."""
+    return [
+        inner
+        for inner in _keras.flatten_layers(layer, include_self=True)
+        if getattr(inner, "quantization_mode", None)
+    ]
+
+
 def get_prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
     """The variables of a built `layer` that pruning masks.
 

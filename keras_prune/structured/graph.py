@@ -51,7 +51,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_prune import _keras
+from keras_prune import _keras, registry
 from keras_prune.structured import blocks
 from keras_prune.structured.flatten import flatten
 
@@ -220,13 +220,19 @@ def _cannot_shrink(operation: Any, uses: int) -> str:
 def _cannot_cut(layer: keras.layers.Layer) -> str | None:
     """Why the weights of `layer` (or of a layer inside it) cannot lose channels:
     quantized weights, or LoRA factors (their sum with the kernel is what it reads)."""
+    quantized = registry.quantized_layers(layer)
+    if quantized:
+        inner = quantized[0]
+        return (
+            f"`{inner.name}` ({type(inner).__name__}) is quantized ({inner.quantization_mode}): "
+            "shrink the float model, then quantize"
+        )
     for inner in _keras.flatten_layers(layer, include_self=True):
-        name = f"`{inner.name}` ({type(inner).__name__})"
-        mode = getattr(inner, "quantization_mode", None)
-        if mode:
-            return f"{name} is quantized ({mode}): shrink the float model, then quantize"
         if getattr(inner, "lora_enabled", False):
-            return f"{name} has LoRA enabled, whose factors shrink does not cut"
+            return (
+                f"`{inner.name}` ({type(inner).__name__}) has LoRA enabled, whose factors "
+                "shrink does not cut"
+            )
     return None
 
 
