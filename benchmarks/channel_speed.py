@@ -2,7 +2,7 @@
 """Inference speed of models with half their channels removed (`keras_prune.shrink`) against the dense ones.
 
     KERAS_BACKEND=tensorflow python benchmarks/channel_speed.py [--models resnet50,seed,bert]
-        [--sparsity 0.5] [--round-to 8] [--repeats 7] [--out FILE]
+        [--sparsity 0.5] [--round-to 8] [--repeats 7] [--data-format channels_first] [--out FILE]
 
 For each model: the dense model (random weights: latency does not depend
 on their values) and `keras_prune.shrink(model, sparsity, round_to=...)`,
@@ -26,6 +26,10 @@ a warm-up:
   with 1 and 2 threads, at batch 1. Each repeat times as many calls in a
   row as last about 10 ms and records the time per call: the seed CNN's
   call (20 to 80 us) is too short to time alone.
+
+`--data-format channels_first` builds ResNet50 under
+`keras.config.set_image_data_format("channels_first")` (images `(3, 224,
+224)`), the layout torch's convolutions take without a transpose.
 
 Each model runs in a process of its own. Reported: medians and ranges,
 and dense/shrunk (> 1: the shrunk model is faster).
@@ -99,9 +103,14 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--data-format", choices=("channels_last", "channels_first"), default="channels_last"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     models = args.models.split(",")
+    if args.data_format == "channels_first" and models != ["resnet50"]:
+        parser.error("--data-format channels_first builds ResNet50 only: --models resnet50")
     if len(models) > 1:
         _each_in_its_own_process(models, args)
         return
@@ -114,6 +123,7 @@ def main() -> None:
 
     backend = keras.backend.backend()
     out = args.out or os.path.join(HERE, "results", f"channel_speed_{backend}.json")
+    keras.config.set_image_data_format(args.data_format)
     keras.utils.set_random_seed(0)
     builders = {
         "resnet50": (lambda: keras.applications.ResNet50(weights=None), (1, 32)),
@@ -121,6 +131,7 @@ def main() -> None:
         "bert": (bert_base, (1, 8)),
     }
     results = {"machine": _common.machine_info(), "command": " ".join(sys.argv), "backend": backend}
+    results["data_format"] = args.data_format
     results["runs"], results["models"] = [], []
     rng = np.random.default_rng(0)
     for name in models:
