@@ -54,3 +54,17 @@ def test_a_segment_without_a_block_loads_as_one_and_a_bad_block_is_named():
         ChannelMask(schedule, [{**old, "block": 4}])
     with pytest.raises(TypeError, match="optionally 'block'"):
         ChannelMask(schedule, [{**old, "blocks": 2}])
+
+
+def test_a_mask_on_axis_1_multiplies_the_channels_of_a_channels_first_tensor():
+    segment = {"group": "g", "size": 3, "producers": [["conv", 0]]}
+    mask = ChannelMask(ConstantSparsity(0.5, 0), [segment], axis=1)
+    x = np.random.RandomState(0).rand(2, 3, 4, 5).astype("float32")
+    mask.build(x.shape)
+    mask.mask.assign(np.array([1.0, 0.0, 1.0], "float32"))
+    expected = x * np.array([1.0, 0.0, 1.0], "float32")[None, :, None, None]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask(x)), expected)
+    with pytest.raises(ValueError, match="masks 3 channels on axis 1 but its input has shape"):
+        ChannelMask(ConstantSparsity(0.5, 0), [segment], axis=1).build((2, 4, 4, 3))
+    with pytest.raises(ValueError, match="`axis` must be one of -1, 1; got 2"):
+        ChannelMask(ConstantSparsity(0.5, 0), [segment], axis=2)
