@@ -136,7 +136,7 @@ class _Group:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """What a tensor's channel axis (`channel_axis`) holds: whole groups side by side.
+    """What a tensor's channel axis (`Graph.channel_axis`) holds: whole groups side by side.
 
     `zero[i]` says whether a removed channel of `groups[i]` reads 0 here;
     `repeat` > 1 after Flatten, where channel `c` sits at `p * channels + c`
@@ -163,6 +163,12 @@ class Graph:
     inner: dict[int, tuple[keras.layers.Layer, int]] = dataclasses.field(default_factory=dict)
     # Channels on axis 1 of tensors of rank 3 and more (`channel_axis`).
     channels_first: bool = False
+
+    def channel_axis(self, tensor: Any) -> int:
+        """The axis of `tensor` that holds its channels, as `ChannelMask(axis=...)` takes
+        it: 1 for an image or sequence of a channels_first model, else -1 (also a
+        Dense layer's features)."""
+        return 1 if self.channels_first and len(tensor.shape) > 2 else -1
 
     def find(self, index: int) -> int:
         while self.groups[index].parent != index:
@@ -272,13 +278,6 @@ def channels_first(model: keras.Model) -> bool:
     return formats == {"channels_first"}
 
 
-def channel_axis(tensor: Any, first: bool) -> int:
-    """The axis of `tensor` that holds its channels: 1 for an image or sequence of a
-    channels_first model (`first`), else the last (a Dense layer's features)."""
-    rank = len(tensor.shape)
-    return 1 if first and rank > 2 else rank - 1
-
-
 class _Walk:
     def __init__(self, model: keras.Model):
         first = channels_first(model)
@@ -373,7 +372,8 @@ class _Walk:
         return tensor.shape[self.axis(tensor)] if len(tensor.shape) else None
 
     def axis(self, tensor: Any) -> int:
-        return channel_axis(tensor, self.graph.channels_first)
+        """`Graph.channel_axis` counted from the front, to compare with a layer's axis."""
+        return self.graph.channel_axis(tensor) % len(tensor.shape)
 
     def in_format(self, layer: keras.layers.Layer) -> bool:
         """Whether `layer` (if it has a `data_format`) keeps the channels where the walk does."""
@@ -476,17 +476,11 @@ class _Walk:
             shape = inputs[0].shape
             if not self.in_format(layer) or len(shape) < 3 or None in shape[1:]:
                 return None
-            return [
-                Layout(
-                    layout.groups, layout.zero, math.prod(shape[1:]) // shape[self.axis(inputs[0])]
-                )
-            ]
+            positions = math.prod(shape[1:]) // self.channels(inputs[0])
+            return [Layout(layout.groups, layout.zero, positions)]
         if kind is L.Reshape:  # channel c's entries stay together: its axis is last or 1 in both
-            if self.channels(inputs[0]) is None or self.channels(inputs[0]) != self.channels(
-                outputs[0]
-            ):
-                return None
-            return [layout]
+            width = self.channels(inputs[0])
+            return None if width is None or width != self.channels(outputs[0]) else [layout]
         return None
 
     def group_norm(self, layer: keras.layers.GroupNormalization, tensor: Any, layout: Layout):
@@ -499,7 +493,7 @@ class _Walk:
             or not channels
         ):
             return None
-        run = channels // (channels if layer.groups == -1 else layer.groups)
+        run = channels // layer.groups  # a built layer's `groups` (-1 becomes the channels)
         offset = 0
         for group in layout.groups:
             size = self.graph.groups[group].size

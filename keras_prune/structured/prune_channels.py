@@ -173,7 +173,7 @@ def prune_channels(
             round_to=round_to,
             source=layer.name,
             global_pruning=global_pruning,
-            axis=1 if graph.channels_first and len(output.shape) > 2 else -1,
+            axis=graph.channel_axis(output),
             name=f"{layer.name}_channel_mask",
         )
     inside: dict[int, list[dict[str, Any]]] = {}

@@ -178,7 +178,7 @@ def _config(
         config["groups"] = len(inputs) // (channels // layer.groups)
     if isinstance(layer, keras.layers.Reshape) and inputs is not None:
         target = list(config["target_shape"])
-        target[0 if channels_first else -1] = len(inputs)  # `graph.channel_axis`, less the batch
+        target[0 if channels_first else -1] = len(inputs)  # `Graph.channel_axis`, less the batch
         config["target_shape"] = tuple(target)
     return config
 
