@@ -30,7 +30,10 @@ embedding table costs (keras_prune masks a plain `Embedding` row by row, the
 looked-up rows only). `--structure channels` prunes the twin with
 `prune_channels` and the same schedule, 50 % of each group's channels (in
 BERT each block's feed-forward units, the only channels of a KerasHub
-block that can go). Results: BENCHMARKS.md.
+block that can go); for ResNet50 a third model joins the rotation, pruned
+with a `ChannelMask` after every chain of layers as before
+`NormalizationMask` ("channels_masks_after"), which shows what masking
+the BatchNormalizations' scale and shift saves. Results: BENCHMARKS.md.
 
 Writes benchmarks/results/large_model_overhead.json
 (`--structure channels`: large_model_overhead_channels.json; `--out` names
@@ -98,6 +101,8 @@ def child(name: str, steps: int, frequency: int, structure: str) -> dict:
     # a full `table * mask` product (and a dense gradient) every step.
     if structure == "channels":
         selects = {"channels": None}
+        if name == "resnet50":  # the earlier placement, side by side (see _masks_after)
+            selects["channels_masks_after"] = None
     elif name == "bert":
         selects = {"pruned": None, "pruned_no_embeddings": _not_embedding}
     else:
@@ -107,7 +112,9 @@ def child(name: str, steps: int, frequency: int, structure: str) -> dict:
         twin.set_weights(dense.get_weights())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # layers left dense: reported in docs/models.md
-            if structure == "channels":
+            if arm == "channels_masks_after":
+                arms[arm] = _masks_after(twin, schedule)
+            elif structure == "channels":
                 arms[arm] = keras_prune.prune_channels(twin, schedule)
             else:
                 arms[arm] = keras_prune.prune_low_magnitude(twin, schedule, select=select)
@@ -144,6 +151,20 @@ def child(name: str, steps: int, frequency: int, structure: str) -> dict:
     return result
 
 
+def _masks_after(model, schedule):
+    """`prune_channels(model, schedule)` with a `ChannelMask` after every chain, as
+    before `NormalizationMask`: what wrapping the normalisations saves. Reaches
+    into `prune_channels`'s module (a benchmark, not an API): with no
+    normalisation kinds to wrap, every mask multiplies the tensor."""
+    from keras_prune.structured import prune_channels as module
+
+    kinds, module.NORMALIZATIONS = module.NORMALIZATIONS, ()
+    try:
+        return module.prune_channels(model, schedule)
+    finally:
+        module.NORMALIZATIONS = kinds
+
+
 def _not_embedding(layer) -> bool:
     import keras
 
@@ -178,10 +199,10 @@ def main() -> None:
             result["machine"] = _common.machine_info()
             result["command"] = " ".join(["python", *sys.argv])
             results.setdefault(backend, {})[name] = result
-            for arm in ("pruned", "pruned_no_embeddings", "channels"):
+            for arm in ("pruned", "pruned_no_embeddings", "channels", "channels_masks_after"):
                 if f"{arm}_plain_over_dense" in result:
                     print(
-                        f"{backend:<10} {name:<8} {arm:<20} dense "
+                        f"{backend:<10} {name:<8} {arm:<21} dense "
                         f"{result['dense']['median_s']:.3f} s/step, plain step "
                         f"x{result[f'{arm}_plain_over_dense']:.3f}, mask update step "
                         f"x{result.get(f'{arm}_update_over_dense', float('nan')):.3f}, "

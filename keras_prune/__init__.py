@@ -60,6 +60,7 @@ _EXPORTS = {
     "ChannelMask": "structured.channel_mask",
     "HeadMask": "structured.channel_mask",
     "FeedForwardMask": "structured.channel_mask",
+    "NormalizationMask": "structured.channel_mask",
     "prune_channels": "structured.prune_channels",
 }
 
@@ -77,7 +78,12 @@ if TYPE_CHECKING:
     from keras_prune.saving import load_model, prune_scope, save_model
     from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
     from keras_prune.sensitivity import Sensitivity, sensitivity
-    from keras_prune.structured.channel_mask import ChannelMask, FeedForwardMask, HeadMask
+    from keras_prune.structured.channel_mask import (
+        ChannelMask,
+        FeedForwardMask,
+        HeadMask,
+        NormalizationMask,
+    )
     from keras_prune.structured.graph import ChannelGroup, channel_groups
     from keras_prune.structured.prune_channels import prune_channels
     from keras_prune.structured.shrink import shrink

@@ -22,7 +22,10 @@ group keeps; the first mask of a pass computes it for all of them.
 
 The heads of a `MultiHeadAttention` are masked by a `HeadMask` that wraps
 it, since they are inside the layer, and the feed-forward units of a
-transformer block (`structured.blocks`) by a `FeedForwardMask`.
+transformer block (`structured.blocks`) by a `FeedForwardMask`. Where a
+Batch- or GroupNormalization follows the layer, a `NormalizationMask`
+wraps it and zeroes the removed channels' scale and shift, which costs less
+in a training step than multiplying the whole tensor.
 
 Example:
 
@@ -68,7 +71,7 @@ def _segment(value: Any) -> dict[str, Any]:
 
 # Keras maps a model's graph recursively, one Python frame per layer of depth
 # (`Function.__init__` -> `map_graph`, Keras 3.15), and a ChannelMask adds a
-# layer after each masked one: EfficientNetV2L's 1031 layers become 1370,
+# layer after each masked one: EfficientNetV2L's 1031 layers become 1153,
 # past Python's default limit of 1000 frames, when `prune_channels` builds the
 # masked model and when a `.keras` file of it is loaded. Python 3.11 runs
 # Python-to-Python calls without growing the C stack, so a higher limit is safe.
@@ -457,7 +460,76 @@ class FeedForwardMask(_WrappingMask):
         )
 
 
-WRAPPING = (HeadMask, FeedForwardMask)
+NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.GroupNormalization)
+
+
+@keras.saving.register_keras_serializable(package="keras_prune")
+class NormalizationMask(_WrappingMask):
+    """Wraps the Batch- or GroupNormalization after a layer whose channels a pruning schedule removes.
+
+    A `ChannelMask` after `conv -> BatchNormalization -> ReLU` multiplies
+    the whole activation tensor in every training step, forward and
+    backward. This mask does the same job on the normalisation's scale and
+    shift: the layer runs with a removed channel's `gamma` and `beta` read
+    as 0, so its output there is exactly 0, and so is everything after it
+    that keeps 0 at 0 (the ReLU, a pooling), whatever the convolution
+    computed. The mask is computed as a `ChannelMask`'s, from the kernels
+    of the layers that produce the channels. A GroupNormalization loses
+    whole runs of channels (`ChannelGroup.block`), so the other runs'
+    statistics stay as they were. Made by `prune_channels`.
+
+    Args:
+        layer: the normalisation, with a scale (`scale=True`).
+        pruning_schedule, segments, importance, round_to, source,
+            global_pruning, axis: as for `ChannelMask`; `source` names the
+            layer that produces the channels, `axis` is the normalisation's.
+    """
+
+    def __init__(self, layer: keras.layers.Layer, pruning_schedule: PruningSchedule, **kwargs: Any):
+        _validation.instance(
+            layer,
+            "layer",
+            NORMALIZATIONS,
+            "a keras.layers.BatchNormalization or GroupNormalization",
+        )
+        if not layer.scale:
+            raise ValueError(
+                f"`layer` {layer.name!r} has no scale (scale=False), so its output cannot be "
+                "masked through its weights; put a ChannelMask after it instead."
+            )
+        super().__init__(layer, pruning_schedule, **kwargs)
+
+    def build(self, input_shape: Any) -> None:
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._check_channels(self.layer.gamma.shape[0], "channels")
+        super().build(input_shape)
+
+    def compute_output_spec(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.compute_output_spec(inputs)  # the shape and dtype of its input
+
+    def call(self, inputs: Any, training: bool | None = None, **kwargs: Any) -> Any:
+        # `kwargs`: what the layer's own call in the model was given (a
+        # BatchNormalization's `mask=None`). Without a `mask` argument here,
+        # Keras passes this layer no Keras mask; none is lost, since the
+        # channel walk leaves a BatchNormalization given one whole.
+        if training:
+            self._update()
+        channels = self.mask.value
+        masked = {}
+        for variable in (self.layer.gamma, self.layer.beta):
+            if variable is not None:
+                masked[id(variable)] = variable.value * ops.cast(channels, variable.dtype)
+        if isinstance(
+            self.layer, keras.layers.BatchNormalization
+        ):  # GroupNormalization: no `training`
+            kwargs["training"] = training
+        return _forward_pass.call_with_values(self, masked, inputs, **kwargs)
+
+
+# Masks whose channels are inside the layer they wrap (one group, `Graph.inner`).
+INNER = (HeadMask, FeedForwardMask)
+WRAPPING = (*INNER, NormalizationMask)
 
 
 def _top(scores: Any, kept: Any) -> Any:

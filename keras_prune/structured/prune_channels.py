@@ -9,10 +9,13 @@ The model it returns computes with the removed channels at exactly 0 (a
 `MultiHeadAttention` whose heads go, a `FeedForwardMask` around each
 KerasHub transformer block whose feed-forward units go), and `shrink(model)` then cuts them
 out: same predictions, smaller layers. A mask goes after the per-channel
-layers that follow its layer alone (`conv -> BatchNormalization -> ReLU ->
-MaxPooling2D`: one mask, after the pooling): a removed channel's value
-there reaches no kept channel, and the pooled tensor is the smallest one
-to multiply in every training step.
+layers that follow its layer alone (`conv -> ReLU -> MaxPooling2D`: one
+mask, after the pooling): a removed channel's value there reaches no kept
+channel, and the pooled tensor is the smallest one to multiply in every
+training step. If a normalisation with a scale is among those layers and
+only layers that keep 0 at 0 follow it (`conv -> BatchNormalization ->
+ReLU`), a `NormalizationMask` wraps the normalisation instead: a few
+products per channel in each step, not one per value of the tensor.
 
 Example:
 
@@ -36,7 +39,14 @@ from keras_prune import _keras, _validation, model_class
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
 from keras_prune.structured import importance as importance_lib
-from keras_prune.structured.channel_mask import ChannelMask, FeedForwardMask, HeadMask, link
+from keras_prune.structured.channel_mask import (
+    NORMALIZATIONS,
+    ChannelMask,
+    FeedForwardMask,
+    HeadMask,
+    NormalizationMask,
+    link,
+)
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     ACTIVATIONS,
@@ -113,7 +123,8 @@ def prune_channels(
     Returns:
         The model with a `ChannelMask` after each layer that holds pruned
         channels (or after the pooling, activation or normalisation that
-        alone follows it), each pruned `MultiHeadAttention` wrapped in a
+        alone follows it; or a `NormalizationMask` around that
+        normalisation), each pruned `MultiHeadAttention` wrapped in a
         `HeadMask` and each pruned transformer block in a `FeedForwardMask`,
         uncompiled (a KerasHub backbone or task as a
         `model_class.PrunedGraph` that notes its class). Train it, then
@@ -165,10 +176,10 @@ def prune_channels(
         }
 
     masks: dict[int, ChannelMask] = {}
-    for end, (layer, output) in _mask_places(to_prune, graph, chosen).items():
-        masks[end] = ChannelMask(
-            pruning_schedule,
-            [segment(group) for group in graph.calls[id(layer)][2].groups],
+    normalizations: dict[int, dict[str, Any]] = {}  # id(normalisation) -> its mask's arguments
+    for end, (layer, output, normalization) in _mask_places(to_prune, graph, chosen).items():
+        arguments = dict(
+            segments=[segment(group) for group in graph.calls[id(layer)][2].groups],
             importance=importance,
             round_to=round_to,
             source=layer.name,
@@ -176,6 +187,10 @@ def prune_channels(
             axis=graph.channel_axis(output),
             name=f"{layer.name}_channel_mask",
         )
+        if normalization is None:
+            masks[end] = ChannelMask(pruning_schedule, **arguments)
+        else:
+            normalizations[id(normalization)] = arguments
     inside: dict[int, list[dict[str, Any]]] = {}
     for layer, group in graph.inner.values():
         root = graph.find(group)
@@ -183,6 +198,8 @@ def prune_channels(
             inside[id(layer)] = [segment(root)]  # one channel per head or unit
 
     def wrap(layer: keras.layers.Layer, new: keras.layers.Layer) -> keras.layers.Layer:
+        if id(layer) in normalizations:
+            return NormalizationMask(new, pruning_schedule, **normalizations[id(layer)])
         if id(layer) not in inside:
             return new
         heads = isinstance(layer, keras.layers.MultiHeadAttention)
@@ -257,13 +274,19 @@ def _by_name(select: Any, layers: list[keras.layers.Layer]) -> Any:
 
 def _mask_places(
     model: keras.Model, graph: Graph, chosen: set[int]
-) -> dict[int, tuple[keras.layers.Layer, Any]]:
-    """`{id(layer a mask follows): (the layer whose channels it masks, the tensor it masks)}`.
+) -> dict[int, tuple[keras.layers.Layer, Any, keras.layers.Layer | None]]:
+    """`{id(the last layer of a chain): (the chain's first layer, whose channels are
+    masked; the chain's output; the normalisation to mask, or None)}`.
 
-    Each layer with per-channel weights whose channels are chosen gets a
-    mask, moved past every `_PER_CHANNEL` layer that alone reads what comes
-    before (called once, its input read by nothing else, not a model output);
-    the layers it moves past need no mask of their own.
+    Each layer with per-channel weights whose channels are chosen starts a
+    chain, which goes on past every `_PER_CHANNEL` layer that alone reads
+    what comes before (called once, its input read by nothing else, not a
+    model output); the layers in it need no mask of their own. If the
+    chain's last normalisation (called once, with a scale) is followed only
+    by layers that keep 0 at 0, a `NormalizationMask` wraps it: masking its
+    scale and shift costs a few products per channel, where a `ChannelMask`
+    after the chain multiplies the whole tensor, forward and backward.
+    Otherwise a `ChannelMask` follows the chain.
     """
     calls = _keras.graph_calls(model)
     readers: dict[int, list[Any]] = {}
@@ -291,18 +314,28 @@ def _mask_places(
             return None
         return user
 
-    places: dict[int, tuple[keras.layers.Layer, Any]] = {}
+    def normalization(chain: list[Any]) -> keras.layers.Layer | None:
+        last = [layer for layer in chain if type(layer) in NORMALIZATIONS]
+        if not last or uses[id(last[-1])] != 1 or not last[-1].scale:
+            return None
+        # The normalisation's output reads 0 for a removed channel; `zero` says
+        # whether it still does at the end of the chain.
+        return last[-1] if all(graph.calls[id(chain[-1])][2].zero) else None
+
+    places: dict[int, tuple[keras.layers.Layer, Any, keras.layers.Layer | None]] = {}
     followed: set[int] = set()
     for layer, _, outputs in graph.calls.values():
         if id(layer) in followed or not isinstance(layer, _MASKED_AFTER):
             continue
         if not set(outputs.groups) & chosen:
             continue
-        end = layer
-        while (link_ := next_link(end)) is not None:
-            end = link_
-            followed.add(id(end))
-        places[id(end)] = (layer, outputs_of[id(end)][0])
+        chain = [layer]
+        while (link_ := next_link(chain[-1])) is not None:
+            chain.append(link_)
+            followed.add(id(link_))
+        norm = normalization(chain)
+        output = outputs_of[id(chain[-1] if norm is None else norm)][0]
+        places[id(chain[-1])] = (layer, output, norm)
     return places
 
 

@@ -35,7 +35,7 @@ from keras_prune import _keras, _validation, model_class
 from keras_prune._layer_copy import copy_layer, copy_weights
 from keras_prune.structured import blocks
 from keras_prune.structured import importance as importance_lib
-from keras_prune.structured.channel_mask import WRAPPING, ChannelMask, channel_masks
+from keras_prune.structured.channel_mask import INNER, WRAPPING, ChannelMask, channel_masks
 from keras_prune.structured.flatten import flatten
 from keras_prune.structured.graph import (
     CONVOLUTIONS,
@@ -357,7 +357,7 @@ def _shrink_masked(model: keras.Model, masks: list[ChannelMask]) -> keras.Model:
     keep: Keep = {}
     for mask in masks:
         source = plain.get_layer(mask.source)
-        if isinstance(mask, WRAPPING):
+        if isinstance(mask, INNER):
             groups = (graph.find(graph.inner[id(source)][1]),)
         else:
             groups = graph.calls[id(source)][2].groups

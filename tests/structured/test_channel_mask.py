@@ -1,8 +1,9 @@
 """Tests for keras_prune.structured.channel_mask's selection of the channels that stay.
 
 The reference is a full stable sort in numpy: the highest scores, the lower
-index first among equal ones. (ChannelMask's training, saving and shrinking
-are tested through prune_channels in test_prune_channels.py.)
+index first among equal ones. A `NormalizationMask` is checked against the
+normalisation written in numpy. (Training, saving and shrinking are tested
+through prune_channels in test_prune_channels.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from keras_prune import ConstantSparsity
-from keras_prune.structured.channel_mask import ChannelMask, _top, _top_runs
+from keras_prune.structured.channel_mask import ChannelMask, NormalizationMask, _top, _top_runs
 
 
 def _expected(scores, kept):
@@ -68,3 +69,48 @@ def test_a_mask_on_axis_1_multiplies_the_channels_of_a_channels_first_tensor():
         ChannelMask(ConstantSparsity(0.5, 0), [segment], axis=1).build((2, 4, 4, 3))
     with pytest.raises(ValueError, match="`axis` must be one of -1, 1; got 2"):
         ChannelMask(ConstantSparsity(0.5, 0), [segment], axis=2)
+
+
+@pytest.mark.parametrize("kind", ["batch", "group"])
+def test_a_normalization_mask_zeroes_the_scale_and_shift_of_the_removed_channels(kind):
+    segment = {"group": "g", "size": 4, "producers": [["conv", 0]]}
+    if kind == "batch":
+        norm = keras.layers.BatchNormalization(epsilon=1e-3)
+    else:
+        norm = keras.layers.GroupNormalization(groups=2, epsilon=1e-3)
+        segment["block"] = 2
+    x = np.random.RandomState(0).normal(size=(3, 5, 4)).astype("float32")
+    norm.build(x.shape)
+    gamma, beta = np.array([1.5, 0.5, 2.0, 1.0], "float32"), np.full(4, 0.25, "float32")
+    norm.gamma.assign(gamma)
+    norm.beta.assign(beta)
+    mask = NormalizationMask(norm, ConstantSparsity(0.5, 0), segments=[segment])
+    mask.build(x.shape)
+    kept = np.array([1.0, 1.0, 0.0, 0.0], "float32")
+    mask.mask.assign(kept)
+    if kind == "batch":  # inference: the moving statistics, 0 and 1
+        normalized = x / np.sqrt(1.0 + 1e-3)
+    else:  # each run of 2 channels over its positions and channels, per sample
+        runs = x.reshape(3, 5, 2, 2)
+        mean = runs.mean(axis=(1, 3), keepdims=True)
+        variance = runs.var(axis=(1, 3), keepdims=True)
+        normalized = ((runs - mean) / np.sqrt(variance + 1e-3)).reshape(x.shape)
+    expected = (normalized * gamma + beta) * kept
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(mask(x)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(norm.gamma), gamma)  # not assigned
+
+
+def test_a_normalization_mask_needs_a_normalization_with_a_scale():
+    segment = {"group": "g", "size": 4, "producers": [["conv", 0]]}
+    with pytest.raises(TypeError, match="`layer` must be a keras.layers.BatchNormalization or"):
+        NormalizationMask(keras.layers.Dense(4), ConstantSparsity(0.5, 0), segments=[segment])
+    with pytest.raises(ValueError, match="has no scale"):
+        NormalizationMask(
+            keras.layers.BatchNormalization(scale=False),
+            ConstantSparsity(0.5, 0),
+            segments=[segment],
+        )
+    with pytest.raises(ValueError, match="`segments` hold 4 channels but `bn` has 6 channels"):
+        NormalizationMask(
+            keras.layers.BatchNormalization(name="bn"), ConstantSparsity(0.5, 0), segments=[segment]
+        ).build((2, 6))

@@ -11,7 +11,7 @@ import pytest
 from conftest import image_twins, small_cnn, small_encoder, small_images
 
 import keras_prune
-from keras_prune import ChannelMask, prune_channels, shrink
+from keras_prune import ChannelMask, NormalizationMask, prune_channels, shrink
 
 L = keras.layers
 pytestmark = pytest.mark.slow  # every test trains
@@ -155,9 +155,10 @@ def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_
     # a, b and the features' half of excite: one group of 8; d and the other half: another.
     assert masks["a"].sum() == masks["b"].sum() == 4
     np.testing.assert_array_equal(masks["a"], masks["b"])
-    # b's mask follows bn, which needs none of its own; dw's follows the ReLU and pooling after it.
+    # b's channels are masked through bn's scale and shift; dw's mask follows the ReLU and
+    # pooling after it.
     assert "bn" not in masks
-    assert masked.get_layer("b_channel_mask").input is masked.get_layer("bn").output
+    assert masked.get_layer("b_channel_mask").layer.name == "bn"
     assert masked.get_layer("dw_channel_mask").input.shape == (None, 16)
     np.testing.assert_array_equal(masks["excite"], np.concatenate([masks["a"], masks["d"]]))
     np.testing.assert_array_equal(masks["dw"], masks["excite"])
@@ -170,12 +171,14 @@ def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_
 def test_a_mask_follows_the_per_channel_layers_that_alone_read_its_layer():
     x = keras.Input((8, 8, 3))
     c = L.Conv2D(8, 3, name="c")(x)
-    pooled = L.MaxPooling2D(name="pool")(L.ReLU(name="relu")(L.BatchNormalization(name="bn")(c)))
+    normalized = L.BatchNormalization(scale=False, name="bn")(c)  # no scale to mask c through
+    pooled = L.MaxPooling2D(name="pool")(L.ReLU(name="relu")(normalized))
     e = L.Conv2D(8, 1, name="e")(pooled)  # read twice: its mask stays right after it
     h = L.Add()([L.ReLU(name="relu_e")(e), e])
     model = keras.Model(x, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h)))
     masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
     assert sorted(_masks(masked)) == ["c", "e"]
+    assert type(masked.get_layer("c_channel_mask")) is ChannelMask
     assert masked.get_layer("c_channel_mask").input is masked.get_layer("pool").output
     assert masked.get_layer("e_channel_mask").input is masked.get_layer("e").output
     rng = np.random.RandomState(0)
@@ -186,6 +189,58 @@ def test_a_mask_follows_the_per_channel_layers_that_alone_read_its_layer():
     small = shrink(masked)
     assert small.get_layer("c").filters == small.get_layer("e").filters == 4
     _assert_same_predictions(small, masked, images)
+
+
+def test_a_normalization_in_the_chain_is_masked_through_its_scale_and_shift(tmp_path):
+    x = keras.Input((8, 8, 3))
+    c = L.Conv2D(8, 3, name="c")(x)
+    h = L.MaxPooling2D(name="pool")(L.ReLU(name="relu")(L.BatchNormalization(name="bn")(c)))
+    h = L.BatchNormalization(scale=False, name="bn_e")(L.Conv2D(8, 1, name="e")(h))
+    model = keras.Model(x, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h)))
+    rng = np.random.RandomState(0)
+    for variable in model.get_layer("bn").weights:  # a removed channel's shift must not leak
+        variable.assign(rng.uniform(0.5, 1.5, 8).astype("float32"))
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    wrapper = masked.get_layer("c_channel_mask")
+    assert isinstance(wrapper, NormalizationMask) and wrapper.layer.name == "bn"
+    assert "bn" not in [layer.name for layer in masked.layers]
+    assert type(masked.get_layer("e_channel_mask")) is ChannelMask  # bn_e has no scale
+    images, labels = rng.rand(32, 8, 8, 3).astype("float32"), rng.randint(0, 3, 32)
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    before = _numpy(wrapper.layer.moving_mean)
+    masked.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    assert not np.allclose(_numpy(wrapper.layer.moving_mean), before)  # bn's statistics train
+    kept = _masks(masked)["c"]
+    expected = np.zeros(8)
+    expected[_top(model.get_layer("c").kernel, 4)] = 1
+    np.testing.assert_array_equal(kept, expected)
+    # The reference: plain Keras with bn's trained weights, the removed channels' scale and
+    # shift zeroed by hand.
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    weights = [_numpy(w) for w in wrapper.layer.weights]  # gamma, beta, moving mean, variance
+    reference.get_layer("bn").set_weights([weights[0] * kept, weights[1] * kept, *weights[2:]])
+    pooled = keras.Model(masked.inputs, masked.get_layer("pool").output)
+    expected_pooled = keras.Model(reference.inputs, reference.get_layer("pool").output)
+    result = _numpy(pooled(images, training=False))
+    assert np.all(result[..., kept == 0] == 0)
+    np.testing.assert_allclose(result, _numpy(expected_pooled(images, training=False)), atol=1e-6)
+    masked.save(tmp_path / "masked.keras")
+    loaded = keras.saving.load_model(tmp_path / "masked.keras")
+    np.testing.assert_array_equal(_numpy(loaded.get_layer("c_channel_mask").mask), kept)
+    small = shrink(loaded)
+    assert small.get_layer("bn").gamma.shape == (4,) and small.get_layer("c").filters == 4
+    _assert_same_predictions(small, masked, images)
+
+
+def test_a_batch_normalization_of_a_masked_sequence_keeps_its_channels():
+    # A NormalizationMask passes no Keras mask on: the walk must leave such a layer whole.
+    ids = keras.Input((6,), dtype="int32")
+    h = L.Embedding(20, 8, mask_zero=True, name="embedding")(ids)
+    h = L.ReLU()(L.BatchNormalization(name="bn")(L.Dense(8, name="d")(h)))  # moments skip padding
+    model = keras.Model(ids, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(h)))
+    with pytest.raises(ValueError, match="`bn` \\(BatchNormalization\\) reads it"):
+        prune_channels(model, keras_prune.ConstantSparsity(0.5, 0), select="d")
 
 
 def test_a_saved_model_resumes_pruning_where_it_stopped(tmp_path):
@@ -331,7 +386,9 @@ def test_group_normalizations_groups_go_whole_while_fit_trains(tmp_path, global_
     schedule = keras_prune.ConstantSparsity(0.5, 0, frequency=1)
     masked = prune_channels(model, schedule, global_pruning=global_pruning)
     kinds = [type(layer).__name__ for layer in masked.layers]
-    assert kinds.index("ChannelMask") == kinds.index("ReLU") + 1  # one mask, past both
+    # Both masked through a GroupNormalization's scale and shift: relu(0) = 0.
+    assert kinds.count("NormalizationMask") == 2 and "ChannelMask" not in kinds
+    assert masked.get_layer("conv_channel_mask").layer.name == "gn"
     images = np.random.RandomState(0).normal(size=(16, 8, 8, 3)).astype("float32")
     masked.compile(keras.optimizers.SGD(0.0), "mse")  # the weights stay
     masked.fit(images, np.zeros((16, 2)), batch_size=8, epochs=1, verbose=0)
