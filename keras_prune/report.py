@@ -107,7 +107,7 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     (`self_attention_layer/query/kernel`). Layers whose weights keras_prune
     does not know are listed in `report.unpruned` and below the table.
     In a model from `prune_channels`, the output channels that a
-    `ChannelMask` removes count as zeros of the kernel that produces them
+    `ChannelMask` (or `NormalizationMask`) removes count as zeros of the kernel that produces them
     (`shrink` also removes the inputs of the next layer that read them),
     and the heads a `HeadMask` removes as zeros of its attention layer's
     query, key, value and output kernels (the units a `FeedForwardMask`
@@ -212,7 +212,7 @@ def _masked_channels(
         found = mask.feed_forward
         axes = {id(d.kernel): 1 for d in found.inner} | {id(found.outer.kernel): 0}
     else:
-        note = f"{removed} output channels removed by its ChannelMask"
+        note = f"{removed} output channels removed by its {type(mask).__name__}"
         kernel = channel_kernel(layer)
         axes = {id(kernel): len(kernel.shape) + output_axis(layer)}
     result, notes = [], []

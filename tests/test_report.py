@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 from conftest import small_cnn, small_images
 
@@ -77,6 +78,40 @@ def test_sparsity_report_counts_the_channels_a_channel_mask_removes():
             original = masked.get_layer(layer.name).kernel.shape[-1]
             assert rows[layer.name].sparsity == pytest.approx(1 - layer.kernel.shape[-1] / original)
     assert [rows[name].sparsity for name in rows][:3] == [0.75, 0.75, 0.75]
+
+
+def test_sparsity_report_names_a_normalization_mask_in_a_sequential_model():
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((10, 10, 1)),
+            layers.Conv2D(8, 3, name="c"),
+            layers.BatchNormalization(name="bn"),
+            layers.ReLU(),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(3, name="out"),
+        ]
+    )
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
+    assert [type(la).__name__ for la in masked.layers][:2] == ["Conv2D", "NormalizationMask"]
+    masked.get_layer("c_channel_mask").mask.assign([1.0, 0.0] * 4)
+    report = keras_prune.sparsity_report(masked)
+    assert not report.unpruned
+    (row,) = [row for row in report if row.layer == "c"]
+    assert (
+        row.sparsity == 0.5
+        and row.note == "4 of 8 output channels removed by its NormalizationMask"
+    )
+    small = keras_prune.shrink(masked)
+    assert (
+        small.get_layer("bn").gamma.shape == (4,) and small.get_layer("out").kernel.shape[0] == 64
+    )
+    images = np.random.RandomState(0).rand(4, 10, 10, 1).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(small(images)), keras.ops.convert_to_numpy(masked(images)),
+        rtol=1e-4, atol=1e-6,
+    )  # fmt: skip
 
 
 def test_sparsity_report_counts_the_heads_a_head_mask_removes():
