@@ -520,9 +520,8 @@ class NormalizationMask(_WrappingMask):
         for variable in (self.layer.gamma, self.layer.beta):
             if variable is not None:
                 masked[id(variable)] = variable.value * ops.cast(channels, variable.dtype)
-        if isinstance(
-            self.layer, keras.layers.BatchNormalization
-        ):  # GroupNormalization: no `training`
+        # A GroupNormalization takes no `training`.
+        if isinstance(self.layer, keras.layers.BatchNormalization):
             kwargs["training"] = training
         return _forward_pass.call_with_values(self, masked, inputs, **kwargs)
 

@@ -65,8 +65,7 @@ from keras_prune.wrapper import PruneLowMagnitude
 _MASKED_AFTER = (
     *PRODUCERS,
     *DEPTHWISE,
-    keras.layers.BatchNormalization,
-    keras.layers.GroupNormalization,
+    *NORMALIZATIONS,
 )
 _L = keras.layers
 # Layers that compute each channel from the same channel alone (a
@@ -79,8 +78,7 @@ _ENLARGING = tuple(
     getattr(_L, f"{k}{d}D") for k in ("ZeroPadding", "UpSampling") for d in (1, 2, 3)
 )
 _PER_CHANNEL = (
-    _L.BatchNormalization,
-    _L.GroupNormalization,
+    *NORMALIZATIONS,
     _L.PReLU,
     *ACTIVATIONS,
     *(kind for kind in ZERO_KEEPING if kind not in _ENLARGING),
