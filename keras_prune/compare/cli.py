@@ -291,6 +291,12 @@ def _mean_std(pair: Sequence[float] | None, digits: int, seeds: int) -> str:
     return f"{mean:.{digits}f}" if seeds == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _seconds(pair: Sequence[float], seeds: int) -> str:
+    """Seconds to three significant digits: a small model's 0.004 s epoch is not "0.00"."""
+    mean, std = pair
+    return f"{mean:.3g}" if seeds == 1 else f"{mean:.3g} ± {std:.2g}"
+
+
 def _count(pair: Sequence[float] | None) -> str:
     """A mean count in thousands or millions ("1.23 M"); "-" where not measured."""
     if pair is None:
@@ -393,7 +399,7 @@ def format_results(results: dict[str, Any]) -> str:
     table.append(
         (
             "seconds per epoch",
-            [_mean_std(row["seconds_per_epoch"], 2, n) for row, n in zip(summary, count)],
+            [_seconds(row["seconds_per_epoch"], n) for row, n in zip(summary, count)],
         )
     )
     table.append(("parameters", [_count(row.get("parameters")) for row in summary]))

@@ -137,6 +137,19 @@ def test_compare_writes_json_csv_and_pngs(tiny_comparison):
 
 
 @pytest.mark.slow
+def test_short_epochs_keep_three_significant_digits(tiny_comparison):
+    _, out = tiny_comparison
+    results = json.loads((out / "results.json").read_text())
+    times = [[0.004123, 0.0], [1.2345, 0.0], [31.27, 0.0], [0.004, 0.0], [0.05, 0.0]]
+    for row, pair in zip(results["summary"], times):
+        row["seconds_per_epoch"] = pair
+    line = next(
+        line for line in cli.format_results(results).splitlines() if line.startswith("seconds")
+    )
+    assert line.split()[3:] == ["0.00412", "1.23", "31.3", "0.004", "0.05"]
+
+
+@pytest.mark.slow
 def test_resume_of_a_finished_comparison_trains_nothing(tiny_comparison, tmp_path):
     _, out = tiny_comparison
     (tmp_path / "results.json").write_text((out / "results.json").read_text())
