@@ -61,7 +61,16 @@ class Memo:
         """The new model's copy of `layer` (nested models are passed as they are)."""
         if isinstance(layer, keras.Model):
             return layer
-        return self.fresh[id(layer)] if id(layer) in self.fresh else copy_layer(layer)
+        if id(layer) in self.fresh:
+            return self.fresh[id(layer)]
+        if isinstance(layer, PruneLowMagnitude):
+            # The wrapped layer copied by its own class, as when it was
+            # wrapped: its config names a class that need not be registered.
+            wrapper = _wrapped_like(layer, copy_layer(layer.layer))
+            if not layer.trainable:
+                wrapper.trainable = False
+            return wrapper
+        return copy_layer(layer)
 
 
 def pruned_layers(model: keras.layers.Layer) -> Iterator[PruneLowMagnitude]:

@@ -135,7 +135,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "`global_group` (one threshold)."
             )
         self.pruning_vars: list[tuple[keras.Variable, keras.Variable, keras.Variable]] = []
-        if layer.built:
+        self.pruning_step: keras.Variable | None = None  # made with the masks
+        if not _unbuilt(layer):
             self._create_pruning_variables()
 
     def build(self, input_shape: Any = None) -> None:
@@ -143,16 +144,22 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self._finish_build()
 
     def _finish_build(self) -> None:
-        if not self.pruning_vars:
+        if self.pruning_step is None:
             self._create_pruning_variables()
         self.built = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Keras builds a layer from the shape of its first input only. Layers
-        # with several inputs (MultiHeadAttention(query, value, key)) are
-        # built by calling them once on the actual inputs instead.
-        if not self.built and not self.layer.built and (len(args) > 1 or _has_tensor(kwargs)):
-            self.layer(*args, **kwargs)
+        # with several inputs (MultiHeadAttention(query, value, key)), and
+        # layers without a `build` of their own, whose sublayers Keras builds
+        # in their first call, are built by calling them once on symbolic
+        # stand-ins of the inputs instead (nothing computed, no state updated).
+        if (
+            self.pruning_step is None  # not `built`: Keras sets it after `build_from_config`
+            and _unbuilt(self.layer)
+            and (len(args) > 1 or _has_tensor(kwargs) or _builds_in_call(self.layer))
+        ):
+            self.layer(*_symbolic(args), **_symbolic(kwargs))
             self._finish_build()
         return super().__call__(*args, **kwargs)
 
@@ -165,6 +172,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if self.built:  # built in __init__ around an already built layer
             return
         if config and "layer" in config:
+            if _builds_in_call(self.layer):
+                return  # its sublayers are built when the model's graph calls it (`__call__`)
             if not self.layer.built:
                 self.layer.build_from_config(config["layer"])
             self._finish_build()
@@ -372,6 +381,33 @@ def _check_factors(factors: Any) -> tuple[float, ...] | None:
                 f"`sparsity_factors` must hold finite numbers >= 0; got {list(factors)!r}."
             )
     return tuple(float(f) for f in factors)
+
+
+def _builds_in_call(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` has no `build` of its own (a custom layer that creates its
+    sublayers in `__init__`), so that only a call builds its sublayers."""
+    return type(layer).build is keras.layers.Layer.build
+
+
+def _unbuilt(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` or a layer inside it is not built yet. Keras marks a layer
+    without a `build` of its own built when `build` is called, before its
+    first call has built its sublayers (as on loading, from its build config)."""
+    return not all(sub.built for sub in _keras.flatten_layers(layer, include_self=True))
+
+
+def _symbolic(structure: Any) -> Any:
+    """`structure` with each tensor replaced by a `keras.KerasTensor` of its shape and dtype."""
+
+    def stand_in(value: Any) -> Any:
+        if isinstance(value, keras.KerasTensor) or not (
+            keras.ops.is_tensor(value) or isinstance(value, np.ndarray)
+        ):
+            return value
+        dtype = keras.backend.standardize_dtype(value.dtype)
+        return keras.KerasTensor(tuple(value.shape), dtype=dtype)
+
+    return keras.tree.map_structure(stand_in, structure)
 
 
 def _has_tensor(kwargs: dict[str, Any]) -> bool:

@@ -268,3 +268,55 @@ def test_custom_layer_is_pruned_inside_and_masks_hold_on_every_read(tmp_path):
     pruned.save(tmp_path / "pruned.keras")  # resumes with the same masks
     loaded = keras.saving.load_model(tmp_path / "pruned.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+
+
+@keras.saving.register_keras_serializable(package="test_prune")
+class EagerBlock(keras.layers.Layer):
+    """A custom layer as keras.io's examples write them: sublayers made in
+    `__init__`, no `build`, so that only the layer's first call builds them."""
+
+    def __init__(self, vocabulary=12, width=8, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary, self.width = vocabulary, width
+        self.embed = keras.layers.Embedding(vocabulary, width, name="embed")
+        self.dense = keras.layers.Dense(width, activation="relu", name="dense")
+
+    def call(self, tokens):
+        return self.dense(self.embed(tokens))
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary": self.vocabulary, "width": self.width}
+
+
+def test_custom_layer_without_build_is_pruned_stripped_saved_and_resumed(tmp_path):
+    class Unregistered(EagerBlock):  # strip_pruning copies it without the registry
+        pass
+
+    x = np.random.default_rng(0).integers(0, 12, (16, 5)).astype("int32")
+    y = np.random.default_rng(1).normal(size=(16, 5, 8)).astype("float32")
+    for block in (EagerBlock(name="block"), Unregistered(name="block")):
+        tokens = keras.Input((5,), dtype="int32")
+        model = keras.Model(tokens, block(tokens))
+        pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1))
+        pruned.compile("adam", "mse")
+        pruned.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+        report = keras_prune.sparsity_report(pruned)
+        assert [(row.weight, row.sparsity) for row in report] == [
+            ("embed/embeddings", 0.5),
+            ("dense/kernel", 0.5),
+        ]
+        # An independent forward pass in numpy on weight * mask.
+        wrapper = pruned.layers[1]
+        value = [ops.convert_to_numpy(w.value * m.value) for w, m, _ in wrapper.pruning_vars]
+        bias = ops.convert_to_numpy(wrapper.layer.dense.bias)
+        expected = np.maximum(value[0][x] @ value[1] + bias, 0)
+        np.testing.assert_allclose(pruned.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+        stripped = keras_prune.strip_pruning(pruned)
+        np.testing.assert_allclose(stripped.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+    pruned.layers[1].layer.__class__ = EagerBlock  # registered, so that a file can name it
+    pruned.save(tmp_path / "pruned.keras")
+    loaded = keras.saving.load_model(tmp_path / "pruned.keras")  # built by its graph's call
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    loaded.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    assert int(ops.convert_to_numpy(loaded.layers[1].pruning_step.value)) == 4
