@@ -161,6 +161,9 @@ class Graph:
     # layer, the group of its heads); id(transformer block) -> (the block,
     # the group of its feed-forward units).
     inner: dict[int, tuple[keras.layers.Layer, int]] = dataclasses.field(default_factory=dict)
+    # Layers with channels of their own, or layers holding such layers, that
+    # the walk left whole: id(layer) -> (the layer, why), for the warning.
+    whole: dict[int, tuple[keras.layers.Layer, str]] = dataclasses.field(default_factory=dict)
     # Channels on axis 1 of tensors of rank 3 and more (`channel_axis`).
     channels_first: bool = False
 
@@ -221,6 +224,26 @@ def _cannot_shrink(operation: Any, uses: int) -> str:
         return f"`{name}` is called {uses} times"
     reason = _cannot_cut(operation) if isinstance(operation, keras.layers.Layer) else None
     return reason or f"`{name}` ({kind}) reads it and cannot be shrunk"
+
+
+def _produces(operation: Any) -> bool:
+    """Whether `operation` is, or holds, a layer whose channels a group could remove."""
+    if not isinstance(operation, keras.layers.Layer):
+        return False
+    return any(
+        isinstance(layer, (*PRODUCERS, L.MultiHeadAttention))
+        for layer in _keras.flatten_layers(operation, include_self=True)
+    )
+
+
+def _left_whole(layer: keras.layers.Layer, reason: str) -> str:
+    """`reason` as `_cannot_shrink` gives it, said of `layer`'s own channels."""
+    if not reason.endswith("reads it and cannot be shrunk"):
+        return reason  # called twice, quantized, LoRA
+    what = f"`{layer.name}` ({type(layer).__name__})"
+    if isinstance(layer, PRODUCERS):
+        return f"{what} cannot lose channels where it is called"
+    return f"{what} holds layers that the walk does not look into"
 
 
 def _cannot_cut(layer: keras.layers.Layer) -> str | None:
@@ -399,6 +422,8 @@ class _Walk:
                 result = self.call(operation, inputs, layouts, outputs)
             if result is None:
                 reason = _cannot_shrink(operation, uses[id(operation)])
+                if _produces(operation):
+                    self.graph.whole[id(operation)] = (operation, _left_whole(operation, reason))
                 for layout in layouts:
                     self.freeze(layout, reason)
                 result = [self.opaque(t, reason) for t in outputs]
@@ -631,7 +656,8 @@ def analyse(model: keras.Model) -> Graph:
 
 def warn_left_whole(graph: Graph) -> None:
     """One warning naming the groups that keep every channel for another reason than
-    reaching the model's output (which no user expects to shrink)."""
+    reaching the model's output (which no user expects to shrink), and the layers
+    whose own channels stay (`Graph.whole`: a custom layer with Dense layers inside)."""
     reasons = sorted(
         {
             f"{', '.join(layer.name for layer, _ in group.producers)}: {group.reason}"
@@ -639,11 +665,14 @@ def warn_left_whole(graph: Graph) -> None:
             if group.producers and group.reason and "model output" not in group.reason
         }
     )
+    layers = sorted(reason for _, reason in graph.whole.values())
+    parts = []
     if reasons:
-        warnings.warn(
-            f"{len(reasons)} channel group(s) keep every channel: " + "; ".join(reasons),
-            stacklevel=3,
-        )
+        parts.append(f"{len(reasons)} channel group(s) keep every channel: " + "; ".join(reasons))
+    if layers:
+        parts.append(f"{len(layers)} layer(s) keep all their channels: " + "; ".join(layers))
+    if parts:
+        warnings.warn(". ".join(parts), stacklevel=3)
 
 
 def check_model(model: Any, name: str = "model") -> keras.Model:

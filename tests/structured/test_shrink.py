@@ -504,6 +504,37 @@ def test_layers_it_cannot_shrink_are_left_whole_with_a_warning():
     assert small.get_layer("a").units == 8 and small.get_layer("b").units == 4
 
 
+class _Block(keras.layers.Layer):
+    """A custom layer with a Dense inside and no graph of its own."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(8, activation="relu", name="hidden")
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_layers_whose_own_channels_stay_are_named_in_the_warning():
+    x = keras.Input((4,))
+    a = L.Dense(8, activation="relu", name="a")(x)
+    block = _Block(name="block")(a)
+    shared = L.Dense(8, activation="relu", name="shared")
+    c = L.Dense(8, activation="relu", name="c")(x)
+    y = L.Dense(2, name="out")(L.Concatenate()([shared(block), shared(a), c]))
+    model = keras.Model(x, y)
+    with pytest.warns(UserWarning) as caught:
+        small = shrink(model, 0.5)
+    (message,) = [str(w.message) for w in caught if "keep" in str(w.message)]
+    assert message.startswith("1 channel group(s) keep every channel: a: `block` (_Block) reads")
+    assert message.endswith(
+        "2 layer(s) keep all their channels: `block` (_Block) holds layers that the walk does "
+        "not look into; `shared` is called 2 times"
+    )
+    assert small.get_layer("c").units == 4  # the rest shrinks
+    assert small.get_layer("block").dense.units == 8 and small.get_layer("shared").units == 8
+
+
 def test_a_transformer_encoder_loses_heads_and_ffn_units_and_keeps_its_width():
     model = small_encoder()
     _randomize(model)
