@@ -46,7 +46,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         masks = channel_mask.channel_masks(self.model)
         channel_mask.link(self.model)  # a loaded model's masks find the layers they score
         # The first pruning step of this run (a resumed model starts past 1).
-        steps = [int(ops.convert_to_numpy(w.pruning_step)) for w in wrappers]
+        steps = [w.steps_seen() for w in wrappers]
         self._first_step = min(steps, default=0) + 1
         if not wrappers and not masks:
             warnings.warn(
@@ -162,7 +162,7 @@ class PruningSummaries(keras.callbacks.Callback):
                 f"PruningSummaries: several pruned weights log under the same tags {duplicates}; "
                 "give the layers distinct names."
             )
-        self._step = int(ops.convert_to_numpy(wrappers[0].pruning_step.value))
+        self._step = wrappers[0].steps_seen()
         self._written_at = None
         if self._writer is None:
             self._writer = _tfevents.EventFileWriter(os.path.join(self.log_dir, "metrics"))
@@ -214,7 +214,7 @@ def _pruning_values(wrappers: Iterable[PruneLowMagnitude]) -> dict[int, list[tup
     """(tag, value) pairs of `wrappers` grouped by their pruning step."""
     by_step: dict[int, list[tuple[str, float]]] = {}
     for wrapper in wrappers:
-        step = int(ops.convert_to_numpy(wrapper.pruning_step.value))
+        step = wrapper.steps_seen()
         values = []
         for _, mask, threshold in wrapper.pruning_vars:
             mask_value = ops.convert_to_numpy(mask.value)
@@ -265,10 +265,15 @@ def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) ->
         allowed = int(ops.convert_to_numpy(keep_count(size, target)))
         if kept <= allowed + slack:
             continue
-        step = int(ops.convert_to_numpy(layer.pruning_step))
+        step = layer.steps_seen()
         end_step = getattr(schedule, "end_step", None)
         points = pruning_points(schedule, min(first_step, step + 1), step)
-        if end_step is not None and step < end_step:
+        if step < first_step:
+            reason = (
+                "it saw no training batch in this run: a subclassed model's `call` must take "
+                "a `training` argument and pass it on, `layer(x, training=training)`"
+            )
+        elif end_step is not None and step < end_step:
             reason = (
                 f"training stopped at pruning step {step}, before the schedule's "
                 f"end_step={end_step}; train longer or lower end_step"

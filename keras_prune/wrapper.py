@@ -333,6 +333,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
         return self.layer.compute_output_spec(*args, **kwargs)
 
+    def steps_seen(self) -> int:
+        """The pruning step: training batches seen, 0 before the wrapper is built
+        (a subclassed model is built by its first training batch)."""
+        if self.pruning_step is None:
+            return 0
+        return int(ops.convert_to_numpy(self.pruning_step.value))
+
     def mask_sparsity(self) -> list[tuple[str, float]]:
         """(weight path, fraction of mask entries that are zero) per prunable weight."""
         return [

@@ -183,6 +183,48 @@ def test_summaries_write_exact_values_to_tensorboard_and_csv(tmp_path):
             assert 0 < events[tag][0][1] < final  # step 3: the lower sparsity of step 2
 
 
+class Subclassed(keras.Model):
+    """tfmot's pattern for a subclassed model: a wrapped layer, built by the first batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras_prune.prune_low_magnitude(
+            keras.layers.Dense(6), ConstantSparsity(0.5, 0, frequency=1)
+        )
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x, training=None):
+        return self.out(self.hidden(x, training=training))
+
+
+class WithoutTraining(Subclassed):
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_callbacks_start_on_a_model_that_fit_builds(tmp_path):
+    model = Subclassed()
+    assert not model.built
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    callbacks = [keras_prune.UpdatePruningStep(), keras_prune.PruningSummaries(str(tmp_path))]
+    model.fit(x, np.ones((8, 1), "float32"), batch_size=4, epochs=2, verbose=0, callbacks=callbacks)
+    assert model.hidden.steps_seen() == 4
+    kernel = model.hidden.pruning_vars[0][0]
+    assert read_events(tmp_path)[f"{kernel.path}/sparsity"] == [(2, 0.5), (4, 0.5)]
+    assert keras_prune.sparsity_report(model)[0].sparsity == 0.5
+
+
+def test_a_model_whose_call_takes_no_training_argument_is_told_why_nothing_pruned():
+    model = WithoutTraining()
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    with pytest.warns(UserWarning, match="saw no training batch in this run: a subclassed model's"):
+        model.fit(
+            x, np.ones((8, 1), "float32"), verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
+        )
+
+
 def test_summaries_default_logs_at_epoch_ends_and_keeps_one_file_per_fit(tmp_path):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.Dense(1)])
     pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1))
