@@ -52,6 +52,11 @@ def copy_layer(
     """A new layer of `layer`'s class from `configure(layer)` (default: its own config)."""
     try:
         config = configure(layer) if configure else layer.get_config()
+        if isinstance(layer, keras.layers.Lambda):
+            # Its config holds the bytecode of a Python lambda, which
+            # `from_config` refuses in safe mode, a guard against untrusted
+            # files; this copy re-creates the user's own function in memory.
+            return layer.__class__.from_config(config, safe_mode=False)
         return layer.__class__.from_config(config)
     except Exception as error:  # the layer's own get_config, from_config or __init__
         raise NotRecreatable(layer, error) from error

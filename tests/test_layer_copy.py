@@ -3,8 +3,10 @@
 import re
 
 import keras
+import numpy as np
 import pytest
 
+import keras_prune
 from keras_prune._layer_copy import NotRecreatable, copy_layer
 
 
@@ -45,3 +47,19 @@ def test_a_layer_its_config_cannot_re_create_is_named_with_the_root_error(layer,
     assert isinstance(e.value, ValueError)
     assert re.search(root, e.value.reason), e.value.reason
     assert "using config=" not in e.value.reason  # Keras's wrapper, which repeats the config
+
+
+def test_a_python_lambda_is_copied_in_memory_and_a_model_holding_it_prunes():
+    offset = 0.5  # a closure, as a Lambda's function often has
+    inputs = keras.Input((3,))
+    x = keras.layers.Lambda(lambda t: t * 2.0 + offset, name="scale")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    copy = copy_layer(model.get_layer("scale"))
+    probe = np.arange(6, dtype="float32").reshape(2, 3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(copy(probe)), probe * 2.0 + 0.5)
+
+    pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0))
+    stripped = keras_prune.strip_pruning(pruned)
+    np.testing.assert_allclose(stripped.predict(probe, verbose=0), model.predict(probe, verbose=0))
+    with pytest.raises(ValueError, match="Python lambda"):  # a file still needs safe_mode=False
+        keras.layers.Lambda.from_config(model.get_layer("scale").get_config())
