@@ -205,15 +205,19 @@ class Graph:
 
     def reasons(self, picked: Callable[[keras.layers.Layer], bool] | None = None) -> str:
         """Why no group can be removed, each reason once: those of the groups that
-        `picked` layers (any layer, if None) produce, or if none, of every group."""
+        `picked` layers (any layer, if None) produce, or if none, of every group;
+        then why the `whole` layers among them keep their own channels."""
         roots = [self.groups[i] for i in self.roots()]
         produced = [
             group
             for group in roots
             if any(picked is None or picked(layer) for layer, _ in group.producers)
         ]
-        reasons = {group.reason for group in produced or roots if group.reason}
-        return "; ".join(sorted(reasons)) or "no layer in it produces channels"
+        reasons = sorted({group.reason for group in produced or roots if group.reason})
+        reasons += sorted(
+            reason for layer, reason in self.whole.values() if picked is None or picked(layer)
+        )
+        return "; ".join(reasons) or "no layer in it produces channels"
 
 
 def _cannot_shrink(operation: Any, uses: int) -> str:

@@ -534,6 +534,11 @@ def test_layers_whose_own_channels_stay_are_named_in_the_warning():
     assert small.get_layer("c").units == 4  # the rest shrinks
     assert small.get_layer("block").dense.units == 8 and small.get_layer("shared").units == 8
 
+    x = keras.Input((5, 4))
+    y = L.Dense(2, name="out")(L.TimeDistributed(L.Dense(8), name="steps")(x))
+    with pytest.raises(ValueError, match="`steps` \\(TimeDistributed\\) holds layers that"):
+        shrink(keras.Model(x, y), 0.5)  # the only error: nothing else to remove
+
 
 def test_a_transformer_encoder_loses_heads_and_ffn_units_and_keeps_its_width():
     model = small_encoder()
