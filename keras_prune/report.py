@@ -228,10 +228,16 @@ def _masked_channels(
 
 
 def _relative_path(weight: keras.Variable, layer: keras.layers.Layer) -> str:
-    """`weight`'s path inside `layer`: "kernel", or "self_attention_layer/query/kernel"."""
+    """`weight`'s path inside `layer`: "kernel", or "self_attention_layer/query/kernel".
+
+    A layer that builds its sublayers outside its own name scope (a
+    `Bidirectional` built in a wrapper) leaves its name out of their paths:
+    the whole path then, which still tells "forward_lstm/lstm_cell/kernel"
+    from the backward one.
+    """
     prefix = f"{layer.name}/"
     path = weight.path
-    return path[path.rindex(prefix) + len(prefix) :] if prefix in path else weight.name
+    return path[path.rindex(prefix) + len(prefix) :] if prefix in path else path
 
 
 _L = keras.layers

@@ -172,3 +172,13 @@ def test_flops_name_the_custom_layers_they_cannot_see_into():
     model = keras.Model(x, L.Dense(2)(Block(name="block")(x)))
     with pytest.warns(UserWarning, match=r"inside 1 custom layer\(s\).*: block \(Block\)"):
         assert keras_prune.flops(model) == 2 * 3 * 8
+
+
+def test_sparsity_report_tells_a_bidirectional_layers_two_directions_apart():
+    inputs = keras.Input((6, 4))
+    hidden = keras.layers.Bidirectional(keras.layers.LSTM(8), name="both")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0))
+    names = [row.weight for row in keras_prune.sparsity_report(pruned) if "both" in row.layer]
+    assert [name.split("/", 1)[0] for name in names] == ["forward_lstm"] * 2 + ["backward_lstm"] * 2
+    assert [name.rsplit("/", 1)[1] for name in names] == ["kernel", "recurrent_kernel"] * 2
