@@ -6,7 +6,8 @@ as `keras.models.clone_model` does. A layer whose config cannot re-create it
 (KerasHub 0.32's `LlamaTransformerDecoder`, whose `get_config` reads an
 attribute it never sets) raises `NotRecreatable`, a ValueError that names the
 layer and the error its class raised. `copy_weights` then gives the copy the
-original's weights, or names the layer whose config lost some of them.
+original's weights (and an adapted lookup layer's vocabulary), or names the
+layer whose config lost some of them.
 
 Example:
 
@@ -22,6 +23,7 @@ copy_weights(original, head)   # original's kernel and bias, or an error naming 
 from __future__ import annotations
 
 import collections
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +77,18 @@ def copy_weights(source: keras.layers.Layer, copy: keras.layers.Layer, values: A
     if len(copy.weights) != len(values):
         raise ValueError(_lost_in_copy(source, copy))
     copy.set_weights(values)
+    _copy_assets(source, copy)
+
+
+def _copy_assets(source: keras.layers.Layer, copy: keras.layers.Layer) -> None:
+    """Moves the state that `source` keeps outside its weights, as a `.keras` file
+    does: through `save_assets`/`load_assets` (an adapted `StringLookup`'s or
+    `TextVectorization`'s vocabulary, which their config does not hold; without
+    it the copy's lookup table is empty)."""
+    if hasattr(source, "save_assets"):
+        with tempfile.TemporaryDirectory() as directory:
+            source.save_assets(directory)
+            copy.load_assets(directory)
 
 
 def _lost_in_copy(source: keras.layers.Layer, copy: keras.layers.Layer) -> str:

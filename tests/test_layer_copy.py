@@ -63,3 +63,17 @@ def test_a_python_lambda_is_copied_in_memory_and_a_model_holding_it_prunes():
     np.testing.assert_allclose(stripped.predict(probe, verbose=0), model.predict(probe, verbose=0))
     with pytest.raises(ValueError, match="Python lambda"):  # a file still needs safe_mode=False
         keras.layers.Lambda.from_config(model.get_layer("scale").get_config())
+
+
+def test_an_adapted_lookup_layer_keeps_its_vocabulary_through_prune_and_strip():
+    lookup = keras.layers.IntegerLookup(name="ids")
+    lookup.adapt(np.array([7, 7, 7, 3, 3, 11]))  # its vocabulary, which its config lacks
+    inputs = keras.Input((2,), dtype="int64")
+    hidden = keras.layers.Flatten()(keras.layers.Embedding(5, 4)(lookup(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    probe = np.array([[7, 3], [11, 5]])  # 5 is out of vocabulary
+    pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0))
+    stripped = keras_prune.strip_pruning(pruned)
+    for copy in (pruned, stripped):
+        assert copy.get_layer("ids").get_vocabulary() == [-1, 7, 3, 11]
+        np.testing.assert_allclose(copy.predict(probe, verbose=0), model.predict(probe, verbose=0))
