@@ -2,11 +2,12 @@
 
 `export(model, path)` writes a stripped pruned model to a compact sparse file
 and `load(path)` rebuilds it as a plain Keras model, without keras_prune's
-layers. The file format, version 1 (all integers little-endian):
+layers. The file format, version 2 (all integers little-endian):
 
     offset  size  field
     0       8     magic b"\\x89KPS\\r\\n\\x1a\\n"
-    8       2     format version, uint16 (1)
+    8       2     format version, uint16 (2; version 1 files, without
+                  "assets", are read too)
     10      8     payload length in bytes, uint64
     18      32    SHA-256 of the payload
     50      ...   payload: one zstd frame
@@ -14,7 +15,10 @@ layers. The file format, version 1 (all integers little-endian):
 The decompressed payload is a uint32 manifest length, the manifest (UTF-8
 JSON: "model", the Keras config of `model.to_json()`; "weights", one entry
 per `model.weights` with path, dtype, shape, position code, value code and
-section lengths), then for each weight in order its sections:
+section lengths; "assets", only where a layer keeps state outside its
+weights and config (an adapted lookup layer's vocabulary): per such layer
+its index among the model's layers at any depth, its name, and the files
+its `save_assets` writes, base64), then for each weight in order its sections:
 
 * positions: "dense" (none, every entry is stored), "bitmask" (one bit per
   entry in C order, `numpy.packbits(..., bitorder="little")`) or "gaps"
@@ -28,22 +32,26 @@ section lengths), then for each weight in order its sections:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
 import os
 import struct
+import tempfile
 from typing import Any
 
 import keras
 import numpy as np
 import zstandard
 
-from keras_prune import _files
+from keras_prune import _files, _keras
 from keras_prune.prune import pruned_layers, strip_pruning
 
 MAGIC = b"\x89KPS\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE = (1, 2)  # 1: before "assets"
 _HEADER = struct.Struct("<8sHQ32s")
 _MANIFEST_LENGTH = struct.Struct("<I")
 _LEVEL = 19  # zstd level of the payload; 20-22 gain nothing measurable here.
@@ -102,10 +110,11 @@ def export(model: keras.Model, path: str | os.PathLike, quantize: str | None = N
         entry, parts = _encode_weight(weight, quantize)
         entries.append({"path": variable.path, **entry})
         sections.extend(parts)
-    manifest = json.dumps(
-        {"keras_version": keras.__version__, "model": config, "weights": entries},
-        separators=(",", ":"),
-    ).encode("utf-8")
+    contents = {"keras_version": keras.__version__, "model": config, "weights": entries}
+    assets = _saved_assets(model)
+    if assets:
+        contents["assets"] = assets
+    manifest = json.dumps(contents, separators=(",", ":")).encode("utf-8")
     raw = b"".join([_MANIFEST_LENGTH.pack(len(manifest)), manifest, *sections])
     payload = zstandard.ZstdCompressor(level=_LEVEL).compress(raw)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
@@ -159,7 +168,47 @@ def load(path: str | os.PathLike, custom_objects: dict[str, Any] | None = None) 
     if offset != len(sections):
         raise ValueError(f"{path!r}: {len(sections) - offset} bytes after the last weight.")
     model.set_weights(weights)
+    _load_assets(model, manifest.get("assets", []), path)
     return model
+
+
+def _saved_assets(model: keras.Model) -> list[dict[str, Any]]:
+    """The files each layer's `save_assets` writes, as the manifest's "assets"."""
+    assets = []
+    for index, layer in enumerate(_keras.flatten_layers(model)):
+        if not hasattr(layer, "save_assets"):
+            continue
+        with tempfile.TemporaryDirectory() as directory:
+            layer.save_assets(directory)
+            files = {}
+            for name in sorted(os.listdir(directory)):
+                with open(os.path.join(directory, name), "rb") as handle:
+                    files[name] = base64.b64encode(handle.read()).decode("ascii")
+        if files:
+            assets.append({"index": index, "name": layer.name, "files": files})
+    return assets
+
+
+def _load_assets(model: keras.Model, assets: Any, path: str) -> None:
+    """Gives the rebuilt `model`'s layers the files of the manifest's "assets"."""
+    layers = _keras.flatten_layers(model)
+    for asset in assets:
+        try:
+            layer = layers[asset["index"]]
+            if layer.name != asset["name"] or not hasattr(layer, "load_assets"):
+                raise ValueError(f"layer {asset['index']} is {layer.name!r}")
+            files = {
+                name: base64.b64decode(text, validate=True) for name, text in asset["files"].items()
+            }
+        except (KeyError, IndexError, TypeError, ValueError, binascii.Error) as error:
+            raise ValueError(f"{path!r} has a malformed assets entry: {error}") from error
+        with tempfile.TemporaryDirectory() as directory:
+            for name, content in files.items():
+                if os.path.basename(name) != name:
+                    raise ValueError(f"{path!r} has an asset file name with a path: {name!r}.")
+                with open(os.path.join(directory, name), "wb") as handle:
+                    handle.write(content)
+            layer.load_assets(directory)
 
 
 def _check_path(path: Any) -> str:
@@ -174,10 +223,10 @@ def _read_payload(data: bytes, path: str) -> tuple[dict[str, Any], memoryview]:
     if len(data) < _HEADER.size:
         raise ValueError(f"{path!r} is truncated: {len(data)} bytes, shorter than the header.")
     _, version, length, digest = _HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in _READABLE:
         raise ValueError(
-            f"{path!r} has format version {version}; this keras_prune reads version "
-            f"{FORMAT_VERSION}. Upgrade keras_prune or re-export the model."
+            f"{path!r} has format version {version}; this keras_prune reads versions "
+            f"{', '.join(map(str, _READABLE))}. Upgrade keras_prune or re-export the model."
         )
     payload = data[_HEADER.size :]
     if len(payload) != length:

@@ -1,6 +1,7 @@
 """Tests of keras_prune.kps (keras_prune.export and load): the sparse file format, its bounds and its errors."""
 
 import hashlib
+import json
 import math
 import os
 import struct
@@ -248,8 +249,48 @@ def test_wrong_magic_is_rejected(good_file, tmp_path):
 def test_other_format_version_is_rejected(good_file, tmp_path):
     _, _, length, digest = HEADER.unpack_from(good_file)
     data = HEADER.pack(MAGIC, FORMAT_VERSION + 1, length, digest) + good_file[HEADER.size :]
-    with pytest.raises(ValueError, match=f"version {FORMAT_VERSION + 1}.*reads version"):
-        keras_prune.load(write_variant(tmp_path, data, "v2.kps"))
+    with pytest.raises(ValueError, match=f"version {FORMAT_VERSION + 1}.*reads versions 1, 2"):
+        keras_prune.load(write_variant(tmp_path, data, "v3.kps"))
+
+
+def test_a_version_1_file_without_assets_loads(good_file, tmp_path):
+    _, _, length, digest = HEADER.unpack_from(good_file)
+    data = HEADER.pack(MAGIC, 1, length, digest) + good_file[HEADER.size :]
+    model = keras_prune.load(write_variant(tmp_path, data, "v1.kps"))
+    assert [tuple(w.shape) for w in model.weights] == [(4, 3), (3,)]
+
+
+def lookup_model():
+    lookup = keras.layers.IntegerLookup(name="ids")
+    lookup.adapt(np.array([7, 7, 7, 3, 3, 11]))  # a vocabulary outside weights and config
+    inputs = keras.Input((2,), dtype="int64")
+    hidden = keras.layers.Flatten()(keras.layers.Embedding(5, 4)(lookup(inputs)))
+    return keras.Model(inputs, keras.layers.Dense(2)(hidden))
+
+
+def test_an_adapted_lookup_layer_keeps_its_vocabulary_in_the_file(tmp_path):
+    model = lookup_model()
+    pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0))
+    keras_prune.export(pruned, tmp_path / "lookup.kps")
+    loaded = keras_prune.load(tmp_path / "lookup.kps")
+    assert loaded.get_layer("ids").get_vocabulary() == [-1, 7, 3, 11]
+    probe = np.array([[7, 3], [11, 5]])  # 5 is out of vocabulary
+    np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0))
+
+
+def test_a_malformed_assets_entry_is_rejected(tmp_path):
+    keras_prune.export(lookup_model(), tmp_path / "lookup.kps")
+    raw = zstandard.ZstdDecompressor().decompress((tmp_path / "lookup.kps").read_bytes()[50:])
+    (size,) = struct.unpack_from("<I", raw)
+    manifest = json.loads(raw[4 : 4 + size])
+    manifest["assets"][0]["name"] = "other"
+    text = json.dumps(manifest).encode()
+    payload = zstandard.ZstdCompressor().compress(
+        struct.pack("<I", len(text)) + text + raw[4 + size :]
+    )
+    header = HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
+    with pytest.raises(ValueError, match="malformed assets entry: layer 1 is 'ids'"):
+        keras_prune.load(write_variant(tmp_path, header + payload, "renamed.kps"))
 
 
 def test_valid_checksum_over_an_inconsistent_manifest_is_rejected(good_file, tmp_path):
