@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import os
 import re
@@ -227,7 +228,16 @@ def _convert(
     saved, arrays = os.path.join(scratch, "model.keras"), os.path.join(scratch, "inputs.npz")
     model.save(saved)
     np.savez(arrays, *inputs)
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    # Keras finds a custom class only once its module is imported: the child
+    # imports the modules of the model's layers, from this process's path.
+    paths = [entry for entry in sys.path if entry and os.path.isdir(entry)]
+    paths += [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join(paths),
+    )
     command = [
         sys.executable,
         "-m",
@@ -237,6 +247,7 @@ def _convert(
         path,
         fmt,
         str(quantize),
+        *_layer_modules(model),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -244,7 +255,32 @@ def _convert(
         raise ValueError(
             f"TensorFlow could not convert the model to {suffix} "
             f"({_named_layers(model, done.stderr)}): {' | '.join(lines[-3:])}"
+            f"{_unimportable_hint(done.stderr)}"
         )
+
+
+def _layer_modules(model: keras.Model) -> list[str]:
+    """The modules that define `model`'s own layer classes (not Keras's or KerasHub's,
+    which Keras imports itself), for the converting process to import."""
+    modules = {type(layer).__module__ for layer in _keras.flatten_layers(model, include_self=True)}
+    return sorted(
+        module
+        for module in modules
+        if module.split(".")[0] not in ("keras", "keras_hub", "keras_prune", "__main__")
+    )
+
+
+def _unimportable_hint(message: str) -> str:
+    """What to do when the converting process could not find a custom class."""
+    found = re.search(r"Could not locate class '([^']+)'", message)
+    if not found:
+        return ""
+    return (
+        f" The TensorFlow process that converts the model could not find `{found.group(1)}`: "
+        "define your layers in a module it can import (not in the script you run, "
+        "`__main__`), registered with keras.saving.register_keras_serializable, or export "
+        "on the TensorFlow backend."
+    )
 
 
 def _flex_hint(model: keras.Model, message: str) -> str:
@@ -338,7 +374,9 @@ def _compare(
 
 def _main(argv: list[str]) -> None:
     """The child process of `_convert`: converts a saved model on the TensorFlow backend."""
-    saved, arrays, path, fmt, quantize = argv
+    saved, arrays, path, fmt, quantize, *modules = argv
+    for module in modules:  # the model's own layers, registered as they are imported
+        importlib.import_module(module)
     model = keras.saving.load_model(saved, compile=False)
     with np.load(arrays) as data:
         inputs = [data[f"arr_{i}"] for i in range(len(data.files))]

@@ -192,3 +192,48 @@ def test_a_looping_recurrent_layer_is_named_with_what_runs_in_litert(tmp_path):
         keras_prune.export(model(unroll=False), tmp_path / "loop.tflite")
     assert os.listdir(tmp_path) == []
     assert keras_prune.export(model(unroll=True), tmp_path / "unrolled.tflite") > 0
+
+
+LAYERS_MODULE = """
+import keras
+
+
+@keras.saving.register_keras_serializable("{name}")
+class Block(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4, activation="relu")
+
+    def call(self, x):
+        return self.dense(x) * 2.0
+"""
+
+
+@pytest.mark.slow
+def test_a_model_with_your_own_layers_exports_from_any_backend(tmp_path, monkeypatch):
+    # On JAX and torch the converting process imports the module of each of
+    # the model's own layer classes; a class in `__main__` it cannot import.
+    name = f"user_layers_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(LAYERS_MODULE.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    block = __import__(name).Block
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(block()(inputs)))
+    pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0))
+    assert keras_prune.export(pruned, tmp_path / "own.onnx") > 0  # it checks the predictions
+    x = np.random.default_rng(0).random((4, 3)).astype("float32")
+    np.testing.assert_allclose(
+        run_onnx(tmp_path / "own.onnx", x), model.predict(x, verbose=0), atol=1e-5
+    )
+    if ON_TENSORFLOW:
+        return
+
+    class InMain(block):  # as if defined in the script being run
+        pass
+
+    InMain.__module__ = "__main__"
+    model = keras.Model(inputs, InMain(name="in_main")(inputs))
+    with pytest.raises(
+        ValueError, match="could not find `.*InMain`: define your layers in a module"
+    ):
+        keras_prune.export(model, tmp_path / "main.onnx")
