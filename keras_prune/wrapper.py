@@ -397,10 +397,13 @@ def _builds_in_call(layer: keras.layers.Layer) -> bool:
 
 
 def _unbuilt(layer: keras.layers.Layer) -> bool:
-    """Whether `layer` or a layer inside it is not built yet. Keras marks a layer
-    without a `build` of its own built when `build` is called, before its
-    first call has built its sublayers (as on loading, from its build config)."""
-    return not all(sub.built for sub in _keras.flatten_layers(layer, include_self=True))
+    """Whether `layer` is not built yet. Keras marks a layer without a `build` of
+    its own built when `build` is called, before its first call has built its
+    sublayers (as on loading, from its build config): such a layer counts as
+    built once every layer inside it is."""
+    if not layer.built:
+        return True
+    return _builds_in_call(layer) and not all(s.built for s in _keras.flatten_layers(layer))
 
 
 def _symbolic(structure: Any) -> Any:
