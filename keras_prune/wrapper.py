@@ -338,7 +338,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         (a subclassed model is built by its first training batch)."""
         if self.pruning_step is None:
             return 0
-        return int(ops.convert_to_numpy(self.pruning_step.value))
+        # The variable, not its `.value`: under a tf.distribute strategy that
+        # is a per-replica value that numpy cannot read.
+        return int(ops.convert_to_numpy(self.pruning_step))
 
     def mask_sparsity(self) -> list[tuple[str, float]]:
         """(weight path, fraction of mask entries that are zero) per prunable weight."""
