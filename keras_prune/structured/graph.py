@@ -224,10 +224,15 @@ def _cannot_shrink(operation: Any, uses: int) -> str:
     """Why the channels `operation` reads and writes stay, for a group's `reason`."""
     name = getattr(operation, "name", type(operation).__name__)
     kind = type(operation).__name__
+    return _held_whole(operation, uses) or f"`{name}` ({kind}) reads it and cannot be shrunk"
+
+
+def _held_whole(operation: Any, uses: int) -> str | None:
+    """Why `operation` itself keeps its weights' channels, if it says: called
+    `uses` > 1 times, quantized, or with LoRA (`_cannot_cut`)."""
     if uses > 1 and operation.weights:
-        return f"`{name}` is called {uses} times"
-    reason = _cannot_cut(operation) if isinstance(operation, keras.layers.Layer) else None
-    return reason or f"`{name}` ({kind}) reads it and cannot be shrunk"
+        return f"`{getattr(operation, 'name', type(operation).__name__)}` is called {uses} times"
+    return _cannot_cut(operation) if isinstance(operation, keras.layers.Layer) else None
 
 
 def _produces(operation: Any) -> bool:
@@ -240,10 +245,11 @@ def _produces(operation: Any) -> bool:
     )
 
 
-def _left_whole(layer: keras.layers.Layer, reason: str) -> str:
-    """`reason` as `_cannot_shrink` gives it, said of `layer`'s own channels."""
-    if not reason.endswith("reads it and cannot be shrunk"):
-        return reason  # called twice, quantized, LoRA
+def _left_whole(layer: keras.layers.Layer, uses: int) -> str:
+    """Why the walk keeps `layer`'s own channels, for the warning."""
+    reason = _held_whole(layer, uses)
+    if reason:
+        return reason
     what = f"`{layer.name}` ({type(layer).__name__})"
     if isinstance(layer, PRODUCERS):
         return f"{what} cannot lose channels where it is called"
@@ -427,7 +433,8 @@ class _Walk:
             if result is None:
                 reason = _cannot_shrink(operation, uses[id(operation)])
                 if _produces(operation):
-                    self.graph.whole[id(operation)] = (operation, _left_whole(operation, reason))
+                    whole = _left_whole(operation, uses[id(operation)])
+                    self.graph.whole[id(operation)] = (operation, whole)
                 for layout in layouts:
                     self.freeze(layout, reason)
                 result = [self.opaque(t, reason) for t in outputs]
