@@ -229,9 +229,9 @@ def _convert(
     model.save(saved)
     np.savez(arrays, *inputs)
     # Keras finds a custom class only once its module is imported: the child
-    # imports the modules of the model's layers, from this process's path.
+    # imports the modules of the model's layers, from this process's path
+    # (which holds $PYTHONPATH's entries already).
     paths = [entry for entry in sys.path if entry and os.path.isdir(entry)]
-    paths += [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
     env = dict(
         os.environ,
         KERAS_BACKEND="tensorflow",
