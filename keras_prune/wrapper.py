@@ -412,9 +412,7 @@ def _symbolic(structure: Any) -> Any:
     """`structure` with each tensor replaced by a `keras.KerasTensor` of its shape and dtype."""
 
     def stand_in(value: Any) -> Any:
-        if isinstance(value, keras.KerasTensor) or not (
-            keras.ops.is_tensor(value) or isinstance(value, np.ndarray)
-        ):
+        if isinstance(value, keras.KerasTensor) or not _is_array(value):
             return value
         dtype = keras.backend.standardize_dtype(value.dtype)
         return keras.KerasTensor(tuple(value.shape), dtype=dtype)
@@ -423,8 +421,9 @@ def _symbolic(structure: Any) -> Any:
 
 
 def _has_tensor(kwargs: dict[str, Any]) -> bool:
-    return any(
-        keras.ops.is_tensor(v) or isinstance(v, (keras.KerasTensor, np.ndarray))
-        for k, v in kwargs.items()
-        if k not in ("training", "mask")
-    )
+    return any(_is_array(v) for k, v in kwargs.items() if k not in ("training", "mask"))
+
+
+def _is_array(value: Any) -> bool:
+    """Whether `value` is a backend tensor, a `keras.KerasTensor` or a NumPy array."""
+    return keras.ops.is_tensor(value) or isinstance(value, (keras.KerasTensor, np.ndarray))
