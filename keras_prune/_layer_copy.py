@@ -23,11 +23,14 @@ copy_weights(original, head)   # original's kernel and bias, or an error naming 
 from __future__ import annotations
 
 import collections
+import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import keras
+
+from keras_prune import _keras
 
 
 class NotRecreatable(ValueError):
@@ -80,15 +83,49 @@ def copy_weights(source: keras.layers.Layer, copy: keras.layers.Layer, values: A
     _copy_assets(source, copy)
 
 
+def asset_files(layer: keras.layers.Layer) -> dict[str, bytes]:
+    """The files `layer.save_assets` writes, by name: the state it keeps outside
+    its weights and config (an adapted `StringLookup`'s or `TextVectorization`'s
+    vocabulary); empty for a layer without any. Sublayers are not included."""
+    if not hasattr(layer, "save_assets"):
+        return {}
+    files = {}
+    with tempfile.TemporaryDirectory() as directory:
+        layer.save_assets(directory)
+        for name in sorted(os.listdir(directory)):
+            with open(os.path.join(directory, name), "rb") as handle:
+                files[name] = handle.read()
+    return files
+
+
+def load_asset_files(layer: keras.layers.Layer, files: dict[str, bytes]) -> None:
+    """Gives `layer` the `files` of `asset_files`, through its `load_assets`."""
+    with tempfile.TemporaryDirectory() as directory:
+        for name, content in files.items():
+            if os.path.basename(name) != name or name in ("", ".", ".."):
+                raise ValueError(f"An asset file name must not hold a path; got {name!r}.")
+            with open(os.path.join(directory, name), "wb") as handle:
+                handle.write(content)
+        layer.load_assets(directory)
+
+
 def _copy_assets(source: keras.layers.Layer, copy: keras.layers.Layer) -> None:
-    """Moves the state that `source` keeps outside its weights, as a `.keras` file
-    does: through `save_assets`/`load_assets` (an adapted `StringLookup`'s or
-    `TextVectorization`'s vocabulary, which their config does not hold; without
-    it the copy's lookup table is empty)."""
-    if hasattr(source, "save_assets"):
-        with tempfile.TemporaryDirectory() as directory:
-            source.save_assets(directory)
-            copy.load_assets(directory)
+    """Moves the assets of `source` and of every layer inside it, as a `.keras`
+    file does; without them an adapted lookup layer's copy has an empty table."""
+    pairs = zip(
+        _keras.flatten_layers(source, include_self=True),
+        _keras.flatten_layers(copy, include_self=True),
+    )
+    for inner, inner_copy in pairs:
+        files = asset_files(inner)
+        if files:
+            if type(inner_copy) is not type(inner):
+                raise ValueError(
+                    f"Layer {source.name!r}'s copy holds {inner_copy.name!r} "
+                    f"({type(inner_copy).__name__}) where it holds {inner.name!r} "
+                    f"({type(inner).__name__}): its config does not re-create its sublayers."
+                )
+            load_asset_files(inner_copy, files)
 
 
 def _lost_in_copy(source: keras.layers.Layer, copy: keras.layers.Layer) -> str:

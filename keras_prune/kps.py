@@ -39,7 +39,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from typing import Any
 
 import keras
@@ -47,6 +46,7 @@ import numpy as np
 import zstandard
 
 from keras_prune import _files, _keras
+from keras_prune._layer_copy import asset_files, load_asset_files
 from keras_prune.prune import pruned_layers, strip_pruning
 
 MAGIC = b"\x89KPS\r\n\x1a\n"
@@ -176,16 +176,10 @@ def _saved_assets(model: keras.Model) -> list[dict[str, Any]]:
     """The files each layer's `save_assets` writes, as the manifest's "assets"."""
     assets = []
     for index, layer in enumerate(_keras.flatten_layers(model)):
-        if not hasattr(layer, "save_assets"):
-            continue
-        with tempfile.TemporaryDirectory() as directory:
-            layer.save_assets(directory)
-            files = {}
-            for name in sorted(os.listdir(directory)):
-                with open(os.path.join(directory, name), "rb") as handle:
-                    files[name] = base64.b64encode(handle.read()).decode("ascii")
+        files = asset_files(layer)
         if files:
-            assets.append({"index": index, "name": layer.name, "files": files})
+            encoded = {name: base64.b64encode(data).decode("ascii") for name, data in files.items()}
+            assets.append({"index": index, "name": layer.name, "files": encoded})
     return assets
 
 
@@ -202,13 +196,10 @@ def _load_assets(model: keras.Model, assets: Any, path: str) -> None:
             }
         except (KeyError, IndexError, TypeError, ValueError, binascii.Error) as error:
             raise ValueError(f"{path!r} has a malformed assets entry: {error}") from error
-        with tempfile.TemporaryDirectory() as directory:
-            for name, content in files.items():
-                if os.path.basename(name) != name:
-                    raise ValueError(f"{path!r} has an asset file name with a path: {name!r}.")
-                with open(os.path.join(directory, name), "wb") as handle:
-                    handle.write(content)
-            layer.load_assets(directory)
+        try:
+            load_asset_files(layer, files)
+        except ValueError as error:
+            raise ValueError(f"{path!r} has a malformed assets entry: {error}") from error
 
 
 def _check_path(path: Any) -> str:

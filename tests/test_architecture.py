@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "keras_prune"
 # docs/architecture.md's rows, bottom first: a module may import modules of
 # lower rows only (the app's arrows are rows of APP_LAYERS).
 LAYERS = [
-    {"_backend", "_keras", "_validation", "_files", "_tfevents", "_layer_copy"},
+    {"_backend", "_keras", "_validation", "_files", "_tfevents"},
+    {"_layer_copy"},
     {
         "masks",
         "model_class",

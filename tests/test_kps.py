@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import zipfile
 
@@ -278,19 +279,34 @@ def test_an_adapted_lookup_layer_keeps_its_vocabulary_in_the_file(tmp_path):
     np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0))
 
 
-def test_a_malformed_assets_entry_is_rejected(tmp_path):
+def rename_asset(asset):
+    asset["name"] = "other"
+
+
+def move_asset_file_up(asset):
+    asset["files"] = {f"../{name}": text for name, text in asset["files"].items()}
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (rename_asset, "layer 1 is 'ids'"),
+        (move_asset_file_up, "An asset file name must not hold a path; got '../"),
+    ],
+)
+def test_a_malformed_assets_entry_is_rejected(tmp_path, edit, match):
     keras_prune.export(lookup_model(), tmp_path / "lookup.kps")
     raw = zstandard.ZstdDecompressor().decompress((tmp_path / "lookup.kps").read_bytes()[50:])
     (size,) = struct.unpack_from("<I", raw)
     manifest = json.loads(raw[4 : 4 + size])
-    manifest["assets"][0]["name"] = "other"
+    edit(manifest["assets"][0])
     text = json.dumps(manifest).encode()
     payload = zstandard.ZstdCompressor().compress(
         struct.pack("<I", len(text)) + text + raw[4 + size :]
     )
     header = HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
-    with pytest.raises(ValueError, match="malformed assets entry: layer 1 is 'ids'"):
-        keras_prune.load(write_variant(tmp_path, header + payload, "renamed.kps"))
+    with pytest.raises(ValueError, match=f"malformed assets entry: {re.escape(match)}"):
+        keras_prune.load(write_variant(tmp_path, header + payload, "edited.kps"))
 
 
 def test_valid_checksum_over_an_inconsistent_manifest_is_rejected(good_file, tmp_path):

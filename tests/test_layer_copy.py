@@ -5,8 +5,10 @@ import re
 import keras
 import numpy as np
 import pytest
+from conftest import BACKEND
 
 import keras_prune
+from keras_prune._keras import flatten_layers
 from keras_prune._layer_copy import NotRecreatable, copy_layer
 
 
@@ -76,4 +78,38 @@ def test_an_adapted_lookup_layer_keeps_its_vocabulary_through_prune_and_strip():
     stripped = keras_prune.strip_pruning(pruned)
     for copy in (pruned, stripped):
         assert copy.get_layer("ids").get_vocabulary() == [-1, 7, 3, 11]
+        np.testing.assert_allclose(copy.predict(probe, verbose=0), model.predict(probe, verbose=0))
+
+
+@keras.saving.register_keras_serializable("test_layer_copy")
+class LookedUpEmbedding(keras.layers.Layer):
+    """A custom layer that holds an adapted lookup, as a feature-encoding block does."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.lookup = keras.layers.IntegerLookup(name="ids")
+        self.embedding = keras.layers.Embedding(5, 4, name="vectors")
+
+    def call(self, ids):
+        return self.embedding(self.lookup(ids))
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="Keras traces a lookup layer inside a custom layer on TensorFlow only",
+)
+def test_a_lookup_layer_inside_a_custom_layer_keeps_its_vocabulary_in_every_copy(tmp_path):
+    block = LookedUpEmbedding(name="block")
+    block.lookup.adapt(np.array([7, 7, 7, 3, 3, 11]))
+    inputs = keras.Input((2,), dtype="int64")
+    hidden = keras.layers.Flatten()(block(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    probe = np.array([[7, 3], [11, 5]])  # 5 is out of vocabulary
+    pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0))
+    stripped = keras_prune.strip_pruning(pruned)
+    keras_prune.export(stripped, tmp_path / "block.kps")
+    loaded = keras_prune.load(tmp_path / "block.kps")
+    for copy in (pruned, stripped, loaded):
+        lookups = [layer for layer in flatten_layers(copy) if layer.name == "ids"]
+        assert [layer.get_vocabulary() for layer in lookups] == [[-1, 7, 3, 11]]
         np.testing.assert_allclose(copy.predict(probe, verbose=0), model.predict(probe, verbose=0))
