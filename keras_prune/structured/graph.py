@@ -240,7 +240,7 @@ def _produces(operation: Any) -> bool:
     if not isinstance(operation, keras.layers.Layer):
         return False
     return any(
-        isinstance(layer, (*PRODUCERS, L.MultiHeadAttention))
+        isinstance(layer, (*PRODUCERS, L.MultiHeadAttention, L.RNN))
         for layer in _keras.flatten_layers(operation, include_self=True)
     )
 
@@ -253,6 +253,10 @@ def _left_whole(layer: keras.layers.Layer, uses: int) -> str:
     what = f"`{layer.name}` ({type(layer).__name__})"
     if isinstance(layer, PRODUCERS):
         return f"{what} cannot lose channels where it is called"
+    if isinstance(layer, L.RNN):
+        return f"{what} is recurrent: shrink does not remove its units"
+    if any(isinstance(inner, L.RNN) for inner in _keras.flatten_layers(layer)):
+        return f"{what} holds a recurrent layer: shrink does not remove its units"
     return f"{what} holds layers that the walk does not look into"
 
 

@@ -540,6 +540,26 @@ def test_layers_whose_own_channels_stay_are_named_in_the_warning():
         shrink(keras.Model(x, y), 0.5)  # the only error: nothing else to remove
 
 
+def test_recurrent_layers_are_named_where_they_keep_their_units():
+    x = keras.Input((5, 4))
+    lstm = L.LSTM(8, return_sequences=True, name="lstm")(x)
+    both = L.Bidirectional(L.GRU(8), name="both")(lstm)
+    y = L.Dense(2, name="out")(L.Dense(8, activation="relu", name="hidden")(both))
+    with pytest.warns(UserWarning) as caught:
+        small = shrink(keras.Model(x, y), 0.5)
+    (message,) = [str(w.message) for w in caught if "keep" in str(w.message)]
+    assert message == (
+        "2 layer(s) keep all their channels: `both` (Bidirectional) holds a recurrent layer: "
+        "shrink does not remove its units; `lstm` (LSTM) is recurrent: shrink does not remove "
+        "its units"
+    )
+    assert small.get_layer("hidden").units == 4 and small.get_layer("lstm").units == 8
+
+    y = L.Dense(2, name="out")(L.LSTM(8, name="lstm")(x))
+    with pytest.raises(ValueError, match="of `out`; `lstm` \\(LSTM\\) is recurrent: shrink"):
+        shrink(keras.Model(x, y), 0.5)  # it used to name only the output
+
+
 def test_a_transformer_encoder_loses_heads_and_ffn_units_and_keeps_its_width():
     model = small_encoder()
     _randomize(model)
