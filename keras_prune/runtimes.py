@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import math
 import os
 import re
 import subprocess
@@ -50,6 +51,9 @@ QUANTIZE = {".kps": (None, "int8"), ".tflite": (None, "float16", "int8"), ".onnx
 # dynamic-range kernels) lose most.
 TOLERANCE = {None: 1e-4, "float16": 1e-2, "int8": 5e-2}
 
+# LiteRT's converter stores a weight as int8 only from this many entries on
+# (its dynamic-range quantizer's default minimum, not settable from Python).
+LITERT_INT8_MIN_ENTRIES = 1024
 _RUNTIME = {".tflite": "ai_edge_litert", ".onnx": "onnxruntime"}
 # What writing each format needs: its runtime, TensorFlow (the converter) and,
 # for ONNX, the dependencies of Keras's ONNX exporter.
@@ -139,7 +143,31 @@ def export(
                 f"written.{_flex_hint(model, str(error))}"
             ) from error
         _compare(expected, outputs, quantize, suffix)
+    if suffix == ".tflite" and quantize == "int8":
+        _warn_left_float(model, os.path.basename(path))
     return os.path.getsize(path)
+
+
+def _warn_left_float(model: keras.Model, name: str) -> None:
+    """Warns that LiteRT's int8 conversion kept the model's smaller kernels in float32."""
+    kernels = [w for w in model.weights if len(w.shape) >= 2]
+    small = [w for w in kernels if math.prod(w.shape) < LITERT_INT8_MIN_ENTRIES]
+    if not small:
+        return
+    prefix = f"{model.name}/"
+    listed = ", ".join(f"{w.path.removeprefix(prefix)} ({math.prod(w.shape)})" for w in small[:4])
+    if len(small) > 4:
+        listed += f" and {len(small) - 4} more"
+    stored = (
+        "none of its kernels is int8: the file is as large as a float32 one"
+        if len(small) == len(kernels)
+        else f"{len(small)} of its {len(kernels)} kernels stay float32"
+    )
+    warnings.warn(
+        f"{name}: LiteRT's converter stores only weights of {LITERT_INT8_MIN_ENTRIES} entries "
+        f"or more as int8, so {stored}: {listed}.",
+        stacklevel=3,
+    )
 
 
 def missing(suffix: str) -> str | None:

@@ -116,6 +116,32 @@ def test_seed_cnn_files_are_small_and_int8_keeps_its_accuracy(tmp_path):
     assert abs(float_accuracy - int8_accuracy) <= 0.003
 
 
+@pytest.mark.skipif(not ON_TENSORFLOW, reason="int8 .tflite files are written on TensorFlow here")
+def test_int8_names_the_kernels_that_litert_keeps_in_float32(tmp_path):
+    small, large = runtimes.LITERT_INT8_MIN_ENTRIES - 32, runtimes.LITERT_INT8_MIN_ENTRIES + 30
+    model = keras.Sequential(
+        [
+            keras.Input((32,)),
+            keras.layers.Dense(small // 32, name="small"),  # 31 x 32 = 992 entries
+            keras.layers.Dense(large // 31, name="large"),  # 34 x 31 = 1054 entries
+        ]
+    )
+    with pytest.warns(UserWarning) as caught:
+        keras_prune.export(model, tmp_path / "m8.tflite", quantize="int8")
+    (message,) = [str(w.message) for w in caught if "stores only weights" in str(w.message)]
+    assert message == (
+        "m8.tflite: LiteRT's converter stores only weights of 1024 entries or more as int8, "
+        "so 1 of its 2 kernels stay float32: small/kernel (992)."
+    )
+    interpreter = Interpreter(model_path=str(tmp_path / "m8.tflite"))
+    stored = {
+        tuple(d["shape"]): d["dtype"]
+        for d in interpreter.get_tensor_details()
+        if len(d["shape"]) == 2
+    }
+    assert stored[(34, 31)] == np.int8 and stored[(31, 32)] == np.float32  # LiteRT's own record
+
+
 def test_bad_arguments_name_the_argument(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="`path` must end in one of.*got '.*m.h5'"):
