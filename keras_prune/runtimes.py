@@ -136,11 +136,13 @@ def export(
         _convert(model, temporary, suffix, quantize, inputs, scratch)
         try:
             outputs = _run(temporary, suffix, inputs, os.path.basename(path))
-        except (RuntimeError, ValueError) as error:  # the runtime refused the file
+        except Exception as error:  # the runtime refused the file (ONNX Runtime's own classes)
+            flex = _flex_ops(temporary) if "Select TensorFlow op" in str(error) else []
+            located = str(error) + "".join(f" {name}/" for _, name in flex)
             raise ValueError(
                 f"the written {suffix} file does not run in {_PIP[_RUNTIME[suffix]]} "
-                f"({_named_layers(model, str(error))}): {_first_line(error)}; nothing was "
-                f"written.{_flex_hint(model, str(error))}"
+                f"({_named_layers(model, located)}): {_first_line(error)}; nothing was "
+                f"written.{_flex_hint(model, flex)}{_augmentation_hint(model, located)}"
             ) from error
         _compare(expected, outputs, quantize, suffix)
     if suffix == ".tflite" and quantize == "int8":
@@ -311,20 +313,75 @@ def _unimportable_hint(message: str) -> str:
     )
 
 
-def _flex_hint(model: keras.Model, message: str) -> str:
-    """What to do when TensorFlow's converter fell back to TensorFlow ops (Flex), which
-    LiteRT's builtin interpreter does not have: a recurrent layer's loop, most often."""
-    if "Select TensorFlow op" not in message:
+def _flex_ops(path: str) -> list[tuple[str, str]]:
+    """The TensorFlow ops (Flex) that the converter left in the `.tflite` file `path`:
+    each op's name ("Conv2D") and its first output's tensor name ("model/layer/op")."""
+    from ai_edge_litert import schema_py_generated as schema  # LiteRT's flatbuffer schema
+
+    with open(path, "rb") as handle:
+        model = schema.Model.GetRootAsModel(handle.read(), 0)
+    codes = [model.OperatorCodes(i).CustomCode() or b"" for i in range(model.OperatorCodesLength())]
+    found = []
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for i in range(graph.OperatorsLength()):
+            operator = graph.Operators(i)
+            code = codes[operator.OpcodeIndex()].decode("utf-8", "replace")
+            if code.startswith("Flex") and operator.OutputsLength():
+                tensor = graph.Tensors(operator.Outputs(0)).Name() or b""
+                found.append((code.removeprefix("Flex"), tensor.decode("utf-8", "replace")))
+    return found
+
+
+def _flex_hint(model: keras.Model, flex: list[tuple[str, str]]) -> str:
+    """What to do when TensorFlow's converter fell back to the TensorFlow ops `flex`,
+    which LiteRT's builtin interpreter does not have: a recurrent layer's loop, most often."""
+    if not flex:
         return ""
+    kinds = ", ".join(sorted({kind for kind, _ in flex}))
     recurrent = [
         f"{layer.name} ({type(layer).__name__})"
         for layer in _keras.flatten_layers(model)
         if isinstance(layer, keras.layers.RNN) and not layer.unroll
     ]
-    found = f" Recurrent layers that loop: {', '.join(recurrent)};" if recurrent else ""
+    if recurrent:
+        return (
+            f" The converter kept TensorFlow ops that LiteRT's builtin kernels lack ({kinds})."
+            f" Recurrent layers that loop: {', '.join(recurrent)}; build them with "
+            "`unroll=True` (a fixed sequence length), or export to .onnx."
+        )
+    upsampling = [
+        layer.name
+        for layer in _keras.flatten_layers(model)
+        if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
+    ]
+    cause = (
+        f" A convolution after a nearest UpSampling2D ({', '.join(upsampling[:3])}) can be "
+        "one: the converter does not know the height of its output (bilinear converts)."
+        if upsampling
+        else ""
+    )
     return (
-        f" The converter kept TensorFlow ops that LiteRT's builtin kernels lack.{found} "
-        "build them with `unroll=True` (a fixed sequence length), or export to .onnx."
+        f" The converter kept TensorFlow ops that LiteRT's builtin kernels lack ({kinds}) "
+        f"in the layers named.{cause} Export to .onnx, or change those layers."
+    )
+
+
+def _augmentation_hint(model: keras.Model, message: str) -> str:
+    """Why a random augmentation layer the runtime names is in the file at all."""
+    named = [
+        layer
+        for layer in model.layers
+        if type(layer).__name__.startswith("Random")
+        and re.search(rf"(^|[/\"' ]){re.escape(layer.name)}(_\d+)?/", message)
+    ]
+    if not named:
+        return ""
+    layers = ", ".join(f"`{layer.name}` ({type(layer).__name__})" for layer in named)
+    return (
+        f" Random augmentation layers ({layers}) do nothing at inference, but the exported"
+        " graph keeps their random ops: export the model without them (a keras.Model from"
+        " the input of the layer after them)."
     )
 
 

@@ -5,6 +5,7 @@ On JAX and torch the conversion runs in a TensorFlow-backend child process
 """
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -218,6 +219,51 @@ def test_a_looping_recurrent_layer_is_named_with_what_runs_in_litert(tmp_path):
         keras_prune.export(model(unroll=False), tmp_path / "loop.tflite")
     assert os.listdir(tmp_path) == []
     assert keras_prune.export(model(unroll=True), tmp_path / "unrolled.tflite") > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ON_TENSORFLOW, reason="in-process conversion keeps this test quick")
+def test_tensorflow_ops_left_in_a_litert_file_are_named_with_their_layers(tmp_path):
+    # keras.io's U-Net upsamples twice; TensorFlow's converter keeps the 1x1
+    # convolution after the second nearest UpSampling2D as a TensorFlow op.
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = previous = L.Conv2D(4, 1)(inputs)
+    for i in range(2):
+        x = L.UpSampling2D(2)(L.Conv2D(4, 3, padding="same")(x))
+        skip = L.Conv2D(4, 1, name=f"skip_{i}")(L.UpSampling2D(2, name=f"up_{i}")(previous))
+        x = previous = L.add([x, skip])
+    model = keras.Model(inputs, L.Conv2D(2, 1)(x))
+    with pytest.raises(ValueError) as raised:
+        keras_prune.export(model, tmp_path / "m.tflite")
+    assert "(layers named in the error: skip_1)" in str(raised.value)
+    assert re.search(
+        r"The converter kept TensorFlow ops that LiteRT's builtin kernels lack \(Conv2D\) in the "
+        r"layers named\. A convolution after a nearest UpSampling2D \((up_\w+, ){2}up_\w+\) "
+        r"can be one: the converter does not know the height of its output \(bilinear "
+        r"converts\)\. Export to \.onnx, or change those layers\.$",
+        str(raised.value),
+    )
+    assert os.listdir(tmp_path) == []
+    keras_prune.export(model, tmp_path / "m.onnx")  # checked by ONNX Runtime
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(
+        run_onnx(tmp_path / "m.onnx", x), model.predict(x, verbose=0), atol=1e-5
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ON_TENSORFLOW, reason="in-process conversion keeps this test quick")
+def test_random_augmentation_layers_are_named_where_onnx_runtime_refuses_them(tmp_path):
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.RandomFlip(name="flip")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError) as raised:
+        keras_prune.export(model, tmp_path / "m.onnx")
+    message = str(raised.value)
+    assert message.startswith("the written .onnx file does not run in onnxruntime (layers named")
+    assert "Random augmentation layers (`flip` (RandomFlip)) do nothing at inference" in message
+    assert os.listdir(tmp_path) == []
 
 
 LAYERS_MODULE = """
