@@ -229,9 +229,11 @@ def _cannot_shrink(operation: Any, uses: int) -> str:
 
 def _held_whole(operation: Any, uses: int) -> str | None:
     """Why `operation` itself keeps its weights' channels, if it says: called
-    `uses` > 1 times, quantized, or with LoRA (`_cannot_cut`)."""
+    `uses` > 1 times, a grouped convolution, quantized, or with LoRA (`_cannot_cut`)."""
     if uses > 1 and operation.weights:
         return f"`{getattr(operation, 'name', type(operation).__name__)}` is called {uses} times"
+    if isinstance(operation, PRODUCERS) and getattr(operation, "groups", 1) != 1:
+        return f"`{operation.name}` is a grouped convolution (groups={operation.groups})"
     return _cannot_cut(operation) if isinstance(operation, keras.layers.Layer) else None
 
 

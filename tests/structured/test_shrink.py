@@ -540,6 +540,23 @@ def test_layers_whose_own_channels_stay_are_named_in_the_warning():
         shrink(keras.Model(x, y), 0.5)  # the only error: nothing else to remove
 
 
+def test_a_grouped_convolution_keeps_its_channels_and_says_why():
+    x = keras.Input((8, 8, 4))
+    a = L.Conv2D(8, 3, activation="relu", name="a")(x)
+    grouped = L.Conv2D(16, 3, groups=4, activation="relu", name="grouped")(a)
+    b = L.Conv2D(8, 1, activation="relu", name="b")(grouped)
+    model = keras.Model(x, L.Dense(3, name="out")(L.Flatten()(b)))
+    with pytest.warns(UserWarning) as caught:
+        small = shrink(model, 0.5)
+    (message,) = [str(w.message) for w in caught if "keep" in str(w.message)]
+    assert message == (
+        "1 channel group(s) keep every channel: a: `grouped` is a grouped convolution "
+        "(groups=4). 1 layer(s) keep all their channels: `grouped` is a grouped convolution "
+        "(groups=4)"
+    )
+    assert [small.get_layer(n).filters for n in ("a", "grouped", "b")] == [8, 16, 4]
+
+
 def test_recurrent_layers_are_named_where_they_keep_their_units():
     x = keras.Input((5, 4))
     lstm = L.LSTM(8, return_sequences=True, name="lstm")(x)
