@@ -371,7 +371,7 @@ def _augmentation_hint(model: keras.Model, message: str) -> str:
     """Why a random augmentation layer the runtime names is in the file at all."""
     named = [
         layer
-        for layer in model.layers
+        for layer in _keras.flatten_layers(model)  # also inside a nested Sequential (keras.io's)
         if type(layer).__name__.startswith("Random")
         and re.search(rf"(^|[/\"' ]){re.escape(layer.name)}(_\d+)?/", message)
     ]

@@ -255,15 +255,17 @@ def test_tensorflow_ops_left_in_a_litert_file_are_named_with_their_layers(tmp_pa
 @pytest.mark.slow
 @pytest.mark.skipif(not ON_TENSORFLOW, reason="in-process conversion keeps this test quick")
 def test_random_augmentation_layers_are_named_where_onnx_runtime_refuses_them(tmp_path):
+    # keras.io's "image classification from scratch" puts them in a Sequential of their own
+    augment = keras.Sequential([keras.layers.RandomFlip(name="flip")], name="augment")
     inputs = keras.Input((6, 6, 1))
-    x = keras.layers.RandomFlip(name="flip")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
-    with pytest.raises(ValueError) as raised:
-        keras_prune.export(model, tmp_path / "m.onnx")
-    message = str(raised.value)
-    assert message.startswith("the written .onnx file does not run in onnxruntime (layers named")
-    assert "Random augmentation layers (`flip` (RandomFlip)) do nothing at inference" in message
-    assert os.listdir(tmp_path) == []
+    for x in (keras.layers.RandomFlip(name="flip")(inputs), augment(inputs)):
+        model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+        with pytest.raises(ValueError) as raised:
+            keras_prune.export(model, tmp_path / "m.onnx")
+        message = str(raised.value)
+        assert message.startswith("the written .onnx file does not run in onnxruntime (layers")
+        assert "Random augmentation layers (`flip` (RandomFlip)) do nothing at inference" in message
+        assert os.listdir(tmp_path) == []
 
 
 LAYERS_MODULE = """
