@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -255,7 +256,8 @@ def _parser() -> _Parser:
         "--tflite",
         action=argparse.BooleanOptionalAction,
         help="measure sparse float32 and int8 .tflite files and the int8 file's accuracy "
-        "in LiteRT (default: when TensorFlow and ai-edge-litert are installed)",
+        "in LiteRT (default: when TensorFlow and ai-edge-litert are installed and LiteRT "
+        "runs the model; --model's file is exported once before training to find out)",
     )
     add("--quiet", action="store_true", help="no progress bars or per-run lines")
     return parser
@@ -505,7 +507,14 @@ def _run_compare(args: argparse.Namespace) -> int:
             verbose=0 if args.quiet else 1,
             tflite=tflite,
         )
-        comparison, task = experiment.prepare(config)
+        try:
+            comparison, task = experiment.prepare(config)
+        except experiment.TfliteUnavailableError as error:
+            if args.tflite:  # asked for by --tflite
+                return _error(f"{error}; pass --no-tflite to compare without .tflite measures")
+            print(f"keras-prune: no .tflite measures: {error}", file=sys.stderr)
+            config = dataclasses.replace(config, tflite=False)
+            comparison, task = experiment.prepare(config)
         if args.resume:
             _resume(comparison, args.out)
     except DatasetUnavailableError as error:
@@ -557,14 +566,33 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _native_stderr_closed() -> Iterator[None]:
-    """Sends what native code writes to file descriptor 2 to /dev/null meanwhile."""
+    """Sends what native code writes to file descriptor 2 to /dev/null meanwhile
+    (TensorFlow's oneDNN notice on import, LiteRT's "Created TensorFlow Lite
+    XNNPACK delegate for CPU", which no log level turns off), while Python's
+    `sys.stderr` (warnings, errors, tracebacks) still writes where it did."""
     sys.stderr.flush()
+    python_stderr = sys.stderr
+    try:
+        on_fd_2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a capture (pytest's capsys) or a StringIO
+        on_fd_2 = False
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
+        if on_fd_2:
+            sys.stderr = os.fdopen(
+                os.dup(saved),
+                "w",
+                buffering=1,
+                encoding=python_stderr.encoding,
+                errors=python_stderr.errors,
+            )
         yield
     finally:
+        if sys.stderr is not python_stderr:
+            sys.stderr.close()
+            sys.stderr = python_stderr
         os.dup2(saved, 2)
         os.close(saved)
 
@@ -602,14 +630,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _native_stderr_closed():
         # TensorFlow 2.21 writes its oneDNN notice to the process's stderr
-        # on import, whatever its log level. Keras imports TensorFlow, where
-        # installed, on every backend (keras.utils.set_random_seed seeds it
-        # too), so it is imported now, under this silence, not mid-run.
+        # on import, whatever its log level, and LiteRT a line when it first
+        # runs a .tflite file. Keras imports TensorFlow, where installed, on
+        # every backend (keras.utils.set_random_seed seeds it too).
         import keras  # noqa: F401
 
         if importlib.util.find_spec("tensorflow"):
             importlib.import_module("tensorflow")
-    with warnings.catch_warnings():
-        # keras_prune's warnings are collected per run and printed with the table.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"keras_prune\.")
-        return _run_compare(args)
+        with warnings.catch_warnings():
+            # keras_prune's warnings are collected per run and printed with the table.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"keras_prune\.")
+            return _run_compare(args)

@@ -801,7 +801,9 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
     """Loads the data and builds every schedule once, and the model, compiled
     and evaluated on a few samples, before any training, so that a missing
     dataset, a bad schedule (also one that never prunes in this run:
-    `check_schedules`) or a model that does not fit its data fails fast.
+    `check_schedules`), a model that does not fit its data or, with
+    `config.tflite`, your model where LiteRT cannot run it
+    (`TfliteUnavailableError`) fails fast.
 
     Returns the empty comparison and the task for `Comparison.run`. Raises
     `keras_prune.compare.datasets.DatasetUnavailableError` when the dataset's files
@@ -844,8 +846,26 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
             except ImportError as error:
                 raise ValueError(f"`imports`: cannot import {module!r} ({error}).") from None
         task = file_task(config.model, data, config.loss, config.metrics)
+        if config.tflite:
+            _check_tflite(task)
     comparison.metric = task.metric
     return comparison, task
+
+
+class TfliteUnavailableError(ValueError):
+    """The model does not become a `.tflite` file that LiteRT runs; the message says why."""
+
+
+def _check_tflite(task: Task) -> None:
+    """Exports the untrained model once, so that a model LiteRT cannot run (a
+    looping LSTM) fails before any training rather than after the first run."""
+    with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            path = os.path.join(directory, "check.tflite")
+            runtimes.export(task.build(), path, check_inputs=task.x_test[:4])
+        except (ValueError, ImportError) as error:
+            raise TfliteUnavailableError(f"the model does not export to .tflite: {error}") from None
 
 
 def compare(

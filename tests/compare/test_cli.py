@@ -364,6 +364,54 @@ def test_a_model_that_does_not_fit_the_data_fails_before_training(
     assert err.startswith("keras-prune: error: the model cannot be evaluated on the data:")
 
 
+@pytest.fixture(scope="module")
+def looping_lstm(tmp_path_factory):
+    """A model file LiteRT cannot run (an LSTM that loops keeps TensorFlow ops), and its data."""
+    folder = tmp_path_factory.mktemp("lstm")
+    rng = np.random.RandomState(0)
+    x = rng.rand(60, 5, 2).astype("float32")
+    y = (x.sum(axis=(1, 2)) > 5).astype("int64")
+    np.savez(folder / "d.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    model = keras.Sequential(
+        [keras.Input((5, 2)), keras.layers.LSTM(4, name="lstm"), keras.layers.Dense(2)]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    model.save(folder / "m.keras")
+    return [f"--model={folder / 'm.keras'}", f"--data={folder / 'd.npz'}"]
+
+
+@pytest.mark.slow
+def test_a_model_litert_cannot_run_fails_before_training_when_tflite_is_asked(looping_lstm, capsys):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tensorflow")
+    assert cli.main(["compare", *looping_lstm, "--frequency", "1", "--tflite"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(
+        "keras-prune: error: the model does not export to .tflite: the written .tflite file "
+        "does not run in ai-edge-litert (layers named in the error: lstm)"
+    )
+    assert captured.err.endswith("; pass --no-tflite to compare without .tflite measures\n")
+
+
+@pytest.mark.slow
+def test_a_model_litert_cannot_run_is_compared_without_tflite_by_default(looping_lstm):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tensorflow")
+    args = ["compare", *looping_lstm, "--epochs", "1", "--batch-size", "8", "--frequency", "1"]
+    args += ["--schedules", "constant", "--sparsity", "0.5", "--quiet"]
+    done = _run(*args, quiet_tensorflow=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    notes = [line for line in done.stderr.splitlines() if line.startswith("keras-prune: ")]
+    assert notes[0].startswith("keras-prune: no .tflite measures: the model does not export to")
+    # Nothing from TensorFlow's or LiteRT's C++ side reaches the user.
+    assert "INFO: Created TensorFlow Lite" not in done.stderr and "oneDNN" not in done.stderr
+    rows = {line.split("  ")[0]: line.split() for line in done.stdout.splitlines() if "  " in line}
+    assert rows["sparse float32 .tflite"][-2:] == ["-", "-"]  # dense and pruned: not measured
+    assert rows["sparsity total"][-1] == "50.00%"
+
+
 def test_cli_distribution_names_are_the_librarys():
     from keras_prune.sparsity_distribution import NAMES
 
