@@ -846,10 +846,34 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
             except ImportError as error:
                 raise ValueError(f"`imports`: cannot import {module!r} ({error}).") from None
         task = file_task(config.model, data, config.loss, config.metrics)
+        _check_pruning(task, run_distributions(dataclasses.asdict(config)))
         if config.tflite:
             _check_tflite(task)
     comparison.metric = task.metric
     return comparison, task
+
+
+def _check_pruning(task: Task, distributions: Sequence[str]) -> None:
+    """Prunes the untrained model once in each way the runs will, so that a model
+    that cannot be pruned so (no channel group to remove) fails before any training."""
+    schedule = ConstantSparsity(0.5, 0)
+    with warnings.catch_warnings():  # each run reports its own
+        warnings.simplefilter("ignore", UserWarning)
+        for distribution in distributions:
+            try:
+                if distribution == CHANNELS:
+                    prune_channels(task.build(), schedule)
+                else:
+                    prune_low_magnitude(
+                        task.build(), pruning_schedule=schedule, sparsity_distribution=distribution
+                    )
+            except ValueError as error:
+                way = (
+                    "--structure channels"
+                    if distribution == CHANNELS
+                    else f"--distribution {distribution}"
+                )
+                raise ValueError(f"the model cannot be pruned ({way}): {error}") from None
 
 
 class TfliteUnavailableError(ValueError):

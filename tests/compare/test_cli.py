@@ -395,6 +395,18 @@ def test_a_model_litert_cannot_run_fails_before_training_when_tflite_is_asked(lo
     assert captured.err.endswith("; pass --no-tflite to compare without .tflite measures\n")
 
 
+def test_a_model_without_channels_to_remove_fails_before_training(looping_lstm, capsys):
+    args = ["compare", *looping_lstm, "--frequency", "1", "--structure", "channels"]
+    assert cli.main([*args, "--no-tflite"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(
+        "keras-prune: error: the model cannot be pruned (--structure channels): `to_prune` has "
+        "no channel group that prune_channels can remove: "
+    )
+    assert "`lstm` (LSTM) is recurrent" in captured.err
+
+
 @pytest.mark.slow
 def test_a_model_litert_cannot_run_is_compared_without_tflite_by_default(looping_lstm):
     pytest.importorskip("ai_edge_litert")
