@@ -42,6 +42,8 @@ import numpy as np
 
 from keras_prune import _backend, _files, _keras, kps
 from keras_prune.prune import pruned_layers, strip_pruning
+from keras_prune.structured.channel_mask import channel_masks
+from keras_prune.structured.shrink import shrink
 
 QUANTIZE = {".kps": (None, "int8"), ".tflite": (None, "float16", "int8"), ".onnx": (None,)}
 
@@ -79,6 +81,9 @@ def export(
 ) -> int:
     """Writes `model`, stripped of pruning, as the file `path`'s suffix names; returns its size.
 
+    A model from `prune_channels` is written shrunk (`shrink(model)`): its
+    removed channels are not in the file.
+
     Args:
         model: a built Sequential or Functional model, pruned or not.
         path: the file to write: `.kps`, `.tflite` or `.onnx`.
@@ -115,9 +120,11 @@ def export(
         raise ValueError(
             f"`quantize` for a {suffix} file must be one of {QUANTIZE[suffix]}; got {quantize!r}."
         )
+    if suffix == ".kps" and check_inputs is not None:
+        raise ValueError("`check_inputs` applies to .tflite and .onnx files; .kps is exact.")
+    if channel_masks(model):  # from prune_channels: the file holds the smaller layers
+        model = shrink(model)
     if suffix == ".kps":
-        if check_inputs is not None:
-            raise ValueError("`check_inputs` applies to .tflite and .onnx files; .kps is exact.")
         return kps.export(model, path, quantize)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):

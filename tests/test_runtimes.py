@@ -117,6 +117,25 @@ def test_seed_cnn_files_are_small_and_int8_keeps_its_accuracy(tmp_path):
     assert abs(float_accuracy - int8_accuracy) <= 0.003
 
 
+def test_a_channel_pruned_model_is_written_without_its_removed_channels(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = seed_model()
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked.compile("adam", "categorical_crossentropy")
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    masked.fit(x, np.eye(10)[np.arange(8)], verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    expected = masked.predict(x, verbose=0)  # the masked model, the independent reference
+    keras_prune.export(masked, tmp_path / "m.kps")
+    loaded = keras_prune.load(tmp_path / "m.kps")
+    assert [layer.filters for layer in loaded.layers if hasattr(layer, "filters")] == [16, 32]
+    assert loaded.get_layer("dense1").units == 128
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-6)
+    if ON_TENSORFLOW:  # in-process conversion keeps this quick
+        keras_prune.export(masked, tmp_path / "m.tflite")
+        np.testing.assert_allclose(run_litert(tmp_path / "m.tflite", x), expected, atol=1e-5)
+        assert os.path.getsize(tmp_path / "m.tflite") < 0.3 * 4 * model.count_params()
+
+
 @pytest.mark.skipif(not ON_TENSORFLOW, reason="int8 .tflite files are written on TensorFlow here")
 def test_int8_names_the_kernels_that_litert_keeps_in_float32(tmp_path):
     small, large = runtimes.LITERT_INT8_MIN_ENTRIES - 32, runtimes.LITERT_INT8_MIN_ENTRIES + 30
