@@ -459,6 +459,12 @@ def prune_low_magnitude(
 
     _validation.boolean(strict, "strict")
     _check_not_quantized(to_prune)
+    if isinstance(to_prune, keras.Model) and channel_masks(to_prune):
+        raise ValueError(
+            "`to_prune` prunes channels (it has ChannelMask layers from prune_channels); "
+            "shrink it first (`keras_prune.shrink(model)`), then prune the weights of the "
+            "smaller model."
+        )
     if isinstance(to_prune, keras.Model):
         if kwargs:
             raise TypeError(f"Unexpected keyword arguments for a model: {sorted(kwargs)}.")

@@ -463,6 +463,8 @@ def test_bad_arguments_are_named_before_anything_is_built():
     masked = prune_channels(model, schedule)
     with pytest.raises(ValueError, match="already pruned"):
         prune_channels(masked, schedule)
+    with pytest.raises(ValueError, match="shrink it first .*then prune the weights"):
+        keras_prune.prune_low_magnitude(masked, schedule)  # it used to mask ChannelMask layers
     with pytest.raises(ValueError, match="its masks say which channels go"):
         shrink(masked, 0.5)
     with pytest.raises(ValueError, match="`sparsity` is needed"):
