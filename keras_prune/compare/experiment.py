@@ -854,8 +854,9 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
 
 
 def _check_pruning(task: Task, distributions: Sequence[str]) -> None:
-    """Prunes the untrained model once in each way the runs will, so that a model
-    that cannot be pruned so (no channel group to remove) fails before any training."""
+    """Prunes (and shrinks) the untrained model once in each way the runs will, so
+    that a model that cannot be pruned so (no channel group to remove) fails
+    before any training."""
     schedule = ConstantSparsity(0.5, 0)
     with warnings.catch_warnings():  # each run reports its own
         warnings.simplefilter("ignore", UserWarning)
@@ -863,6 +864,7 @@ def _check_pruning(task: Task, distributions: Sequence[str]) -> None:
             try:
                 if distribution == CHANNELS:
                     prune_channels(task.build(), schedule)
+                    shrink(task.build(), 0.5)  # what each run does after training
                 else:
                     prune_low_magnitude(
                         task.build(), pruning_schedule=schedule, sparsity_distribution=distribution
