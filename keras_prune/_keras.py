@@ -110,6 +110,14 @@ def has_graph(model: Any) -> bool:
     return isinstance(model, keras.Sequential) or is_functional(model)
 
 
+def fit_passes_training(model: keras.Model) -> bool:
+    """Whether `fit` calls `model` with `training=True`: Keras's trainers pass it
+    only when the model's `call` declares a `training` argument
+    (`Layer._call_has_training_arg`, 3.0); otherwise no layer inside it sees a
+    training batch."""
+    return bool(model._call_has_training_arg)
+
+
 def tracked_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers `model` tracks as its own (`Layer._layers`, 3.0), attributes included."""
     return model._layers

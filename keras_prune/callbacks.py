@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_prune import _tfevents, global_pruning
+from keras_prune import _keras, _tfevents, global_pruning
 from keras_prune.masks import keep_count
 from keras_prune.prune import pruned_layers
 from keras_prune.schedules import pruning_points
@@ -53,6 +53,15 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "UpdatePruningStep: the model has no PruneLowMagnitude or ChannelMask layers; "
                 "nothing will be pruned. Call keras_prune.prune_low_magnitude (or "
                 "prune_channels) first.",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif not _keras.has_graph(self.model) and not _keras.fit_passes_training(self.model):
+            warnings.warn(
+                f"UpdatePruningStep: {type(self.model).__name__}.call takes no `training` "
+                "argument, so `fit` calls it without training=True and the pruning layers "
+                "inside it see no training batch: nothing will be pruned. Give it "
+                "`call(self, x, training=None)` and pass it on, `layer(x, training=training)`.",
                 UserWarning,
                 stacklevel=2,
             )

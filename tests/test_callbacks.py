@@ -1,4 +1,5 @@
 import csv
+import warnings
 
 import keras
 import numpy as np
@@ -216,13 +217,22 @@ def test_callbacks_start_on_a_model_that_fit_builds(tmp_path):
 
 
 def test_a_model_whose_call_takes_no_training_argument_is_told_why_nothing_pruned():
-    model = WithoutTraining()
+    model = WithoutTraining()  # keras.io's Distiller is one: call(self, x)
+    update = keras_prune.UpdatePruningStep()
+    update.set_model(model)
+    with pytest.warns(UserWarning, match="WithoutTraining.call takes no `training` argument"):
+        update.on_train_begin()  # before the first batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        update.set_model(Subclassed())  # declares `training`: no warning
+        update.on_train_begin()
     model.compile("sgd", "mse")
     x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
-    with pytest.warns(UserWarning, match="saw no training batch in this run: a subclassed model's"):
-        model.fit(
-            x, np.ones((8, 1), "float32"), verbose=0, callbacks=[keras_prune.UpdatePruningStep()]
-        )
+    with pytest.warns(UserWarning) as caught:
+        model.fit(x, np.ones((8, 1), "float32"), verbose=0, callbacks=[update])
+    messages = [str(w.message) for w in caught]
+    assert any("saw no training batch in this run: a subclassed model's" in m for m in messages)
+    assert model.hidden.steps_seen() == 0  # what the first warning foretold
 
 
 def test_summaries_default_logs_at_epoch_ends_and_keeps_one_file_per_fit(tmp_path):
