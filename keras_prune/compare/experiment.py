@@ -801,9 +801,9 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
     """Loads the data and builds every schedule once, and the model, compiled
     and evaluated on a few samples, before any training, so that a missing
     dataset, a bad schedule (also one that never prunes in this run:
-    `check_schedules`), a model that does not fit its data or, with
-    `config.tflite`, your model where LiteRT cannot run it
-    (`TfliteUnavailableError`) fails fast.
+    `check_schedules`), a model that does not fit its data, a model file
+    that a run could not prune (`_check_pruning`) or, with `config.tflite`,
+    that LiteRT cannot run (`TfliteUnavailableError`) fails fast.
 
     Returns the empty comparison and the task for `Comparison.run`. Raises
     `keras_prune.compare.datasets.DatasetUnavailableError` when the dataset's files
