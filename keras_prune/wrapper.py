@@ -109,6 +109,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             )
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
+        # Masks (`Embedding(mask_zero=True)`, padding) pass through as they pass
+        # through the layer; Keras would warn that a wrapper destroys them.
+        self.supports_masking = layer.supports_masking
         self.pruning_schedule = pruning_schedule
         # Shape-independent checks now; shape checks when the weights exist.
         self.block_size, self.block_pooling_type, self.sparsity_m_by_n = masks.normalize_options(
@@ -329,6 +332,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def compute_output_shape(self, *args: Any, **kwargs: Any) -> Any:
         return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_mask(self, inputs: Any, previous_mask: Any = None) -> Any:
+        return self.layer.compute_mask(inputs, previous_mask)
 
     def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
         return self.layer.compute_output_spec(*args, **kwargs)

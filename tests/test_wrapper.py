@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -203,3 +205,32 @@ def test_a_pruned_weights_regularizer_sees_it_as_the_layer_does(tmp_path):
     stripped = keras_prune.strip_pruning(pruned)
     assert stripped.get_layer("d").get_config()["kernel_regularizer"]["config"] == {"l2": 1.0}
     assert penalty(stripped) == pytest.approx(expected, rel=1e-5)
+
+
+def _masked_sequence_model(mask_zero):
+    inputs = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, mask_zero=mask_zero, name="embed")(inputs)
+    x = keras.layers.LSTM(4, return_sequences=True, name="lstm")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+
+
+def test_a_padding_mask_passes_through_wrapped_layers_as_through_the_layers():
+    keras.utils.set_random_seed(0)
+    model = _masked_sequence_model(mask_zero=True)
+    unmasked = _masked_sequence_model(mask_zero=False)
+    unmasked.set_weights(model.get_weights())
+    ids = np.random.default_rng(0).integers(1, 20, (4, 6)).astype("int32")
+    ids[:, 3:] = 0  # padding
+    labels = np.zeros((4, 6), "int32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 1000))
+        got = pruned.predict(ids, verbose=0)
+    assert not [w for w in caught if "does not support masking" in str(w.message)]
+    np.testing.assert_allclose(got, model.predict(ids, verbose=0), atol=1e-6)
+    losses = []
+    for m in (model, pruned, unmasked):
+        m.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        losses.append(m.evaluate(ids, labels, verbose=0))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)  # the loss skips the padding
+    assert losses[2] != pytest.approx(losses[0], rel=1e-3)  # as it does only with the mask
