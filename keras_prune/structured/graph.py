@@ -432,6 +432,11 @@ class _Walk:
         for tensor in self.model.inputs:
             self.layouts[id(tensor)] = self.opaque(tensor, "it is a model input")
         for operation, inputs, outputs in calls:
+            if isinstance(operation, ZERO_KEEPING) and len(inputs) == 2:
+                # The padding mask that Keras passes with the tensor (after an
+                # `Embedding(mask_zero=True)`): it holds no channels, and a
+                # masked pooling still computes each channel from itself.
+                inputs = inputs[:1]
             layouts = [self.graph.expand(self.layouts[id(t)]) for t in inputs]
             result = None
             if uses[id(operation)] == 1 or not operation.weights:

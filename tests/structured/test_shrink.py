@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import image_twins, small_cnn, small_encoder, small_images
 
+import keras_prune
 from keras_prune.structured.graph import channel_groups
 from keras_prune.structured.shrink import shrink
 
@@ -555,6 +556,32 @@ def test_a_grouped_convolution_keeps_its_channels_and_says_why():
         "(groups=4)"
     )
     assert [small.get_layer(n).filters for n in ("a", "grouped", "b")] == [8, 16, 4]
+
+
+def _pooled_text_model(mask_zero):
+    ids = keras.Input((6,), dtype="int32")
+    x = L.Embedding(20, 8, mask_zero=mask_zero, name="embed")(ids)
+    x = L.GlobalAveragePooling1D()(L.Dense(16, activation="relu", name="hidden")(x))
+    return keras.Model(ids, L.Dense(2, name="out")(x))
+
+
+def test_a_pooling_layer_that_reads_a_padding_mask_still_passes_channels_through():
+    # Keras passes Embedding(mask_zero=True)'s mask to the pooling as an input;
+    # it used to leave `hidden` whole ("reads it and cannot be shrunk").
+    keras.utils.set_random_seed(0)
+    model = _pooled_text_model(mask_zero=True)
+    ids = np.random.default_rng(0).integers(1, 20, (8, 6)).astype("int32")
+    ids[:, 3:] = 0  # padding, which the average skips
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked.compile("sgd", "mse")
+    masked.fit(ids, np.zeros((8, 2)), verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    small = shrink(masked)
+    assert small.get_layer("hidden").units == 8
+    expected = masked.predict(ids, verbose=0)
+    np.testing.assert_allclose(small.predict(ids, verbose=0), expected, rtol=1e-4, atol=1e-6)
+    plain = shrink(_pooled_text_model(mask_zero=False), 0.5)  # the same shapes, no mask
+    plain.set_weights(small.get_weights())
+    assert not np.allclose(plain.predict(ids, verbose=0), expected, atol=1e-3)  # the mask counts
 
 
 def test_recurrent_layers_are_named_where_they_keep_their_units():
