@@ -1,3 +1,4 @@
+import re
 import warnings
 
 import keras
@@ -214,20 +215,30 @@ def _masked_sequence_model(mask_zero):
     return keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
 
 
+def _destroys_mask(caught, prefix=""):
+    """The layers that Keras warned would destroy a mask, less `prefix`."""
+    found = (re.match(r"Layer '(\w+)' \(of type", str(w.message)) for w in caught)
+    return {m.group(1).removeprefix(prefix) for m in found if m}
+
+
 def test_a_padding_mask_passes_through_wrapped_layers_as_through_the_layers():
     keras.utils.set_random_seed(0)
-    model = _masked_sequence_model(mask_zero=True)
-    unmasked = _masked_sequence_model(mask_zero=False)
-    unmasked.set_weights(model.get_weights())
     ids = np.random.default_rng(0).integers(1, 20, (4, 6)).astype("int32")
     ids[:, 3:] = 0  # padding
     labels = np.zeros((4, 6), "int32")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        model = _masked_sequence_model(mask_zero=True)
+        expected = model.predict(ids, verbose=0)
+    by_keras = _destroys_mask(caught)  # none on Keras 3.15; keras-nightly warns for the LSTM
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 1000))
         got = pruned.predict(ids, verbose=0)
-    assert not [w for w in caught if "does not support masking" in str(w.message)]
-    np.testing.assert_allclose(got, model.predict(ids, verbose=0), atol=1e-6)
+    assert _destroys_mask(caught, "prune_low_magnitude_") <= by_keras  # no more than the layers
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    unmasked = _masked_sequence_model(mask_zero=False)
+    unmasked.set_weights(model.get_weights())
     losses = []
     for m in (model, pruned, unmasked):
         m.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
