@@ -122,18 +122,19 @@ def export(
         )
     if suffix == ".kps" and check_inputs is not None:
         raise ValueError("`check_inputs` applies to .tflite and .onnx files; .kps is exact.")
+    if not model.built:
+        raise ValueError("`model` must be built (call it on data or give it an Input) to export.")
+    if suffix != ".kps":  # kps.export checks its own path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise ValueError(f"`path`: {directory!r} is not a writable directory.")
+        lacking = missing(suffix)
+        if lacking:
+            raise ImportError(f"Writing a {suffix} file needs {lacking}")
     if channel_masks(model):  # from prune_channels: the file holds the smaller layers
         model = shrink(model)
     if suffix == ".kps":
         return kps.export(model, path, quantize)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise ValueError(f"`path`: {directory!r} is not a writable directory.")
-    if not model.built:
-        raise ValueError("`model` must be built (call it on data or give it an Input) to export.")
-    lacking = missing(suffix)
-    if lacking:
-        raise ImportError(f"Writing a {suffix} file needs {lacking}")
     if any(True for _ in pruned_layers(model)):
         model = strip_pruning(model)
     inputs = _inputs(model, check_inputs)
@@ -379,8 +380,7 @@ def _augmentation_hint(model: keras.Model, message: str) -> str:
     named = [
         layer
         for layer in _keras.flatten_layers(model)  # also inside a nested Sequential (keras.io's)
-        if type(layer).__name__.startswith("Random")
-        and re.search(rf"(^|[/\"' ]){re.escape(layer.name)}(_\d+)?/", message)
+        if type(layer).__name__.startswith("Random") and _named_in(layer, message)
     ]
     if not named:
         return ""
@@ -398,12 +398,13 @@ def _first_line(error: BaseException) -> str:
 
 def _named_layers(model: keras.Model, message: str) -> str:
     """The model's layers that the converter's op locations name ("model/layer_1/op")."""
-    names = [
-        layer.name
-        for layer in model.layers
-        if re.search(rf"(^|[/\"' ]){re.escape(layer.name)}(_\d+)?/", message)
-    ]
+    names = [layer.name for layer in model.layers if _named_in(layer, message)]
     return "layers named in the error: " + ", ".join(names) if names else "no layer named"
+
+
+def _named_in(layer: keras.layers.Layer, message: str) -> bool:
+    """Whether a converter's op location in `message` ("model/layer_1/op") names `layer`."""
+    return re.search(rf"(^|[/\"' ]){re.escape(layer.name)}(_\d+)?/", message) is not None
 
 
 def _run(path: str, suffix: str, inputs: list[np.ndarray], name: str) -> list[np.ndarray]:

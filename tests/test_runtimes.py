@@ -200,6 +200,14 @@ def test_a_missing_runtime_is_named_before_any_work(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_channel_pruned_model_is_not_shrunk_before_the_path_is_checked(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(3)])
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    monkeypatch.setattr(runtimes, "shrink", lambda _: pytest.fail("shrank before the checks"))
+    with pytest.raises(ValueError, match="`path`.*not a writable directory"):
+        keras_prune.export(masked, tmp_path / "missing" / "m.onnx")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not ON_TENSORFLOW, reason="in-process conversion; the child is tested above")
 def test_a_file_that_predicts_otherwise_is_not_written(tmp_path, monkeypatch):
