@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -466,7 +465,6 @@ def _resume(comparison: Any, directory: str) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from keras_prune import runtimes
 
     try:  # SciPy (t-tests), and matplotlib for --out's plots: the [compare] extra
         from keras_prune.compare import experiment, plots
@@ -479,12 +477,6 @@ def _run_compare(args: argparse.Namespace) -> int:
         hint = "" if "pip install" in message else "; pip install 'keras-prune[compare]'"
         return _error(f"keras-prune compare: {message}{hint}")
 
-    tflite = args.tflite
-    if tflite is None:
-        lacking = runtimes.missing(".tflite")
-        tflite = lacking is None
-        if lacking:
-            print(f"keras-prune: no .tflite measures: they need {lacking}", file=sys.stderr)
     try:
         config = experiment.ExperimentConfig(
             schedules=tuple(args.schedules),
@@ -505,16 +497,12 @@ def _run_compare(args: argparse.Namespace) -> int:
             imports=tuple(args.imports),
             limit=args.limit,
             verbose=0 if args.quiet else 1,
-            tflite=tflite,
+            tflite="auto" if args.tflite is None else args.tflite,
         )
         try:
             comparison, task = experiment.prepare(config)
-        except experiment.TfliteUnavailableError as error:
-            if args.tflite:  # asked for by --tflite
-                return _error(f"{error}; pass --no-tflite to compare without .tflite measures")
-            print(f"keras-prune: no .tflite measures: {error}", file=sys.stderr)
-            config = dataclasses.replace(config, tflite=False)
-            comparison, task = experiment.prepare(config)
+        except experiment.TfliteUnavailableError as error:  # asked for by --tflite
+            return _error(f"{error}; pass --no-tflite to compare without .tflite measures")
         if args.resume:
             _resume(comparison, args.out)
     except DatasetUnavailableError as error:

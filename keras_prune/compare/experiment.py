@@ -55,7 +55,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import keras
 
@@ -182,7 +182,9 @@ class ExperimentConfig:
     what the schedules remove: single "weights" (spread over the layers by
     each of `distributions`), whole "channels" (`prune_channels`, then
     `shrink`), or both side by side. Pruning runs from `begin_fraction` to
-    `end_fraction` of the training steps (`pruning_steps`).
+    `end_fraction` of the training steps (`pruning_steps`). `tflite` adds
+    the `.tflite` measures; "auto" adds them where TensorFlow and LiteRT are
+    installed and LiteRT runs the model, and `prepare` says why not in a note.
     """
 
     schedules: tuple[str, ...] = BUILTIN_SCHEDULES
@@ -200,7 +202,7 @@ class ExperimentConfig:
     limit: int | None = None
     validation_split: float = 0.2
     verbose: int = 1
-    tflite: bool = False
+    tflite: bool | Literal["auto"] = False
     model: str | None = None
     loss: str | None = None
     metrics: tuple[str, ...] | None = None
@@ -280,8 +282,9 @@ class ExperimentConfig:
             _validation.count(self.limit, "limit", 2)
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1 or 2; got {self.verbose!r}.")
-        _validation.boolean(self.tflite, "tflite")
-        lacking = runtimes.missing(".tflite") if self.tflite else None
+        if not isinstance(self.tflite, bool) and self.tflite != "auto":
+            raise TypeError(f"`tflite` must be True, False or 'auto'; got {self.tflite!r}.")
+        lacking = runtimes.missing(".tflite") if self.tflite is True else None
         if lacking:
             raise ValueError(f"`tflite`: measuring .tflite files needs {lacking}")
 
@@ -505,7 +508,8 @@ class Comparison:
     schedule_points: dict[str, list[tuple[int, float]]]
     runs: list[RunResult] = dataclasses.field(default_factory=list)
     #: Found before training: schedules whose last pruning step prescribes
-    #: less than their target (see `check_schedules`).
+    #: less than their target (see `check_schedules`), and why a
+    #: `tflite="auto"` comparison has no `.tflite` measures.
     notes: list[str] = dataclasses.field(default_factory=list)
     #: What `test_accuracy` and the t-tests measure (`Task.metric`).
     metric: str = "accuracy"
@@ -805,7 +809,8 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
     that a run could not prune (`_check_pruning`) or, with `config.tflite`,
     that LiteRT cannot run (`TfliteUnavailableError`) fails fast.
 
-    Returns the empty comparison and the task for `Comparison.run`. Raises
+    Returns the empty comparison, whose config has `tflite` True or False
+    (see `ExperimentConfig`), and the task for `Comparison.run`. Raises
     `keras_prune.compare.datasets.DatasetUnavailableError` when the dataset's files
     are missing, ValueError/TypeError for a schedule, model or data file that
     cannot be used.
@@ -847,10 +852,31 @@ def prepare(config: ExperimentConfig) -> tuple[Comparison, Task]:
                 raise ValueError(f"`imports`: cannot import {module!r} ({error}).") from None
         task = file_task(config.model, data, config.loss, config.metrics)
         _check_pruning(task, run_distributions(dataclasses.asdict(config)))
-        if config.tflite:
-            _check_tflite(task)
+    comparison.config = dataclasses.replace(config, tflite=_tflite(config, task, comparison.notes))
     comparison.metric = task.metric
     return comparison, task
+
+
+def _tflite(config: ExperimentConfig, task: Task, notes: list[str]) -> bool:
+    """Whether the runs measure `.tflite` files: `config.tflite`, with "auto" resolved
+    (and the reason for False added to `notes`)."""
+    if config.tflite is False:
+        return False
+    if config.tflite == "auto":
+        lacking = runtimes.missing(".tflite")
+        if lacking:
+            notes.append(f"no .tflite measures: they need {lacking}")
+            return False
+    if config.model is None:  # the seed ConvNet converts and runs
+        return True
+    try:
+        _check_tflite(task)
+    except TfliteUnavailableError as error:
+        if config.tflite is True:
+            raise
+        notes.append(f"no .tflite measures: {error}")
+        return False
+    return True
 
 
 def _check_pruning(task: Task, distributions: Sequence[str]) -> None:

@@ -416,7 +416,9 @@ def test_a_model_litert_cannot_run_is_compared_without_tflite_by_default(looping
     done = _run(*args, quiet_tensorflow=False)
     assert done.returncode == 0, done.stderr[-3000:]
     notes = [line for line in done.stderr.splitlines() if line.startswith("keras-prune: ")]
-    assert notes[0].startswith("keras-prune: no .tflite measures: the model does not export to")
+    assert notes[0].startswith(
+        "keras-prune: warning: no .tflite measures: the model does not export to"
+    )
     # Nothing from TensorFlow's or LiteRT's C++ side reaches the user.
     assert "INFO: Created TensorFlow Lite" not in done.stderr and "oneDNN" not in done.stderr
     rows = {line.split("  ")[0]: line.split() for line in done.stdout.splitlines() if "  " in line}

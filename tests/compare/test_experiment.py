@@ -82,6 +82,8 @@ def test_schedule_by_import_path(tmp_path, monkeypatch):
         ({"distributions": ()}, TypeError, "`distributions` must be a non-empty"),
         ({"structures": ("filters",)}, ValueError, "`structures` must be one of 'weights'"),
         ({"structures": ("channels",), "distributions": ("erk",)}, ValueError, "Add 'weights'"),
+        ({"tflite": "yes"}, TypeError, "`tflite` must be True, False or 'auto'; got 'yes'"),
+        ({"tflite": 1}, TypeError, "`tflite` must be True, False or 'auto'"),
     ],
 )
 def test_config_rejects_bad_settings(kwargs, error, words):
@@ -381,3 +383,13 @@ def test_resumed_comparison_trains_only_the_missing_runs(tiny_data):
     assert baseline == _result("baseline", 0.0, 0, 0.5, 1600000)  # kept, not retrained
     assert (polynomial.schedule, polynomial.seed) == ("polynomial", 0)
     assert polynomial.total_sparsity > 0.5 and 0.0 < polynomial.test_accuracy <= 1.0
+
+
+def test_auto_tflite_says_why_it_does_not_measure(monkeypatch):
+    monkeypatch.setattr(experiment.runtimes, "missing", lambda suffix: "`ai_edge_litert`: pip x")
+    config = ExperimentConfig(epochs=2, frequency=1, limit=40, verbose=0, tflite="auto")
+    comparison, _ = experiment.prepare(config)
+    assert comparison.config.tflite is False
+    assert comparison.notes == ["no .tflite measures: they need `ai_edge_litert`: pip x"]
+    with pytest.raises(ValueError, match="`tflite`: measuring .tflite files needs `ai_edge"):
+        ExperimentConfig(tflite=True)
