@@ -482,6 +482,7 @@ def prune_low_magnitude(
         selection.check_all_used()
         if unknown:
             warnings.warn(_unknown_message(unknown.values(), strict=False), stacklevel=2)
+        _warn_kept_schedules(to_prune, options["pruning_schedule"])
         link_groups(pruned_layers(pruned))
         if spread:
             _spread(pruned, distribution)
@@ -692,6 +693,25 @@ def _wrapped_paths(model: keras.Model, path: tuple[int, ...] = ()) -> list[dict[
         elif _keras.has_graph(layer):
             entries += _wrapped_paths(layer, (*path, i))
     return entries
+
+
+def _warn_kept_schedules(model: keras.Model, schedule: PruningSchedule) -> None:
+    """Warns that layers pruned before keep their schedule, not `schedule` (as in tfmot)."""
+    kept = [
+        layer
+        for layer in _keras.flatten_layers(model)
+        if isinstance(layer, PruneLowMagnitude) and layer.pruning_schedule != schedule
+    ]
+    if kept:
+        names = ", ".join(f"`{layer.name}`" for layer in kept[:3])
+        more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+        warnings.warn(
+            f"`to_prune` has layers pruned before ({names}{more}), which keep their own "
+            f"schedule ({kept[0].pruning_schedule!r}), not `pruning_schedule` ({schedule!r}). "
+            "To prune them on the new schedule, `strip_pruning` the model first (its zeros, "
+            "the smallest weights, are pruned first).",
+            stacklevel=3,
+        )
 
 
 def _prune_model(

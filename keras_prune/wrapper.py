@@ -213,6 +213,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 f"{self.layer.name!r} has {len(self.pruning_vars)} prunable weights; give one "
                 "factor per prunable weight."
             )
+        for inner in _keras.flatten_layers(self.layer, include_self=True):
+            # `Model.quantize` quantizes the leaf layers inside the wrapper too,
+            # replacing the kernels the masks belong to: the layer would run on
+            # its unmasked weights. Keras warns with a NotImplementedError's
+            # message and leaves that layer in float (Keras itself sets
+            # `quantize` per instance, in `Layer.__new__`).
+            inner.quantize = _refuse_quantize(inner, self)
         # The number of training batches seen: the first batch is pruning
         # step 1, as in tfmot 0.8.1 (so begin_step=0 first prunes at step
         # `frequency`, and tfmot schedules prune at the same batches here).
@@ -379,6 +386,19 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             config["pruning_schedule"], custom_objects=custom_objects
         )
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def _refuse_quantize(layer: keras.layers.Layer, wrapper: PruneLowMagnitude) -> Any:
+    """A `quantize` for a layer inside `wrapper` that says why it stays float."""
+
+    def quantize(*args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            f"`{layer.name}` is pruned (inside `{wrapper.name}`) and stays in float: "
+            "quantizing it would drop its pruning masks. Quantize the model after "
+            "`keras_prune.strip_pruning(model)`."
+        )
+
+    return quantize
 
 
 def _check_factors(factors: Any) -> tuple[float, ...] | None:

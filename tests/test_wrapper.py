@@ -245,3 +245,60 @@ def test_a_padding_mask_passes_through_wrapped_layers_as_through_the_layers():
         losses.append(m.evaluate(ids, labels, verbose=0))
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)  # the loss skips the padding
     assert losses[2] != pytest.approx(losses[0], rel=1e-3)  # as it does only with the mask
+
+
+@keras.saving.register_keras_serializable("test_wrapper")
+class _Block(keras.layers.Layer):
+    """A custom layer whose Dense sits one level down, as in a transformer block."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = keras.layers.Dense(8, name="inner")
+
+    def call(self, x):
+        return self.inner(x) + x
+
+
+def test_model_quantize_leaves_pruned_layers_in_float_and_says_why():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8,)), _Block(name="block"), keras.layers.Dense(4, name="head")]
+    )
+    pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.5, 0, frequency=1))
+    pruned.compile("adam", "mse")
+    x, y = np.random.default_rng(0).random((16, 8), dtype=np.float32), np.zeros((16, 4))
+    pruned.fit(x, y, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
+    expected = pruned.predict(x, verbose=0)
+    with pytest.warns(UserWarning) as caught:
+        pruned.quantize("int8")
+    messages = {str(w.message) for w in caught if "stays in float" in str(w.message)}
+    assert messages == {
+        f"`{name}` is pruned (inside `prune_low_magnitude_{wrapped}`) and stays in float: "
+        "quantizing it would drop its pruning masks. Quantize the model after "
+        "`keras_prune.strip_pruning(model)`."
+        for name, wrapped in (("inner", "block"), ("head", "head"))
+    }
+    assert [w.path for w in pruned.weights if "scale" in w.path] == []
+    np.testing.assert_array_equal(pruned.predict(x, verbose=0), expected)
+    stripped = keras_prune.strip_pruning(pruned)
+    stripped.quantize("int8")  # after strip_pruning, Keras quantizes every kernel
+    assert {w.path.split("/")[-2] for w in stripped.weights if "kernel_scale" in w.path} == {
+        "inner",
+        "head",
+    }
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), expected, atol=0.05)
+
+
+def test_pruning_a_pruned_model_on_a_new_schedule_warns_that_its_layers_keep_theirs():
+    model = dense_model(ConstantSparsity(0.75, 0))
+    pruned = keras_prune.prune_low_magnitude(model, ConstantSparsity(0.75, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        keras_prune.prune_low_magnitude(pruned, ConstantSparsity(0.75, 0))  # the same: no word
+    with pytest.warns(
+        UserWarning,
+        match=r"layers pruned before \(`prune_low_magnitude_.*"
+        r"keep their own schedule \(ConstantSparsity\(target_sparsity=0.75",
+    ):
+        again = keras_prune.prune_low_magnitude(pruned, ConstantSparsity(0.5, 0))
+    assert {w.pruning_schedule.target_sparsity for w in keras_prune.pruned_layers(again)} == {0.75}
