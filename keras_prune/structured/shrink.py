@@ -31,7 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_prune import _keras, _validation, model_class
+from keras_prune import _keras, _validation, model_class, registry
 from keras_prune._layer_copy import copy_layer, copy_weights
 from keras_prune.structured import blocks
 from keras_prune.structured import importance as importance_lib
@@ -111,6 +111,14 @@ def shrink(
                 f"`sparsity`, `importance`, `round_to` and `global_pruning` must be left out; "
                 f"got sparsity={sparsity!r}, importance={importance!r}, round_to={round_to!r}, "
                 f"global_pruning={global_pruning!r}."
+            )
+        quantized = registry.quantized_layers(model)
+        if quantized:
+            names = ", ".join(f"`{q.name}` ({q.quantization_mode})" for q in quantized[:3])
+            raise ValueError(
+                f"`model` was quantized after prune_channels ({names}): shrink cuts float "
+                "weights, so shrink the masked model first, then `model.quantize` the "
+                "shrunk one."
             )
         return _shrink_masked(model, masks)
     if sparsity is None:

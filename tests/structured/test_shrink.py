@@ -494,6 +494,16 @@ def test_a_model_pruned_by_weights_must_be_stripped_first():
         shrink(pruned, 0.5)
 
 
+def test_a_channel_masked_model_quantized_before_shrink_is_refused_whole():
+    import keras_prune
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(8, name="hidden"), L.Dense(2)])
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
+    masked.quantize("int8")
+    with pytest.raises(ValueError, match=r"quantized after prune_channels \(`hidden` \(int8\)"):
+        shrink(masked)
+
+
 def test_layers_it_cannot_shrink_are_left_whole_with_a_warning():
     x = keras.Input((6, 4))
     a = L.Dense(8, name="a")(x)
