@@ -17,7 +17,8 @@ Everything else in keras_prune is `keras.ops`. Three things are not in it:
   plain TensorFlow graph on a CPU calls numpy too (`tf.numpy_function`).
 * Keeping the mask update out of `torch.compile` (`eager`).
 * The LiteRT converter's options (`tf.lite.Optimize`), for
-  `convert_for_runtime`: Keras's `model.export` takes them as they are.
+  `convert_for_runtime`: Keras's `model.export` takes them as they are;
+  and a tf2onnx handler for one TensorFlow op it lacks (`Erfc`, GELU's).
 * Fusion. Keras compiles a TensorFlow train step on a CPU as a plain graph
   (`jit_compile="auto"` means no XLA there), which runs every op of the
   radix select as its own weight-sized kernel. Compiling just the mask
@@ -314,6 +315,7 @@ def convert_for_runtime(model: keras.Model, path: str, fmt: str, quantize: str |
     quantization) or float16 weights.
     """
     if fmt == "onnx":
+        _register_erfc()
         model.export(path, format="onnx", verbose=False)
         return
     import tensorflow as tf
@@ -325,3 +327,29 @@ def convert_for_runtime(model: keras.Model, path: str, fmt: str, quantize: str |
     if quantize == "float16":
         options["target_spec"] = {"supported_types": [tf.float16]}
     model.export(path, format="litert", verbose=False, optimizations=optimizations, **options)
+
+
+def _register_erfc() -> None:
+    """Teaches tf2onnx TensorFlow's `Erfc`, which Keras's exact GELU (`gelu`'s
+    default, `approximate=False`: BERT, ViT) computes with on TensorFlow.
+
+    tf2onnx 1.17 has no handler for it and writes the op as it is, which is
+    no ONNX op: ONNX Runtime refuses the file ("No Op registered for Erfc").
+    As ONNX's `Erf` then `1 - erf(x)`; registering again replaces the handler.
+    """
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:  # Erf: opset 9
+            node.type = "Erf"
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype))
+            ctx.insert_new_node_on_output(
+                "Sub",
+                node.output[0],
+                inputs=[one.output[0], node.output[0]],
+                name=utils.make_name(f"{node.name}_erfc"),
+            )

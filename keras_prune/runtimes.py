@@ -131,6 +131,8 @@ def export(
         lacking = missing(suffix)
         if lacking:
             raise ImportError(f"Writing a {suffix} file needs {lacking}")
+        if keras.backend.backend() != "tensorflow":
+            _check_importable(model)
     if channel_masks(model):  # from prune_channels: the file holds the smaller layers
         model = shrink(model)
     if suffix == ".kps":
@@ -306,6 +308,26 @@ def _layer_modules(model: keras.Model) -> list[str]:
         for module in modules
         if module.split(".")[0] not in ("keras", "keras_hub", "keras_prune", "__main__")
     )
+
+
+def _check_importable(model: keras.Model) -> None:
+    """Refuses layer classes that the TensorFlow process converting the model cannot
+    import: those defined in `__main__` (the script being run, a notebook)."""
+    local = sorted(
+        {
+            type(layer).__name__
+            for layer in _keras.flatten_layers(model, include_self=True)
+            if type(layer).__module__ == "__main__"
+        }
+    )
+    if local:
+        raise ValueError(
+            f"`model` has layers whose classes are defined in `__main__` (the script or "
+            f"notebook you run): {', '.join(local)}. On {keras.backend.backend()} a TensorFlow "
+            "process converts the model and cannot import them: define them in a module it "
+            "can import, registered with keras.saving.register_keras_serializable, or export "
+            "on the TensorFlow backend."
+        )
 
 
 def _unimportable_hint(message: str) -> str:

@@ -52,7 +52,8 @@ def pruned_cnn():
             keras.layers.Conv2D(8, 3, activation="relu"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
-            keras.layers.Dense(16, activation="relu"),
+            # Exact GELU (BERT's, ViT's) is TensorFlow's Erfc op, which tf2onnx lacks.
+            keras.layers.Dense(16, activation="gelu"),
             keras.layers.Dense(4),
         ]
     )
@@ -334,7 +335,5 @@ def test_a_model_with_your_own_layers_exports_from_any_backend(tmp_path, monkeyp
 
     InMain.__module__ = "__main__"
     model = keras.Model(inputs, InMain(name="in_main")(inputs))
-    with pytest.raises(
-        ValueError, match="could not find `.*InMain`: define your layers in a module"
-    ):
+    with pytest.raises(ValueError, match="defined in `__main__` .*: InMain. On (jax|torch) a"):
         keras_prune.export(model, tmp_path / "main.onnx")
