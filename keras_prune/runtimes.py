@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -89,7 +90,8 @@ def export(
         path: the file to write: `.kps`, `.tflite` or `.onnx`.
         quantize: None, or "int8" (`.kps`, `.tflite`) or "float16"
             (`.tflite`): the weights' storage. Zeros stay exact zeros.
-        check_inputs: inputs (an array, or a list for several model inputs)
+        check_inputs: inputs (an array; for several model inputs a list in
+            their order or a dict by input name, as `predict` takes them)
             on which a `.tflite` or `.onnx` file must predict what the Keras
             model predicts. Default: 4 samples drawn uniformly from [0, 1)
             (0 or 1 for integer inputs), which needs every input dimension
@@ -140,12 +142,12 @@ def export(
     if any(True for _ in pruned_layers(model)):
         model = strip_pruning(model)
     inputs = _inputs(model, check_inputs)
-    outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
+    outputs = model(_structured(model, inputs), training=False)
     expected = [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(outputs)]
     with tempfile.TemporaryDirectory() as scratch, _files.atomic_path(path, suffix) as temporary:
         _convert(model, temporary, suffix, quantize, inputs, scratch)
         try:
-            outputs = _run(temporary, suffix, inputs, os.path.basename(path))
+            outputs = _run(temporary, suffix, inputs, os.path.basename(path), _input_names(model))
         except Exception as error:  # the runtime refused the file (ONNX Runtime's own classes)
             flex = _flex_ops(temporary) if "Select TensorFlow op" in str(error) else []
             located = str(error) + "".join(f" {name}/" for _, name in flex)
@@ -193,7 +195,9 @@ def missing(suffix: str) -> str | None:
 def run(path: str | os.PathLike, inputs: Any) -> list[np.ndarray]:
     """The outputs of the `.tflite` or `.onnx` file `path` on `inputs`, by its own runtime.
 
-    `inputs` is an array, or a list of arrays for several model inputs.
+    `inputs` is an array, or for a file with several inputs a dict of
+    arrays by its input names (the Keras model's input names; files do not
+    keep the order of the model's inputs).
     LiteRT runs the file with its builtin kernels, which run every file
     `export` writes (XNNPack refuses sparse int8 ones).
 
@@ -205,8 +209,13 @@ def run(path: str | os.PathLike, inputs: Any) -> list[np.ndarray]:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in _RUNTIME:
         raise ValueError(f"`path` must end in .tflite or .onnx; got {path!r}.")
-    arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    arrays = [np.asarray(x) for x in arrays]
+    if isinstance(inputs, dict):
+        arrays: list[np.ndarray] | dict[str, np.ndarray] = {
+            str(k): np.asarray(x) for k, x in inputs.items()
+        }
+    else:
+        arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        arrays = [np.asarray(x) for x in arrays]
     if suffix == ".onnx":
         return _run(path, suffix, arrays, os.path.basename(path))
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -238,12 +247,26 @@ def _inputs(model: keras.Model, check_inputs: Any) -> list[np.ndarray]:
             else:
                 arrays.append(rng.random(shape).astype(spec.dtype))
         return arrays
+    if isinstance(check_inputs, dict):  # as `predict` takes them: by input name
+        names = [spec.name for spec in specs]
+        if sorted(check_inputs) != sorted(names):
+            raise ValueError(
+                f"`check_inputs` as a dict must have the model's input names {sorted(names)} "
+                f"as keys; got {sorted(map(str, check_inputs))}."
+            )
+        check_inputs = [check_inputs[name] for name in names]
     given = list(check_inputs) if isinstance(check_inputs, (list, tuple)) else [check_inputs]
     if len(given) != len(specs):
         raise ValueError(
             f"`check_inputs` must give one array per model input ({len(specs)}); got {len(given)}."
         )
     return [np.asarray(x, dtype=spec.dtype) for x, spec in zip(given, specs)]
+
+
+def _structured(model: keras.Model, inputs: list[np.ndarray]) -> Any:
+    """`inputs`, one array per model input, as the model takes them: a list, or a dict
+    by input name (KerasHub's); `model.input` exists on a Sequential once called."""
+    return inputs[0] if len(inputs) == 1 else keras.tree.pack_sequence_as(model.input, inputs)
 
 
 def _convert(
@@ -291,10 +314,13 @@ def _convert(
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        # The child's exception, from its "SomeError: ..." line (Keras's run over several).
+        raised = [i for i, line in enumerate(lines) if re.match(r"[\w.]+(Error|Exception): ", line)]
+        shown = lines[raised[-1] : raised[-1] + 3] if raised else lines[-3:]
         raise ValueError(
             f"TensorFlow could not convert the model to {suffix} "
-            f"({_named_layers(model, done.stderr)}): {' | '.join(lines[-3:])}"
+            f"({_named_layers(model, done.stderr)}): {' | '.join(shown)}"
             f"{_unimportable_hint(done.stderr)}"
         )
 
@@ -429,18 +455,64 @@ def _named_in(layer: keras.layers.Layer, message: str) -> bool:
     return re.search(rf"(^|[/\"' ]){re.escape(layer.name)}(_\d+)?/", message) is not None
 
 
-def _run(path: str, suffix: str, inputs: list[np.ndarray], name: str) -> list[np.ndarray]:
-    """The file's predictions on `inputs`, by its own runtime."""
+Inputs = list[np.ndarray] | dict[str, np.ndarray]
+
+
+def _input_names(model: keras.Model) -> list[list[str]]:
+    """The names a file written from `model` may give its inputs, in the model's order:
+    its input tensors' (converted here), or its input layers' (converted in a
+    TensorFlow process that loaded the model: an unnamed `keras.Input` is
+    "keras_tensor_3" here, "input_layer_3" there)."""
+    tensors = [spec.name for spec in model.inputs]
+    layers = {
+        id(layer.output): layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.layers.InputLayer)
+    }
+    return [tensors, [layers.get(id(spec), spec.name) for spec in model.inputs]]
+
+
+def _feed(
+    names: list[str], inputs: Inputs, candidates: Sequence[list[str]] = ()
+) -> dict[str, np.ndarray]:
+    """`inputs` by the file's input `names`: a dict by its keys; a list by the first of
+    `candidates` (the model's input names, in the model's order) that the file has,
+    else in the file's order. A file orders its inputs as it likes (LiteRT: not as
+    the model), so only names pair several inputs safely."""
+    if not isinstance(inputs, dict):
+        for candidate in candidates:
+            if sorted(candidate) == sorted(names) and len(set(candidate)) == len(candidate):
+                return dict(zip(candidate, inputs))
+        if len(names) > 1 and not candidates:
+            raise ValueError(
+                f"`inputs` must be a dict for a file with several inputs, by their names "
+                f"{sorted(names)}: a file does not keep the order of the model's inputs."
+            )
+        if len(inputs) != len(names):
+            raise ValueError(f"`inputs` must give {len(names)} arrays; got {len(inputs)}.")
+        return dict(zip(names, inputs))
+    if sorted(inputs) != sorted(names):
+        raise ValueError(
+            f"`inputs` as a dict must have the file's input names {sorted(names)} as keys; "
+            f"got {sorted(inputs)}."
+        )
+    return inputs
+
+
+def _run(
+    path: str, suffix: str, inputs: Inputs, name: str, candidates: Sequence[list[str]] = ()
+) -> list[np.ndarray]:
+    """The file's predictions on `inputs`, by its own runtime (see `_feed`)."""
     if suffix == ".onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         names = [node.name for node in session.get_inputs()]
-        return list(session.run(None, dict(zip(names, inputs))))
+        return list(session.run(None, _feed(names, inputs, candidates)))
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     try:
-        return _run_litert(Interpreter(model_path=path), inputs)
+        return _run_litert(Interpreter(model_path=path), inputs, candidates)
     except RuntimeError as error:  # XNNPack, LiteRT's default CPU delegate, refused a kernel
         outputs = _run_litert(
             Interpreter(
@@ -448,6 +520,7 @@ def _run(path: str, suffix: str, inputs: list[np.ndarray], name: str) -> list[np
                 experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             ),
             inputs,
+            candidates,
         )
         warnings.warn(
             f"{name}: LiteRT's default XNNPack delegate cannot run this file "
@@ -459,12 +532,23 @@ def _run(path: str, suffix: str, inputs: list[np.ndarray], name: str) -> list[np
         return outputs
 
 
-def _run_litert(interpreter: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+def _run_litert(
+    interpreter: Any, inputs: Inputs, candidates: Sequence[list[str]] = ()
+) -> list[np.ndarray]:
     runner = interpreter.get_signature_runner()
-    names = list(runner.get_input_details())
-    outputs = runner(**dict(zip(names, inputs)))
-    # Keras names the outputs output_0, output_1, ...: in the model's order.
-    return [outputs[name] for name in sorted(outputs, key=lambda n: int(n.rsplit("_", 1)[-1]))]
+    # The signature's inputs by name, in the order of the graph's inputs.
+    order = [detail["index"] for detail in interpreter.get_input_details()]
+    details = runner.get_input_details()
+    names = sorted(details, key=lambda name: order.index(details[name]["index"]))
+    outputs = runner(**_feed(names, inputs, candidates))
+    return [outputs[name] for name in sorted(outputs, key=_output_order)]
+
+
+def _output_order(name: str) -> tuple[int, str]:
+    """Keras names a model's outputs output_0, output_1, ... (in the model's order), or
+    by the keys of a dict of outputs (KerasHub's), which `keras.tree` flattens sorted."""
+    number = name.removeprefix("output_")
+    return (int(number), "") if number.isdigit() else (-1, name)
 
 
 def _compare(
@@ -476,10 +560,15 @@ def _compare(
             "nothing was written."
         )
     for index, (want, got) in enumerate(zip(expected, outputs)):
+        if got.shape != want.shape:
+            raise ValueError(
+                f"the {suffix} file's output {index} has shape {got.shape}, the Keras "
+                f"model's {want.shape}; nothing was written."
+            )
         scale = float(np.max(np.abs(want))) if want.size else 0.0
         allowed = TOLERANCE[quantize] * max(scale, 1e-6)
         error = float(np.max(np.abs(np.asarray(got, "float64") - want))) if want.size else 0.0
-        if got.shape != want.shape or not error <= allowed:
+        if not error <= allowed:
             raise ValueError(
                 f"the {suffix} file (quantize={quantize!r}) predicts output {index} differently "
                 f"from the Keras model: max |difference| {error:.3g}, allowed {allowed:.3g} "
@@ -495,7 +584,7 @@ def _main(argv: list[str]) -> None:
     model = keras.saving.load_model(saved, compile=False)
     with np.load(arrays) as data:
         inputs = [data[f"arr_{i}"] for i in range(len(data.files))]
-    model(inputs[0] if len(inputs) == 1 else inputs)  # Keras exports called models only
+    model(_structured(model, inputs))  # Keras exports called models only
     with contextlib.redirect_stdout(sys.stderr):
         _backend.convert_for_runtime(model, path, fmt, None if quantize == "None" else quantize)
 

@@ -137,6 +137,60 @@ def test_a_channel_pruned_model_is_written_without_its_removed_channels(tmp_path
         assert os.path.getsize(tmp_path / "m.tflite") < 0.3 * 4 * model.count_params()
 
 
+def _several_inputs():
+    """Inputs of three widths, named out of order and unnamed (LiteRT orders a file's
+    inputs as it likes), and a dict-input model with dict outputs (KerasHub's form)."""
+    zeta, alpha, unnamed = (
+        keras.Input((4,), name="zeta"),
+        keras.Input((3,), name="alpha"),
+        keras.Input((2,)),
+    )
+    joined = keras.layers.Concatenate()(
+        [keras.layers.Dense(5)(zeta), keras.layers.Dense(5)(alpha), unnamed]
+    )
+    listed = keras.Model(
+        [zeta, alpha, unnamed], [keras.layers.Dense(2)(joined), keras.layers.Dense(1)(joined)]
+    )
+    keyed = keras.Model(
+        {"zeta": zeta, "alpha": alpha},
+        {
+            "z": keras.layers.Dense(2)(keras.layers.Concatenate()([zeta, alpha])),
+            "a": keras.layers.Dense(3)(alpha),
+        },
+    )
+    return listed, keyed
+
+
+@pytest.mark.slow
+def test_a_model_with_several_inputs_is_fed_by_name(tmp_path):
+    keras.utils.set_random_seed(0)
+    listed, keyed = _several_inputs()
+    rng = np.random.default_rng(0)
+    x = [rng.random((3, n), dtype=np.float32) for n in (4, 3, 2)]
+    for suffix in (".tflite", ".onnx") if ON_TENSORFLOW else (".tflite",):
+        keras_prune.export(listed, tmp_path / f"listed{suffix}", check_inputs=x)
+        names = [spec.name for spec in listed.inputs]
+        if not ON_TENSORFLOW:  # the converting process names an unnamed input by its layer
+            (names[2],) = [
+                layer.name
+                for layer in listed.layers
+                if isinstance(layer, keras.layers.InputLayer) and layer.name not in names
+            ]
+        got = runtimes.run(tmp_path / f"listed{suffix}", dict(zip(names, x)))
+        for mine, theirs in zip(got, listed.predict(x, verbose=0)):
+            np.testing.assert_allclose(mine, theirs, atol=1e-5)
+        with pytest.raises(ValueError, match="`inputs` must be a dict for a file with several"):
+            runtimes.run(tmp_path / f"listed{suffix}", x)
+        keyed_x = {"zeta": x[0], "alpha": x[1]}  # as `predict` takes them
+        assert keras_prune.export(keyed, tmp_path / f"keyed{suffix}", check_inputs=keyed_x) > 0
+        got = runtimes.run(tmp_path / f"keyed{suffix}", keyed_x)
+        expected = keyed.predict(keyed_x, verbose=0)  # {"a", "z"}: sorted, as the file's
+        for mine, theirs in zip(got, [expected["a"], expected["z"]]):
+            np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    with pytest.raises(ValueError, match=r"must have the model's input names \['alpha', 'zeta'\]"):
+        keras_prune.export(keyed, tmp_path / "bad.onnx", check_inputs={"zeta": x[0]})
+
+
 @pytest.mark.skipif(not ON_TENSORFLOW, reason="int8 .tflite files are written on TensorFlow here")
 def test_int8_names_the_kernels_that_litert_keeps_in_float32(tmp_path):
     small, large = runtimes.LITERT_INT8_MIN_ENTRIES - 32, runtimes.LITERT_INT8_MIN_ENTRIES + 30
