@@ -17,8 +17,10 @@ Everything else in keras_prune is `keras.ops`. Three things are not in it:
   plain TensorFlow graph on a CPU calls numpy too (`tf.numpy_function`).
 * Keeping the mask update out of `torch.compile` (`eager`).
 * The LiteRT converter's options (`tf.lite.Optimize`), for
-  `convert_for_runtime`: Keras's `model.export` takes them as they are;
-  and a tf2onnx handler for one TensorFlow op it lacks (`Erfc`, GELU's).
+  `convert_for_runtime`: Keras's `model.export` takes them as they are.
+  The ONNX file is written with tf2onnx here, not through `model.export`,
+  whose tf2onnx call turns a model's constant tensors into file inputs;
+  with a tf2onnx handler for one TensorFlow op it lacks (`Erfc`, GELU's).
 * Fusion. Keras compiles a TensorFlow train step on a CPU as a plain graph
   (`jit_compile="auto"` means no XLA there), which runs every op of the
   radix select as its own weight-sized kernel. Compiling just the mask
@@ -309,14 +311,14 @@ def fused(fn: Callable[..., Any], min_size: int = 2**16) -> Callable[..., Any]:
 def convert_for_runtime(model: keras.Model, path: str, fmt: str, quantize: str | None) -> None:
     """Writes `model` as a LiteRT ("tflite") or ONNX ("onnx") file; TensorFlow backend only.
 
-    Both go through `keras.Model.export`. LiteRT gets the converter's
-    options by name (`tf.lite.Optimize`, the one part not in Keras):
-    sparse weight encoding always, plus int8 weights (dynamic-range
-    quantization) or float16 weights.
+    LiteRT goes through `keras.Model.export`, with the converter's options
+    by name (`tf.lite.Optimize`, the one part not in Keras): sparse weight
+    encoding always, plus int8 weights (dynamic-range quantization) or
+    float16 weights. ONNX: `_write_onnx` (tf2onnx must be patched for NumPy
+    2 first, as Keras does: `_keras.patch_tf2onnx`).
     """
     if fmt == "onnx":
-        _register_erfc()
-        model.export(path, format="onnx", verbose=False)
+        _write_onnx(model, path)
         return
     import tensorflow as tf
 
@@ -327,6 +329,42 @@ def convert_for_runtime(model: keras.Model, path: str, fmt: str, quantize: str |
     if quantize == "float16":
         options["target_spec"] = {"supported_types": [tf.float16]}
     model.export(path, format="litert", verbose=False, optimizations=optimizations, **options)
+
+
+def _write_onnx(model: keras.Model, path: str) -> None:
+    """Writes `model` as an ONNX file with tf2onnx, inputs named as the model's.
+
+    As `keras.Model.export(format="onnx")` does, but tf2onnx's
+    `from_function` (1.17), which Keras calls, takes every input of the
+    traced function for a model input, also the constant tensors the
+    model captures (`x * ops.sqrt(d)` in a functional graph, KerasHub's
+    Gemma and ViT): the file then asks for them as inputs. Here only the
+    model's own inputs are; the captured tensors are frozen as constants.
+    """
+    import tensorflow as tf
+    import tf2onnx
+    from tf2onnx import tf_loader
+
+    _register_erfc()
+    specs = [tf.TensorSpec(spec.shape, spec.dtype, name=spec.name) for spec in model.inputs]
+
+    def serve(*arrays: Any) -> Any:
+        inputs = arrays[0] if len(arrays) == 1 else keras.tree.pack_sequence_as(model.input, arrays)
+        return model(inputs, training=False)
+
+    function = tf.function(serve).get_concrete_function(*specs)
+    own = len(function.inputs) - len(function.captured_inputs)  # captures come last
+    inputs = [tensor.name for tensor in function.inputs[:own]]
+    outputs = [tensor.name for tensor in function.outputs]
+    with tf.device("/cpu:0"):
+        frozen = tf_loader.from_function(function, inputs, outputs)
+        tf2onnx.convert.from_graph_def(
+            frozen,
+            input_names=inputs,
+            output_names=outputs,
+            tensors_to_rename={tensor: spec.name for tensor, spec in zip(inputs, specs)},
+            output_path=path,
+        )
 
 
 def _register_erfc() -> None:

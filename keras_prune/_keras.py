@@ -331,3 +331,12 @@ def is_scaled_sum(layer: Any) -> bool:
         "keras.src.applications.inception_resnet_v2",
         "CustomScaleLayer",
     )
+
+
+def patch_tf2onnx() -> None:
+    """Makes tf2onnx 1.17 work with NumPy 2, as Keras's own ONNX export does before
+    calling it (`keras.src.export.tf2onnx_lib.patch_tf2onnx`, 3.8; cached, so once):
+    keras_prune calls tf2onnx itself (`_backend._write_onnx`)."""
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx as patch
+
+    patch()

@@ -154,7 +154,7 @@ def export(
             raise ValueError(
                 f"the written {suffix} file does not run in {_PIP[_RUNTIME[suffix]]} "
                 f"({_named_layers(model, located)}): {_first_line(error)}; nothing was "
-                f"written.{_flex_hint(model, flex)}{_augmentation_hint(model, located)}"
+                f"written.{_flex_hint(model, flex)}"
             ) from error
         _compare(expected, outputs, quantize, suffix)
     if suffix == ".tflite" and quantize == "int8":
@@ -281,6 +281,8 @@ def _convert(
     fmt = suffix[1:]
     if keras.backend.backend() == "tensorflow":
         try:
+            if fmt == "onnx":
+                _keras.patch_tf2onnx()
             _backend.convert_for_runtime(model, path, fmt, quantize)
         except Exception as error:  # the converters raise their own types (ConverterError, ...)
             raise ValueError(
@@ -423,23 +425,6 @@ def _flex_hint(model: keras.Model, flex: list[tuple[str, str]]) -> str:
     )
 
 
-def _augmentation_hint(model: keras.Model, message: str) -> str:
-    """Why a random augmentation layer the runtime names is in the file at all."""
-    named = [
-        layer
-        for layer in _keras.flatten_layers(model)  # also inside a nested Sequential (keras.io's)
-        if type(layer).__name__.startswith("Random") and _named_in(layer, message)
-    ]
-    if not named:
-        return ""
-    layers = ", ".join(f"`{layer.name}` ({type(layer).__name__})" for layer in named)
-    return (
-        f" Random augmentation layers ({layers}) do nothing at inference, but the exported"
-        " graph keeps their random ops: export the model without them (a keras.Model from"
-        " the input of the layer after them)."
-    )
-
-
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
@@ -487,6 +472,13 @@ def _feed(
             raise ValueError(
                 f"`inputs` must be a dict for a file with several inputs, by their names "
                 f"{sorted(names)}: a file does not keep the order of the model's inputs."
+            )
+        if len(inputs) != len(names) and candidates:  # from `export`
+            known = {name for candidate in candidates for name in candidate}
+            extra = ", ".join(name for name in names if name not in known)
+            raise ValueError(
+                f"the file has {len(names)} inputs, the model {len(inputs)}: the converter "
+                f"made inputs of values it did not fold into constants ({extra})"
             )
         if len(inputs) != len(names):
             raise ValueError(f"`inputs` must give {len(names)} arrays; got {len(inputs)}.")
@@ -585,6 +577,8 @@ def _main(argv: list[str]) -> None:
     with np.load(arrays) as data:
         inputs = [data[f"arr_{i}"] for i in range(len(data.files))]
     model(_structured(model, inputs))  # Keras exports called models only
+    if fmt == "onnx":
+        _keras.patch_tf2onnx()
     with contextlib.redirect_stdout(sys.stderr):
         _backend.convert_for_runtime(model, path, fmt, None if quantize == "None" else quantize)
 

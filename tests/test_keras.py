@@ -239,3 +239,9 @@ def test_is_scaled_sum_knows_inception_resnets_residual_layer():
     found = [layer for layer in model.layers if _keras.is_scaled_sum(layer)]
     assert len(found) == 40  # 10 + 20 + 10 residual blocks
     assert not _keras.is_scaled_sum(keras.layers.Add())
+
+
+def test_patch_tf2onnx_gives_numpy_2_the_names_tf2onnx_reads():
+    pytest.importorskip("tf2onnx")
+    _keras.patch_tf2onnx()
+    assert np.object is object  # tf2onnx 1.17 reads np.object, gone in NumPy 2
