@@ -356,15 +356,21 @@ def _write_onnx(model: keras.Model, path: str) -> None:
     own = len(function.inputs) - len(function.captured_inputs)  # captures come last
     inputs = [tensor.name for tensor in function.inputs[:own]]
     outputs = [tensor.name for tensor in function.outputs]
-    with tf.device("/cpu:0"):
-        frozen = tf_loader.from_function(function, inputs, outputs)
-        tf2onnx.convert.from_graph_def(
-            frozen,
-            input_names=inputs,
-            output_names=outputs,
-            tensors_to_rename={tensor: spec.name for tensor, spec in zip(inputs, specs)},
-            output_path=path,
-        )
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # tf2onnx's freezing logs TF1 deprecations for the user
+    try:
+        with tf.device("/cpu:0"):
+            frozen = tf_loader.from_function(function, inputs, outputs)
+            tf2onnx.convert.from_graph_def(
+                frozen,
+                input_names=inputs,
+                output_names=outputs,
+                tensors_to_rename={tensor: spec.name for tensor, spec in zip(inputs, specs)},
+                output_path=path,
+            )
+    finally:
+        logger.setLevel(level)
 
 
 def _register_erfc() -> None:

@@ -343,7 +343,7 @@ def test_tensorflow_ops_left_in_a_litert_file_are_named_with_their_layers(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.skipif(not ON_TENSORFLOW, reason="in-process conversion keeps this test quick")
-def test_random_augmentation_layers_export_as_what_they_do_at_inference(tmp_path):
+def test_random_augmentation_layers_export_as_what_they_do_at_inference(tmp_path, caplog):
     # keras.io's "image classification from scratch" puts them in a Sequential of their
     # own; through Keras's own ONNX export, ONNX Runtime refused their random ops.
     augment = keras.Sequential(
@@ -357,6 +357,8 @@ def test_random_augmentation_layers_export_as_what_they_do_at_inference(tmp_path
     np.testing.assert_allclose(
         run_onnx(tmp_path / "m.onnx", x), model.predict(x, verbose=0), atol=1e-5
     )
+    # tf2onnx's freezing logs TensorFlow 1 deprecations; the user is not told of them.
+    assert [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()] == []
 
 
 LAYERS_MODULE = """
