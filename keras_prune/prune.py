@@ -144,6 +144,10 @@ def _recreate(model: keras.Model) -> keras.Model:
                 "build it with `model.build(input_shape)` or by calling it on data."
             )
         clone.build_from_config(build_config)
+        # Keras's `Model.build_from_config` builds a subclassed model's layers by
+        # running its call on symbolic inputs but leaves the model unbuilt (3.15):
+        # `count_params`, `quantize` and `export` would refuse the copy.
+        clone.built = all(layer.built for layer in _keras.flatten_layers(clone))
     return clone
 
 

@@ -80,6 +80,9 @@ def test_subclassed_model_is_pruned_as_a_new_instance_with_its_weights():
     assert [mask_zero_fraction(w) for w in kp.pruned_layers(pruned)] == [[0.75]] * 3
     stripped = kp.strip_pruning(pruned)
     assert type(stripped) is Blocks and not list(kp.pruned_layers(stripped))
+    # Built, as the original was: count_params, quantize and export need it.
+    assert pruned.built and stripped.built
+    assert stripped.count_params() == model.count_params()
     np.testing.assert_allclose(
         ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(pruned(x)), atol=1e-6
     )
