@@ -210,10 +210,10 @@ def _transform_subclassed(model: keras.Model, transform: Transform) -> keras.Mod
         if isinstance(original, keras.Model):
             new = transform(original, original)
         else:
-            if original.built:
-                if isinstance(original, PruneLowMagnitude) and not isinstance(
-                    layer, PruneLowMagnitude
-                ):
+            # A wrapper of a built layer has its weights before its first call (built).
+            wrapped = isinstance(original, PruneLowMagnitude)
+            if (original.layer if wrapped else original).built:
+                if wrapped and not isinstance(layer, PruneLowMagnitude):
                     copy_weights(original.layer, layer, _unwrapped_weights(original))
                 else:
                     copy_weights(original, layer)

@@ -88,6 +88,14 @@ def test_subclassed_model_is_pruned_as_a_new_instance_with_its_weights():
     )
 
 
+def test_a_subclassed_model_stripped_before_any_call_keeps_its_weights():
+    model = Blocks()
+    x = np.random.RandomState(0).rand(6, 4).astype("float32")
+    before = ops.convert_to_numpy(model(x))
+    pruned = kp.prune_low_magnitude(model, every_step(0.75))  # wrappers not called yet
+    np.testing.assert_allclose(ops.convert_to_numpy(kp.strip_pruning(pruned)(x)), before, atol=1e-6)
+
+
 def test_subclassed_model_without_training_argument_is_refused():
     class NoTraining(keras.Model):
         def __init__(self, **kwargs):
