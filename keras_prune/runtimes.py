@@ -86,7 +86,9 @@ def export(
     removed channels are not in the file.
 
     Args:
-        model: a built Sequential or Functional model, pruned or not.
+        model: a built model, pruned or not. A subclassed model (whose
+            config re-creates it) becomes a `.tflite` or `.onnx` file of one
+            input, shaped as `check_inputs` or as the input it was built on.
         path: the file to write: `.kps`, `.tflite` or `.onnx`.
         quantize: None, or "int8" (`.kps`, `.tflite`) or "float16"
             (`.tflite`): the weights' storage. Zeros stay exact zeros.
@@ -141,6 +143,8 @@ def export(
         return kps.export(model, path, quantize)
     if any(True for _ in pruned_layers(model)):
         model = strip_pruning(model)
+    if not _keras.has_graph(model):  # a subclassed model: the converters need its inputs
+        model = _with_inputs(model, check_inputs)
     inputs = _inputs(model, check_inputs)
     outputs = model(_structured(model, inputs), training=False)
     expected = [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(outputs)]
@@ -227,6 +231,32 @@ def run(path: str | os.PathLike, inputs: Any) -> list[np.ndarray]:
         ),
         arrays,
     )
+
+
+def _with_inputs(model: keras.Model, check_inputs: Any) -> keras.Model:
+    """A subclassed `model` as a Functional model of one input, shaped as `check_inputs`
+    or, without them, as the input `model` was built on (in its input dtype)."""
+    if check_inputs is not None:
+        if not hasattr(check_inputs, "shape"):
+            raise ValueError(
+                f"`check_inputs` for a subclassed model ({type(model).__name__}) must be one "
+                "array; for several inputs, export a Functional model that calls it."
+            )
+        array = np.asarray(check_inputs)
+        inputs = keras.Input(shape=array.shape[1:], dtype=str(array.dtype))
+    else:
+        shape = (model.get_build_config() or {}).get("input_shape")
+        if not (
+            isinstance(shape, (tuple, list))
+            and all(isinstance(d, (int, type(None))) for d in shape)
+        ):
+            raise ValueError(
+                f"`model` ({type(model).__name__}) is a subclassed model with no single input "
+                "shape to export it with: pass `check_inputs` (one array), or export a "
+                "Functional model that calls it (`keras.Model(inputs, model(inputs))`)."
+            )
+        inputs = keras.Input(shape=tuple(shape[1:]), dtype=model.input_dtype)
+    return keras.Model(inputs, model(inputs), name=model.name)
 
 
 def _inputs(model: keras.Model, check_inputs: Any) -> list[np.ndarray]:

@@ -373,6 +373,17 @@ class Block(keras.layers.Layer):
 
     def call(self, x):
         return self.dense(x) * 2.0
+
+
+@keras.saving.register_keras_serializable("{name}")
+class Net(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(2)
+
+    def call(self, x, training=None):
+        return self.out(self.hidden(x))
 """
 
 
@@ -392,6 +403,18 @@ def test_a_model_with_your_own_layers_exports_from_any_backend(tmp_path, monkeyp
     np.testing.assert_allclose(
         run_onnx(tmp_path / "own.onnx", x), model.predict(x, verbose=0), atol=1e-5
     )
+    # A subclassed model has no symbolic inputs: it is exported with the input it was
+    # built on, or with `check_inputs`' shape and dtype.
+    net = __import__(name).Net()
+    net(x)
+    pruned = keras_prune.prune_low_magnitude(net, keras_prune.ConstantSparsity(0.5, 0))
+    for check_inputs in (None, x) if ON_TENSORFLOW else (x,):
+        keras_prune.export(pruned, tmp_path / "net.tflite", check_inputs=check_inputs)
+        np.testing.assert_allclose(
+            run_litert(tmp_path / "net.tflite", x), pruned.predict(x, verbose=0), atol=1e-5
+        )
+    with pytest.raises(ValueError, match=r"`check_inputs` for a subclassed model \(Net\) must"):
+        keras_prune.export(pruned, tmp_path / "net.onnx", check_inputs=[x, x])
     if ON_TENSORFLOW:
         return
 
