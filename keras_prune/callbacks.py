@@ -48,6 +48,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         # The first pruning step of this run (a resumed model starts past 1).
         steps = [w.steps_seen() for w in wrappers]
         self._first_step = min(steps, default=0) + 1
+        self._checked = _keras.has_graph(self.model)  # a graph passes `training` on
         if not wrappers and not masks:
             warnings.warn(
                 "UpdatePruningStep: the model has no PruneLowMagnitude or ChannelMask layers; "
@@ -57,11 +58,29 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 stacklevel=2,
             )
         elif not _keras.has_graph(self.model) and not _keras.fit_passes_training(self.model):
+            self._checked = True  # said now; the first batch would only repeat it
             warnings.warn(
                 f"UpdatePruningStep: {type(self.model).__name__}.call takes no `training` "
                 "argument, so `fit` calls it without training=True and the pruning layers "
                 "inside it see no training batch: nothing will be pruned. Give it "
                 "`call(self, x, training=None)` and pass it on, `layer(x, training=training)`.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # Once, after the run's first batch(es): a subclassed model whose pruning
+        # layers saw no training batch would otherwise train to the end unpruned.
+        if self._checked:
+            return
+        self._checked = True
+        wrappers = list(pruned_layers(self.model))
+        if wrappers and all(w.steps_seen() < self._first_step for w in wrappers):
+            warnings.warn(
+                "UpdatePruningStep: after the first training batch no pruning layer has "
+                f"seen a training batch, so nothing will be pruned: {type(self.model).__name__}"
+                ".call must pass `training` on to its layers, `layer(x, training=training)` "
+                "(Keras on JAX does not do it for you).",
                 UserWarning,
                 stacklevel=2,
             )

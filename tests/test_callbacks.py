@@ -203,6 +203,48 @@ class WithoutTraining(Subclassed):
         return self.out(self.hidden(x))
 
 
+class NotPassingTraining(Subclassed):
+    def call(self, x, training=None):  # declares `training` but keeps its layers out of it
+        return self.out(self.hidden(x, training=False))
+
+
+def test_a_model_whose_layers_see_no_training_batch_is_told_after_the_first_batch():
+    model = NotPassingTraining()
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    batches = []
+
+    class Batches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(batch)
+
+    with pytest.warns(UserWarning) as caught:
+        model.fit(
+            x,
+            np.ones((8, 1), "float32"),
+            batch_size=2,
+            epochs=2,
+            verbose=0,
+            callbacks=[keras_prune.UpdatePruningStep(), Batches()],
+        )
+    early = [w for w in caught if "after the first training batch" in str(w.message)]
+    assert len(early) == 1 and "NotPassingTraining.call must pass `training` on" in str(
+        early[0].message
+    )
+    assert model.hidden.steps_seen() == 0 and len(batches) == 8
+    with warnings.catch_warnings():  # a model that prunes: no word
+        warnings.simplefilter("error", UserWarning)
+        passing = Subclassed()
+        passing.compile("sgd", "mse")
+        passing.fit(
+            x,
+            np.ones((8, 1), "float32"),
+            epochs=2,
+            verbose=0,
+            callbacks=[keras_prune.UpdatePruningStep()],
+        )
+
+
 def test_callbacks_start_on_a_model_that_fit_builds(tmp_path):
     model = Subclassed()
     assert not model.built
@@ -232,6 +274,7 @@ def test_a_model_whose_call_takes_no_training_argument_is_told_why_nothing_prune
         model.fit(x, np.ones((8, 1), "float32"), verbose=0, callbacks=[update])
     messages = [str(w.message) for w in caught]
     assert any("saw no training batch in this run: a subclassed model's" in m for m in messages)
+    assert not any("after the first training batch" in m for m in messages)  # said before
     assert model.hidden.steps_seen() == 0  # what the first warning foretold
 
 
