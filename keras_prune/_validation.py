@@ -8,6 +8,7 @@ everywhere.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -105,3 +106,13 @@ def int_pair(value: Any, name: str) -> tuple[int, int]:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"`{name}` must be a pair of positive integers like (1, 1); got {value!r}.")
     return tuple(whole_number(v, name, minimum=1) for v in value)
+
+
+def first_few(names: Sequence[str], shown: int = 3) -> str:
+    """`names` joined for a message, the first `shown` of them, then how many more.
+
+    >>> first_few(["a", "b", "c", "d", "e"])
+    'a, b, c and 2 more'
+    """
+    listed = ", ".join(names[:shown])
+    return f"{listed} and {len(names) - shown} more" if len(names) > shown else listed

@@ -527,10 +527,11 @@ def _check_not_quantized(to_prune: Any) -> None:
         for layer in registry.quantized_layers(top)
     ]
     if quantized:
-        names = ", ".join(f"{layer.name!r} ({layer.quantization_mode})" for layer in quantized[:3])
-        more = f" and {len(quantized) - 3} more" if len(quantized) > 3 else ""
+        names = _validation.first_few(
+            [f"{layer.name!r} ({layer.quantization_mode})" for layer in quantized]
+        )
         raise ValueError(
-            f"`to_prune` holds quantized layers: {names}{more}. keras_prune prunes float "
+            f"`to_prune` holds quantized layers: {names}. keras_prune prunes float "
             "weights: prune the float model, `strip_pruning` it, then `model.quantize(...)`."
         )
 
@@ -701,16 +702,11 @@ def _wrapped_paths(model: keras.Model, path: tuple[int, ...] = ()) -> list[dict[
 
 def _warn_kept_schedules(model: keras.Model, schedule: PruningSchedule) -> None:
     """Warns that layers pruned before keep their schedule, not `schedule` (as in tfmot)."""
-    kept = [
-        layer
-        for layer in _keras.flatten_layers(model)
-        if isinstance(layer, PruneLowMagnitude) and layer.pruning_schedule != schedule
-    ]
+    kept = [layer for layer in pruned_layers(model) if layer.pruning_schedule != schedule]
     if kept:
-        names = ", ".join(f"`{layer.name}`" for layer in kept[:3])
-        more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+        names = _validation.first_few([f"`{layer.name}`" for layer in kept])
         warnings.warn(
-            f"`to_prune` has layers pruned before ({names}{more}), which keep their own "
+            f"`to_prune` has layers pruned before ({names}), which keep their own "
             f"schedule ({kept[0].pruning_schedule!r}), not `pruning_schedule` ({schedule!r}). "
             "To prune them on the new schedule, `strip_pruning` the model first (its zeros, "
             "the smallest weights, are pruned first).",

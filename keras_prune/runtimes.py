@@ -41,7 +41,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_prune import _backend, _files, _keras, kps
+from keras_prune import _backend, _files, _keras, _validation, kps
 from keras_prune.prune import pruned_layers, strip_pruning
 from keras_prune.structured.channel_mask import channel_masks
 from keras_prune.structured.shrink import shrink
@@ -173,9 +173,9 @@ def _warn_left_float(model: keras.Model, name: str) -> None:
     if not small:
         return
     prefix = f"{model.name}/"
-    listed = ", ".join(f"{w.path.removeprefix(prefix)} ({math.prod(w.shape)})" for w in small[:4])
-    if len(small) > 4:
-        listed += f" and {len(small) - 4} more"
+    listed = _validation.first_few(
+        [f"{w.path.removeprefix(prefix)} ({math.prod(w.shape)})" for w in small], shown=4
+    )
     stored = (
         "none of its kernels is int8: the file is as large as a float32 one"
         if len(small) == len(kernels)

@@ -114,7 +114,9 @@ def shrink(
             )
         quantized = registry.quantized_layers(model)
         if quantized:
-            names = ", ".join(f"`{q.name}` ({q.quantization_mode})" for q in quantized[:3])
+            names = _validation.first_few(
+                [f"`{q.name}` ({q.quantization_mode})" for q in quantized]
+            )
             raise ValueError(
                 f"`model` was quantized after prune_channels ({names}): shrink cuts float "
                 "weights, so shrink the masked model first, then `model.quantize` the "
