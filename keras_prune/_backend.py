@@ -331,6 +331,12 @@ def convert_for_runtime(model: keras.Model, path: str, fmt: str, quantize: str |
     model.export(path, format="litert", verbose=False, optimizations=optimizations, **options)
 
 
+def packed_inputs(model: keras.Model, inputs: list[Any]) -> Any:
+    """`inputs`, one tensor per model input, as the model takes them: a list, or a dict
+    by input name (KerasHub's); `model.input` exists on a Sequential once called."""
+    return inputs[0] if len(inputs) == 1 else keras.tree.pack_sequence_as(model.input, inputs)
+
+
 def _write_onnx(model: keras.Model, path: str) -> None:
     """Writes `model` as an ONNX file with tf2onnx, inputs named as the model's.
 
@@ -349,8 +355,7 @@ def _write_onnx(model: keras.Model, path: str) -> None:
     specs = [tf.TensorSpec(spec.shape, spec.dtype, name=spec.name) for spec in model.inputs]
 
     def serve(*arrays: Any) -> Any:
-        inputs = arrays[0] if len(arrays) == 1 else keras.tree.pack_sequence_as(model.input, arrays)
-        return model(inputs, training=False)
+        return model(packed_inputs(model, list(arrays)), training=False)
 
     function = tf.function(serve).get_concrete_function(*specs)
     own = len(function.inputs) - len(function.captured_inputs)  # captures come last

@@ -146,7 +146,7 @@ def export(
     if not _keras.has_graph(model):  # a subclassed model: the converters need its inputs
         model = _with_inputs(model, check_inputs)
     inputs = _inputs(model, check_inputs)
-    outputs = model(_structured(model, inputs), training=False)
+    outputs = model(_backend.packed_inputs(model, inputs), training=False)
     expected = [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(outputs)]
     with tempfile.TemporaryDirectory() as scratch, _files.atomic_path(path, suffix) as temporary:
         _convert(model, temporary, suffix, quantize, inputs, scratch)
@@ -291,12 +291,6 @@ def _inputs(model: keras.Model, check_inputs: Any) -> list[np.ndarray]:
             f"`check_inputs` must give one array per model input ({len(specs)}); got {len(given)}."
         )
     return [np.asarray(x, dtype=spec.dtype) for x, spec in zip(given, specs)]
-
-
-def _structured(model: keras.Model, inputs: list[np.ndarray]) -> Any:
-    """`inputs`, one array per model input, as the model takes them: a list, or a dict
-    by input name (KerasHub's); `model.input` exists on a Sequential once called."""
-    return inputs[0] if len(inputs) == 1 else keras.tree.pack_sequence_as(model.input, inputs)
 
 
 def _convert(
@@ -606,7 +600,7 @@ def _main(argv: list[str]) -> None:
     model = keras.saving.load_model(saved, compile=False)
     with np.load(arrays) as data:
         inputs = [data[f"arr_{i}"] for i in range(len(data.files))]
-    model(_structured(model, inputs))  # Keras exports called models only
+    model(_backend.packed_inputs(model, inputs))  # Keras exports called models only
     if fmt == "onnx":
         _keras.patch_tf2onnx()
     with contextlib.redirect_stdout(sys.stderr):
