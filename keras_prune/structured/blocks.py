@@ -130,7 +130,7 @@ def _config_units(known: FeedForward, layer: keras.layers.Layer) -> tuple[int, i
     return value // per_unit, per_unit
 
 
-def _last_axis(layer: keras.layers.Layer) -> bool:
+def acts_as_dense(layer: keras.layers.Layer) -> bool:
     """Whether `layer` is a Dense, or an EinsumDense that acts as one on the last axis
     (`...x,xy->...y`, its bias, if any, along `y`)."""
     if isinstance(layer, keras.layers.Dense):
@@ -161,7 +161,7 @@ def feed_forward(layer: keras.layers.Layer) -> FeedForwardLayers | None:
     found = {sub.name: sub for sub in _keras.flatten_layers(layer)}
     inner = tuple(found.get(name) for name in known.inner)
     outer = found.get(known.outer)
-    if not all(d is not None and _last_axis(d) for d in (*inner, outer)):
+    if not all(d is not None and acts_as_dense(d) for d in (*inner, outer)):
         return None
     units = inner[0].kernel.shape[1]
     if any(d.kernel.shape[1] != units for d in inner) or outer.kernel.shape[0] != units:

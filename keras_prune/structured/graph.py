@@ -6,7 +6,8 @@ batch normalisation, pooling, padding, activations and depthwise
 convolutions. `channel_groups` walks a Functional or Sequential model's
 graph and returns those sets: each `ChannelGroup` is a number of channels
 produced together by one or more layers (the producers: Conv, Dense,
-SeparableConv), whose channel `c` is removed from all of them at once.
+an EinsumDense acting as one, SeparableConv), whose channel `c` is
+removed from all of them at once.
 The heads of a `MultiHeadAttention` are a group too: removing head `h`
 removes its query, key and value projections and its rows of the output
 projection. So are the feed-forward units of a KerasHub transformer block
@@ -59,7 +60,8 @@ L = keras.layers
 CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
 SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 TRANSPOSED = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-PRODUCERS = (*CONVOLUTIONS, *TRANSPOSED, *SEPARABLE, L.Dense)
+# An EinsumDense produces channels where it acts as a Dense (`blocks.acts_as_dense`).
+PRODUCERS = (*CONVOLUTIONS, *TRANSPOSED, *SEPARABLE, L.Dense, L.EinsumDense)
 DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 ACTIVATIONS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
 # Layers that act on each channel alone and keep 0 at 0.
@@ -590,13 +592,16 @@ class _Walk:
     def produce(self, layer: keras.layers.Layer, tensor: Any, layout: Layout):
         if not self.in_format(layer) or getattr(layer, "groups", 1) != 1:
             return None
-        if layout.repeat != 1 and not isinstance(layer, L.Dense):
+        dense = isinstance(layer, (L.Dense, L.EinsumDense))
+        if dense and not blocks.acts_as_dense(layer):
+            return None  # an EinsumDense that mixes other axes than the last
+        if layout.repeat != 1 and not dense:
             return None
-        if self.axis(tensor) != len(tensor.shape) - 1 and isinstance(layer, L.Dense):
+        if self.axis(tensor) != len(tensor.shape) - 1 and dense:
             return None  # a Dense layer reads the last axis, not the channels
         if self.size(layout) != self.channels(tensor):
             return None
-        units = layer.units if isinstance(layer, L.Dense) else layer.filters
+        units = int(layer.kernel.shape[-1]) if dense else layer.filters
         reason = _cannot_cut(layer)
         if reason:  # a producer still: `channel_groups` and the error name it with the reason
             self.freeze(layout, reason)

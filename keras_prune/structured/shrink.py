@@ -4,7 +4,7 @@
 `model` (`structured.graph`) by the norm of their weights
 (`structured.importance`), removes the lowest `sparsity` fraction of each
 group, and rebuilds the model with smaller layers: Conv filters, Dense
-units, attention heads and the feed-forward units of KerasHub transformer
+and EinsumDense units, attention heads and the feed-forward units of KerasHub transformer
 blocks, the matching inputs of the layers that read
 them, and the Batch- and GroupNormalization and depthwise weights that carry
 them (a GroupNormalization loses whole groups). The result holds
@@ -176,7 +176,12 @@ def _config(
     channels_first: bool,
 ):
     config = layer.get_config()
-    if isinstance(layer, PRODUCERS) and outputs is not None:
+    if isinstance(layer, keras.layers.EinsumDense) and outputs is not None:  # `...x,xy->...y`
+        shape = config["output_shape"]
+        config["output_shape"] = (
+            len(outputs) if isinstance(shape, int) else (*shape[:-1], len(outputs))
+        )
+    elif isinstance(layer, PRODUCERS) and outputs is not None:
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = len(outputs)
     if isinstance(layer, keras.layers.MultiHeadAttention) and outputs is not None:
         config["num_heads"] = len(outputs)
@@ -228,7 +233,7 @@ def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
             sliced[f"{projection}.kernel"] = cut(value(f"{projection}.kernel"), outputs, 1)
             sliced[f"{projection}.bias"] = cut(value(f"{projection}.bias"), outputs, 0)
         return sliced
-    if isinstance(layer, (*CONVOLUTIONS, keras.layers.Dense)):
+    if isinstance(layer, (*CONVOLUTIONS, keras.layers.Dense, keras.layers.EinsumDense)):
         kernel = cut(cut(value("kernel"), inputs, -2), outputs, -1)
         return {"kernel": kernel, "bias": cut(value("bias"), outputs, 0)}
     if isinstance(layer, TRANSPOSED):  # kernel `(*window, filters, input channels)`

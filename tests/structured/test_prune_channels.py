@@ -358,6 +358,26 @@ def test_a_transposed_convolutions_filters_go_while_fit_trains():
     _assert_same_predictions(small, masked, images)
 
 
+def test_an_einsum_dense_loses_units_while_fit_trains(tmp_path):
+    x = keras.Input((6, 8))
+    h = L.EinsumDense("btd,de->bte", (6, 12), bias_axes="e", activation="relu", name="ein")(x)
+    model = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(h)))
+    expected = np.zeros(12)
+    expected[_top(model.get_layer("ein").kernel, 6)] = 1
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked.compile(keras.optimizers.SGD(0.0), "mse")  # the weights stay
+    sequences = np.random.RandomState(0).normal(size=(16, 6, 8)).astype("float32")
+    masked.fit(sequences, np.zeros((16, 2)), batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_array_equal(_masks(masked)["ein"], expected)
+    small = shrink(masked)
+    assert small.get_layer("ein").kernel.shape == (8, 6)
+    assert small.get_layer("out").kernel.shape == (36, 2)  # Flatten: 6 steps x 6 units
+    _assert_same_predictions(small, masked, sequences)
+    small.save(tmp_path / "small.keras")
+    loaded = keras.saving.load_model(tmp_path / "small.keras")
+    _assert_same_predictions(loaded, small, sequences)
+
+
 def test_a_mask_moves_past_prelu_and_shrink_keeps_the_masked_predictions():
     x = keras.Input((8, 8, 3))
     slopes = keras.initializers.RandomUniform(0.1, 0.5, seed=1)

@@ -244,6 +244,30 @@ def test_a_transposed_convolution_produces_and_reads_channels_like_a_convolution
     _close(_outputs(small, inputs), _outputs(reference, inputs))
 
 
+def test_an_einsum_dense_on_the_last_axis_produces_and_reads_channels_like_a_dense():
+    x = keras.Input((6, 16))
+    h = L.EinsumDense("btd,de->bte", (6, 12), bias_axes="e", activation="relu", name="e1")(x)
+    h = L.EinsumDense("btd,de->bte", (6, 8), name="e2")(h)  # reads e1's channels; no bias
+    heads = L.EinsumDense("btd,dhk->bthk", (6, 2, 4), name="heads")(h)  # no Dense: e2 stays
+    flat = L.Flatten()(L.Conv1D(4, 1, activation="relu", name="conv")(x))
+    flat = L.EinsumDense("ab,bc->ac", 10, bias_axes="c", activation="relu", name="flat")(flat)
+    y = L.Add()([L.Dense(2, name="out")(flat), L.Dense(2, name="out2")(L.Flatten()(heads))])
+    model = keras.Model(x, y)
+    _randomize(model)
+    removable = {group.producers: group.removable for group in channel_groups(model)}
+    assert removable == {("e1",): True, ("e2",): False, ("conv",): True, ("flat",): True,
+                         ("out", "out2"): False}  # fmt: skip
+    with pytest.warns(UserWarning, match="`heads` \\(EinsumDense\\) cannot lose channels"):
+        small = shrink(model, 0.5)
+    shapes = {layer.name: [tuple(w.shape) for w in layer.weights] for layer in small.layers}
+    assert shapes["e1"] == [(16, 6), (6,)] and shapes["e2"] == [(6, 8)]
+    assert shapes["heads"] == [(8, 2, 4)] and shapes["flat"] == [(12, 5), (5,)]
+    assert small.get_layer("e1").get_config()["output_shape"] == (6, 6)
+    assert small.get_layer("flat").get_config()["output_shape"] == (5,)
+    inputs = np.random.RandomState(0).rand(4, 6, 16).astype("float32")
+    _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
+
+
 @pytest.mark.parametrize("shared_axes, alpha_shape", [([1, 2], (1, 1, 3)), ([3], (6, 6, 1))])
 def test_prelu_slopes_go_with_their_channels_unless_shared_across_them(shared_axes, alpha_shape):
     x = keras.Input((8, 8, 3))
