@@ -90,6 +90,19 @@ def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def grouped_query_projections(layer: keras.layers.Layer) -> tuple[Any, ...] | None:
+    """The query, key, value and output `EinsumDense` of a built `GroupQueryAttention`,
+    or None before it is built.
+
+    `_query_dense`, `_key_dense`, `_value_dense`, `_output_dense` (3.2):
+    Keras keeps them in private attributes only (a `MultiHeadAttention` has
+    public properties for its own).
+    """
+    names = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+    found = tuple(getattr(layer, name, None) for name in names)
+    return None if any(projection is None for projection in found) else found
+
+
 def is_functional(model: keras.Model) -> bool:
     """True for a model run by its graph: `keras.Model(inputs, outputs)` or a subclass of it.
 

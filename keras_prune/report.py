@@ -24,6 +24,7 @@ from keras_prune.structured.channel_mask import (
     channel_masks,
 )
 from keras_prune.structured.graph import TRANSPOSED
+from keras_prune.structured.heads import attention_heads
 from keras_prune.structured.importance import kernel as channel_kernel
 from keras_prune.structured.importance import output_axis
 from keras_prune.wrapper import PruneLowMagnitude
@@ -141,14 +142,9 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     }
     masks = channel_masks(model)
     channel_mask = {mask.source: mask for mask in masks}
-    # The feed-forward Dense layers of the blocks FeedForwardMasks wrap.
-    feed_forward = {
-        id(dense): mask
-        for mask in masks
-        if isinstance(mask, FeedForwardMask)
-        if mask.built
-        for dense in (*mask.feed_forward.inner, mask.feed_forward.outer)
-    }
+    # The feed-forward Dense layers of the blocks FeedForwardMasks wrap, and the
+    # projections of a GroupQueryAttention (which the registry walks into).
+    inside_mask = {id(dense): mask for mask in masks for dense in _masked_inside(mask)}
     for layer in layers:
         notes = None
         if isinstance(layer, ChannelMask):
@@ -175,7 +171,7 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
         else:
             inner = layer
             pairs = [(w, w.value) for w in registry.get_prunable_weights(layer)]
-            mask = feed_forward.get(id(layer), channel_mask.get(layer.name))
+            mask = inside_mask.get(id(layer), channel_mask.get(layer.name))
             if mask is not None:
                 pairs, notes = _masked_channels(layer, pairs, mask)
         for i, (weight, value) in enumerate(pairs):
@@ -197,31 +193,45 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     return report
 
 
+def _masked_inside(mask: ChannelMask) -> list[keras.layers.Layer]:
+    """The layers inside the layer `mask` wraps that hold the weights it masks, where
+    the report reaches them one by one (not through the wrapped layer)."""
+    if isinstance(mask, FeedForwardMask) and mask.built:
+        return [*mask.feed_forward.inner, mask.feed_forward.outer]
+    if isinstance(mask, HeadMask) and isinstance(mask.layer, keras.layers.GroupQueryAttention):
+        found = attention_heads(mask.layer)
+        return [] if found is None else [found.query, found.key, found.value, found.output]
+    return []
+
+
 def _masked_channels(
     layer: keras.layers.Layer, pairs: list[tuple[Any, Any]], mask: ChannelMask
 ) -> tuple[list[tuple[Any, Any]], list[str]]:
     """`pairs` with the channels (or heads) `mask` removes zeroed, and notes."""
     kept = ops.convert_to_numpy(mask.mask)
     removed = f"{int(len(kept) - kept.sum())} of {len(kept)}"
+    entries = {}  # id(kernel) -> (axis, its entries along it kept or not)
     if isinstance(mask, HeadMask):  # a head is an axis of each projection's kernel
-        note = f"{removed} heads removed by its HeadMask"
-        projections = (layer.query_dense, layer.key_dense, layer.value_dense)
-        axes = {id(p.kernel): 1 for p in projections} | {id(layer.output_dense.kernel): 0}
+        found = attention_heads(mask.layer)
+        what = "head groups" if found.grouped else "heads"  # a key and value head, its queries
+        note = f"{removed} {what} removed by its HeadMask"
+        entries = {id(k): (axis, np.repeat(kept, per)) for k, axis, per in found.kernel_axes()}
     elif isinstance(mask, FeedForwardMask):  # a unit: inner kernels' column, outer one's row
         note = f"{removed} feed-forward units removed by its FeedForwardMask"
         found = mask.feed_forward
         axes = {id(d.kernel): 1 for d in found.inner} | {id(found.outer.kernel): 0}
+        entries = {key: (axis, kept) for key, axis in axes.items()}
     else:
         note = f"{removed} output channels removed by its {type(mask).__name__}"
         kernel = channel_kernel(layer)
-        axes = {id(kernel): len(kernel.shape) + output_axis(layer)}
+        entries = {id(kernel): (len(kernel.shape) + output_axis(layer), kept)}
     result, notes = [], []
     for weight, value in pairs:
-        axis = axes.get(id(weight))
+        axis, kept_entries = entries.get(id(weight), (None, None))
         if axis is not None:
             shape = [1] * len(weight.shape)
-            shape[axis] = len(kept)
-            value = ops.multiply(value, kept.reshape(shape))
+            shape[axis] = len(kept_entries)
+            value = ops.multiply(value, kept_entries.reshape(shape))
         result.append((weight, value))
         notes.append("" if axis is None else note)
     return result, notes
@@ -241,6 +251,7 @@ def _relative_path(weight: keras.Variable, layer: keras.layers.Layer) -> str:
 
 
 _L = keras.layers
+_ATTENTION = (_L.MultiHeadAttention, _L.GroupQueryAttention)
 _FLOP_LAYERS = (
     _L.Conv1D,
     _L.Conv2D,
@@ -255,16 +266,16 @@ _FLOP_LAYERS = (
 
 def flops(model: keras.Model) -> int:
     """Floating-point operations of one sample through `model`'s Conv, ConvTranspose,
-    DepthwiseConv, SeparableConv, Dense, EinsumDense and MultiHeadAttention
-    layers: 2 per multiply-add.
+    DepthwiseConv, SeparableConv, Dense, EinsumDense, MultiHeadAttention and
+    GroupQueryAttention layers: 2 per multiply-add.
 
     Each output position of such a layer costs one multiply-add per kernel
     entry (a separable layer's two kernels both count; a transposed
     convolution's input positions count instead), each time the layer is
     called; zeros inside a kernel count too, as dense kernels compute
     them. An EinsumDense costs one multiply-add per output entry and
-    contracted kernel entry; a MultiHeadAttention its four projections and
-    its attention scores and weighted sum. Activations, pooling and
+    contracted kernel entry; an attention layer its four projections and,
+    per query head, its attention scores and weighted sum. Activations, pooling and
     normalisation are left out (a few percent in a CNN). `model` must be
     Functional or Sequential (nested ones count). A custom layer that holds
     such layers (a KerasHub transformer block) has no graph in which to see
@@ -313,12 +324,12 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
             total += 2 * positions * math.prod(operation.kernel.shape)
         elif isinstance(operation, _L.EinsumDense):
             total += 2 * _einsum_macs(operation, _known(outputs[0].shape, operation))
-        elif isinstance(operation, _L.MultiHeadAttention):
+        elif isinstance(operation, _ATTENTION):
             value = inputs[1] if len(inputs) > 1 else inputs[0]
             shapes = (_known(t.shape, operation) for t in (inputs[0], value))
             total += 2 * _attention_macs(operation, *shapes)
         elif isinstance(operation, keras.layers.Layer) and any(
-            isinstance(inner, (*_FLOP_LAYERS, *TRANSPOSED, _L.EinsumDense, _L.MultiHeadAttention))
+            isinstance(inner, (*_FLOP_LAYERS, *TRANSPOSED, _L.EinsumDense, *_ATTENTION))
             for inner in _keras.flatten_layers(operation)
         ):
             name = f"{operation.name} ({type(operation).__name__})"
@@ -357,20 +368,28 @@ def _einsum_macs(layer: keras.layers.EinsumDense, output_shape: Any) -> int:
     return math.prod(output_shape[1:]) * contracted
 
 
-def _attention_macs(layer: keras.layers.MultiHeadAttention, query: Any, value: Any) -> int:
-    """Multiply-adds of one sample through a MultiHeadAttention: query, key, value and
-    output projections, and per head the scores (query x key) and the weighted sum."""
+def _attention_macs(layer: keras.layers.Layer, query: Any, value: Any) -> int:
+    """Multiply-adds of one sample through a MultiHeadAttention or GroupQueryAttention:
+    query, key, value and output projections, and per query head the scores
+    (query x key) and the weighted sum."""
+    if isinstance(layer, _L.GroupQueryAttention):
+        query_dense, key_dense, value_dense, output_dense = _keras.grouped_query_projections(layer)
+        query_heads = layer.num_query_heads
+    else:
+        query_dense, key_dense = layer.query_dense, layer.key_dense
+        value_dense, output_dense = layer.value_dense, layer.output_dense
+        query_heads = layer.num_heads
     targets = math.prod(query[1:-1])
     sources = math.prod(value[1:-1])
     projections = targets * (
-        math.prod(layer.query_dense.kernel.shape) + math.prod(layer.output_dense.kernel.shape)
+        math.prod(query_dense.kernel.shape) + math.prod(output_dense.kernel.shape)
     )
     projections += sources * (
-        math.prod(layer.key_dense.kernel.shape) + math.prod(layer.value_dense.kernel.shape)
+        math.prod(key_dense.kernel.shape) + math.prod(value_dense.kernel.shape)
     )
-    key_size = layer.key_dense.kernel.shape[-1]
-    value_size = layer.value_dense.kernel.shape[-1]
-    return projections + layer.num_heads * targets * sources * (key_size + value_size)
+    key_size = key_dense.kernel.shape[-1]
+    value_size = value_dense.kernel.shape[-1]
+    return projections + query_heads * targets * sources * (key_size + value_size)
 
 
 def gzipped_model_size(model: keras.Model, file_format: str = "h5") -> int:

@@ -32,6 +32,7 @@ LAYERS = [
         "sparsity_distribution",
         "structured.flatten",
         "structured.blocks",
+        "structured.heads",
     },
     {"global_pruning", "structured.graph", "structured.importance"},
     {"wrapper", "structured.channel_mask"},
@@ -58,6 +59,9 @@ PRIVATE_KERAS = (
     "._layers",
     "._tracker",
     "_query_dense",
+    "_key_dense",
+    "_value_dense",
+    "._output_dense",  # (KerasHub's blocks name a sublayer "feedforward_output_dense")
     "_inbound_nodes",
     "_outbound_nodes",
     "_keras_history",

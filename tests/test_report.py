@@ -151,6 +151,13 @@ def test_flops_count_attention_and_einsum_dense_by_hand():
     heads = L.EinsumDense("abc,cde->abde", output_shape=(5, 2, 4))(x)  # 5 x 8*2*4
     model = keras.Model(x, [einsum, heads])
     assert keras_prune.flops(model) == 2 * (5 * 24 + 5 * 64)
+    # A GroupQueryAttention: 6 tokens of 16, 4 query heads of 4 sharing 2 key
+    # and value heads: query and output 6 x 16*4*4, key and value 6 x 16*2*4,
+    # then per query head 6 x 6 x (4 + 4).
+    x = keras.Input((6, 16))
+    gqa = L.GroupQueryAttention(4, num_query_heads=4, num_key_value_heads=2)
+    expected_gqa = 2 * 6 * 16 * 16 + 2 * 6 * 16 * 8 + 4 * 6 * 6 * 8
+    assert keras_prune.flops(keras.Model(x, gqa(x, x))) == 2 * expected_gqa
     unknown = keras.Input((None, 8))
     with pytest.raises(ValueError, match="known shapes.*`dense_of_any_length` sees"):
         keras_prune.flops(keras.Model(unknown, L.Dense(2, name="dense_of_any_length")(unknown)))

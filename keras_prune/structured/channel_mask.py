@@ -49,6 +49,7 @@ from keras import ops
 from keras_prune import _backend, _forward_pass, _keras, _validation
 from keras_prune.schedules import PruningSchedule
 from keras_prune.structured import blocks
+from keras_prune.structured import heads as heads_lib
 from keras_prune.structured import importance as importance_lib
 
 
@@ -343,45 +344,56 @@ class _WrappingMask(ChannelMask):
 
 @keras.saving.register_keras_serializable(package="keras_prune")
 class HeadMask(_WrappingMask):
-    """Wraps a `MultiHeadAttention` whose heads a pruning schedule removes.
+    """Wraps a `MultiHeadAttention` or `GroupQueryAttention` whose heads a pruning
+    schedule removes.
 
-    The mask has one entry per head and is computed as a `ChannelMask`'s
-    (a head's weights are its query, key and value kernels and its rows of
-    the output kernel: `importance.kernel_columns`). The attention runs with
-    a removed head's value projection (kernel and bias) read as 0, so that
-    head adds exactly nothing to the output, as in the model `shrink` makes
-    without it. Made by `prune_channels`.
+    The mask has one entry per head (per key and value head, with the query
+    heads that read it, in a GroupQueryAttention: `structured.heads`) and
+    is computed as a `ChannelMask`'s (a head's weights are its query, key
+    and value kernels and its rows of the output kernel:
+    `importance.kernel_columns`). The attention runs with a removed head's
+    value projection (kernel and bias) read as 0, so that head adds exactly
+    nothing to the output, as in the model `shrink` makes without it. Made
+    by `prune_channels`.
 
     Args:
-        layer: the `MultiHeadAttention`.
+        layer: the `MultiHeadAttention` or `GroupQueryAttention`.
         pruning_schedule, segments, importance, round_to, source,
             global_pruning: as for `ChannelMask`; `segments` is the one
             group of `layer`'s heads.
     """
 
-    def __init__(
-        self,
-        layer: keras.layers.MultiHeadAttention,
-        pruning_schedule: PruningSchedule,
-        **kwargs: Any,
-    ):
+    def __init__(self, layer: keras.layers.Layer, pruning_schedule: PruningSchedule, **kwargs: Any):
+        kinds = (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
         _validation.instance(
-            layer, "layer", keras.layers.MultiHeadAttention, "a keras.layers.MultiHeadAttention"
+            layer, "layer", kinds, "a keras.layers.MultiHeadAttention or GroupQueryAttention"
         )
         super().__init__(layer, pruning_schedule, **kwargs)
-        self._check_channels(layer.num_heads, "heads")
+        self._check_channels(self._channels(), "heads")
+
+    def _channels(self) -> int:
+        """The heads, or key and value heads, of the wrapped layer (from its config)."""
+        layer = self.layer
+        if isinstance(layer, keras.layers.GroupQueryAttention):
+            return layer.num_key_value_heads
+        return layer.num_heads
 
     def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
         if not self.layer.built:
             self.layer.build(query_shape, value_shape, key_shape)
-        super().build((self.layer.num_heads,))
+        if heads_lib.attention_heads(self.layer) is None:
+            raise ValueError(
+                f"{self.name!r}: `{self.layer.name}` uses a gate or holds its heads where "
+                "Keras does not put them; its heads cannot be masked."
+            )
+        super().build((self._channels(),))
 
     def call(
         self, query: Any, value: Any, key: Any = None, training: bool | None = None, **kwargs: Any
     ) -> Any:
         if training:
             self._update()
-        projection = self.layer.value_dense
+        projection = heads_lib.value_projection(self.layer)
         heads = self.mask.value
         masked = {  # (inputs, heads, head size) and (heads, head size)
             id(projection.kernel): projection.kernel.value

@@ -10,7 +10,8 @@ an EinsumDense acting as one, SeparableConv), whose channel `c` is
 removed from all of them at once.
 The heads of a `MultiHeadAttention` are a group too: removing head `h`
 removes its query, key and value projections and its rows of the output
-projection. So are the feed-forward units of a KerasHub transformer block
+projection (a `GroupQueryAttention` loses whole groups of query heads with
+their key and value head: `structured.heads`). So are the feed-forward units of a KerasHub transformer block
 (`structured.blocks`).
 
 A group is removable unless something the walk cannot shrink exactly
@@ -53,7 +54,7 @@ import keras
 import numpy as np
 
 from keras_prune import _keras, registry
-from keras_prune.structured import blocks
+from keras_prune.structured import blocks, heads
 from keras_prune.structured.flatten import flatten
 
 L = keras.layers
@@ -485,7 +486,7 @@ class _Walk:
             return self.merge(layouts, multiply=kind is L.Multiply)
         if kind is L.Concatenate:
             return self.concatenate(layer, inputs, layouts)
-        if kind is L.MultiHeadAttention:
+        if kind in (L.MultiHeadAttention, L.GroupQueryAttention):
             return self.attention(layer, layouts, outputs[0])
         if blocks.feed_forward(layer) is not None:
             return self.block(layer, layouts, outputs[0])
@@ -613,21 +614,17 @@ class _Walk:
             self.mixing.append((group, f"`{layer.name}`'s activation ({name}) mixes its channels"))
         return [Layout((group,), (_zero_at_zero(layer.activation),))]
 
-    def attention(self, layer: keras.layers.MultiHeadAttention, layouts: list[Layout], output: Any):
-        """Its heads are a group of their own; its input and output channels stay."""
-        kernels = [layer.query_dense.kernel, layer.key_dense.kernel, layer.value_dense.kernel]
-        heads = layer.num_heads
-        if self.graph.channels_first or _cannot_cut(layer):  # it reads the last axis
+    def attention(self, layer: keras.layers.Layer, layouts: list[Layout], output: Any):
+        """Its heads (`structured.heads`) are a group of their own; its input and output
+        channels stay."""
+        found = heads.attention_heads(layer)
+        if found is None or self.graph.channels_first or _cannot_cut(layer):  # the last axis
             return None  # `run` freezes its channels with that reason
-        if layer.get_config().get("use_gate") or layer.output_dense.kernel.shape[0] != heads:
-            return None
-        if any(len(kernel.shape) != 3 or kernel.shape[1] != heads for kernel in kernels):
-            return None
-        reason = f"`{layer.name}` (MultiHeadAttention) reads it; only its heads are removed"
+        what = f"`{layer.name}` ({type(layer).__name__})"
         for layout in layouts:
-            self.freeze(layout, reason)
-        self.graph.inner[id(layer)] = (layer, self.new(heads, [(layer, 0)], None))
-        return [self.opaque(output, f"it is the output of `{layer.name}` (MultiHeadAttention)")]
+            self.freeze(layout, f"{what} reads it; only its heads are removed")
+        self.graph.inner[id(layer)] = (layer, self.new(found.count, [(layer, 0)], None))
+        return [self.opaque(output, f"it is the output of {what}")]
 
     def block(self, layer: keras.layers.Layer, layouts: list[Layout], output: Any):
         """A known transformer block (`structured.blocks`): its feed-forward units are a

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_prune.structured import blocks
+from keras_prune.structured import blocks, heads
 
 Importance = str | Callable[[list[np.ndarray]], Any]
 NAMES = ("l1", "l2")
@@ -69,6 +69,11 @@ def output_axis(layer: keras.layers.Layer) -> int:
     )
 
 
+def _first(axis: int, rank: int) -> list[int]:
+    """The permutation that moves `axis` first."""
+    return [axis] + [a for a in range(rank) if a != axis]
+
+
 def _last(axis: int, rank: int) -> list[int]:
     """The permutation that moves `axis` last (`transpose` takes TensorFlow variables;
     `moveaxis` does not)."""
@@ -79,18 +84,23 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
     """`layer`'s kernel as a float32 `(fan_in, output channels)` tensor, one column per channel.
 
     For a MultiHeadAttention the channels are its heads, and a head's column
-    its query, key and value kernels and its rows of the output kernel. For
+    its query, key and value kernels and its rows of the output kernel (in a
+    GroupQueryAttention a channel is a key and value head with the query
+    heads that read it: `structured.heads`). For
     a known transformer block (`structured.blocks`) they are its
     feed-forward units, and a unit's column its columns of the first
     kernels (two in a gated block) and its row of the last.
     """
-    if isinstance(layer, keras.layers.MultiHeadAttention):
-        heads = layer.num_heads
-        projections = (layer.query_dense, layer.key_dense, layer.value_dense)
-        kernels = [(p.kernel, 1) for p in projections] + [(layer.output_dense.kernel, 0)]
-        columns = [  # the heads axis last
-            ops.reshape(ops.transpose(ops.cast(k.value, "float32"), _last(axis, 3)), (-1, heads))
-            for k, axis in kernels
+    found = heads.attention_heads(layer)
+    if found is not None:
+        columns = [  # the heads axis first, one row per channel, then columns
+            ops.transpose(
+                ops.reshape(
+                    ops.transpose(ops.cast(k.value, "float32"), _first(axis, 3)),
+                    (found.count, -1),
+                )
+            )
+            for k, axis, _ in found.kernel_axes()
         ]
         return ops.concatenate(columns, axis=0)
     found = blocks.feed_forward(layer)
@@ -106,9 +116,9 @@ def kernel_columns(layer: keras.layers.Layer) -> Any:
 
 def fan_in(layer: keras.layers.Layer) -> int:
     """The number of rows of `kernel_columns(layer)`, from the kernels' shapes alone."""
-    if isinstance(layer, keras.layers.MultiHeadAttention):
-        projections = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
-        return sum(math.prod(p.kernel.shape) for p in projections) // layer.num_heads
+    found = heads.attention_heads(layer)
+    if found is not None:
+        return sum(math.prod(k.shape) for k, _, _ in found.kernel_axes()) // found.count
     found = blocks.feed_forward(layer)
     if found is not None:
         return sum(d.kernel.shape[0] for d in found.inner) + found.outer.kernel.shape[1]

@@ -6,7 +6,7 @@ and the same `.keras` files, but the schedule's sparsity is the fraction of
 each channel group's channels removed (`structured.graph` finds the groups).
 The model it returns computes with the removed channels at exactly 0 (a
 `ChannelMask` after every layer that holds them, a `HeadMask` around each
-`MultiHeadAttention` whose heads go, a `FeedForwardMask` around each
+`MultiHeadAttention` or `GroupQueryAttention` whose heads go, a `FeedForwardMask` around each
 KerasHub transformer block whose feed-forward units go), and `shrink(model)` then cuts them
 out: same predictions, smaller layers. A mask goes after the per-channel
 layers that follow its layer alone (`conv -> ReLU -> MaxPooling2D`: one
@@ -122,8 +122,8 @@ def prune_channels(
         The model with a `ChannelMask` after each layer that holds pruned
         channels (or after the pooling, activation or normalisation that
         alone follows it; or a `NormalizationMask` around that
-        normalisation), each pruned `MultiHeadAttention` wrapped in a
-        `HeadMask` and each pruned transformer block in a `FeedForwardMask`,
+        normalisation), each pruned `MultiHeadAttention` or
+        `GroupQueryAttention` wrapped in a `HeadMask` and each pruned transformer block in a `FeedForwardMask`,
         uncompiled (a KerasHub backbone or task as a
         `model_class.PrunedGraph` that notes its class). Train it, then
         call `shrink(model)`.
@@ -200,7 +200,9 @@ def prune_channels(
             return NormalizationMask(new, pruning_schedule, **normalizations[id(layer)])
         if id(layer) not in inside:
             return new
-        heads = isinstance(layer, keras.layers.MultiHeadAttention)
+        heads = isinstance(
+            layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
+        )
         return (HeadMask if heads else FeedForwardMask)(
             new,
             pruning_schedule,

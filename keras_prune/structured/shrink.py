@@ -4,8 +4,8 @@
 `model` (`structured.graph`) by the norm of their weights
 (`structured.importance`), removes the lowest `sparsity` fraction of each
 group, and rebuilds the model with smaller layers: Conv filters, Dense
-and EinsumDense units, attention heads and the feed-forward units of KerasHub transformer
-blocks, the matching inputs of the layers that read
+and EinsumDense units, attention heads and the feed-forward units of
+KerasHub transformer blocks, the matching inputs of the layers that read
 them, and the Batch- and GroupNormalization and depthwise weights that carry
 them (a GroupNormalization loses whole groups). The result holds
 only Keras layers, so it saves and loads without keras_prune and exports
@@ -33,7 +33,7 @@ import numpy as np
 
 from keras_prune import _keras, _validation, model_class, registry
 from keras_prune._layer_copy import copy_layer, copy_weights
-from keras_prune.structured import blocks
+from keras_prune.structured import blocks, heads
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import INNER, WRAPPING, ChannelMask, channel_masks
 from keras_prune.structured.flatten import flatten
@@ -183,8 +183,9 @@ def _config(
         )
     elif isinstance(layer, PRODUCERS) and outputs is not None:
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = len(outputs)
-    if isinstance(layer, keras.layers.MultiHeadAttention) and outputs is not None:
-        config["num_heads"] = len(outputs)
+    found_heads = heads.attention_heads(layer)
+    if found_heads is not None and outputs is not None:
+        config.update(found_heads.config(len(outputs)))
     found = blocks.feed_forward(layer)
     if found is not None and outputs is not None:
         config[found.key] = found.config_value(len(outputs))
@@ -216,23 +217,30 @@ def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
         return array if array is None or index is None else np.take(array, index, axis=axis)
 
     found = blocks.feed_forward(layer)
+    found_heads = heads.attention_heads(layer)
+    removed: dict[int, tuple[np.ndarray | None, int]] = {}
     if found is not None:  # `outputs` are the units kept
         removed = {id(found.outer.kernel): (outputs, 0)}
         for inner in found.inner:
             removed[id(inner.kernel)] = (outputs, 1)
             if getattr(inner, "bias", None) is not None:
                 removed[id(inner.bias)] = (outputs, 0)
+    elif found_heads is not None:  # `outputs` are the heads (key and value heads) kept
+        query_heads = None if outputs is None else found_heads.query_heads(outputs)
+        for projection, kept in (
+            (found_heads.query, query_heads),
+            (found_heads.key, outputs),
+            (found_heads.value, outputs),
+        ):
+            removed[id(projection.kernel)] = (kept, 1)
+            if projection.bias is not None:  # (heads, head size)
+                removed[id(projection.bias)] = (kept, 0)
+        removed[id(found_heads.output.kernel)] = (query_heads, 0)
+    if found is not None or found_heads is not None:  # rebuilt alike: `set_weights` order
         return {
             variable.path: cut(value(variable), *removed.get(id(variable), (None, 0)))
             for variable in layer.weights
         }
-    if isinstance(layer, keras.layers.MultiHeadAttention):  # `outputs` are the heads kept
-        sliced = {"output_dense.kernel": cut(value("output_dense.kernel"), outputs, 0)}
-        sliced["output_dense.bias"] = value("output_dense.bias")
-        for projection in ("query_dense", "key_dense", "value_dense"):
-            sliced[f"{projection}.kernel"] = cut(value(f"{projection}.kernel"), outputs, 1)
-            sliced[f"{projection}.bias"] = cut(value(f"{projection}.bias"), outputs, 0)
-        return sliced
     if isinstance(layer, (*CONVOLUTIONS, keras.layers.Dense, keras.layers.EinsumDense)):
         kernel = cut(cut(value("kernel"), inputs, -2), outputs, -1)
         return {"kernel": kernel, "bias": cut(value("bias"), outputs, 0)}
@@ -344,7 +352,8 @@ def rebuild(
             raise RuntimeError(
                 f"cannot shrink `{old.name}`: it has weights other than {sorted(sliced)}"
             )
-        if blocks.feed_forward(old) is not None:  # the same class, built alike: same order
+        if blocks.feed_forward(old) is not None or heads.attention_heads(old) is not None:
+            # the same class, built alike: its weights in the same order
             new.set_weights(list(sliced.values()))
             continue
         for name, array in sliced.items():

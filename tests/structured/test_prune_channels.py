@@ -579,6 +579,40 @@ def test_attention_heads_go_while_fit_trains_and_shrink_removes_them(tmp_path):
     np.testing.assert_allclose(_numpy(small(x, training=False)), masked_out, rtol=1e-4, atol=1e-6)
 
 
+def test_group_query_attention_loses_key_value_groups_while_fit_trains(tmp_path):
+    x = keras.Input((5, 8))
+    layer = L.GroupQueryAttention(3, num_query_heads=4, num_key_value_heads=2, name="attention")
+    h = layer(x, x)
+    model = keras.Model(x, L.Dense(2, activation="softmax")(L.GlobalAveragePooling1D()(h)))
+    value = next(la for la in keras_prune._keras.flatten_layers(layer) if la.name == "value")
+    value.kernel.assign(_numpy(value.kernel) * np.array([1.0, 0.01])[None, :, None])  # group 1
+    value.bias.assign(np.random.RandomState(0).normal(size=(2, 3)).astype("float32"))
+    x_train = np.random.RandomState(1).normal(size=(32, 5, 8)).astype("float32")
+    y_train = np.random.RandomState(2).randint(0, 2, 32)
+
+    masked = prune_channels(model, keras_prune.PolynomialDecay(0.0, 0.5, 0, 2, frequency=1))
+    masked.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")  # weights stay
+    masked.fit(x_train, y_train, batch_size=16, epochs=2, verbose=0)
+    # The query, key and output kernels score too; group 1's value kernel is a
+    # hundredth of group 0's, which the other kernels (random, alike) do not outweigh.
+    np.testing.assert_array_equal(_masks(masked)["attention"], [1, 0])
+    report = {row.layer: row for row in keras_prune.sparsity_report(masked)}
+    query, value = (
+        report["attention_head_mask/attention/query"],
+        report["attention_head_mask/attention/value"],
+    )
+    assert query.note == "1 of 2 head groups removed by its HeadMask"
+    assert query.sparsity == value.sparsity == 0.5
+
+    masked.save(tmp_path / "groups.keras")
+    loaded = keras.saving.load_model(tmp_path / "groups.keras")
+    small = shrink(loaded)
+    attention = small.get_layer("attention")
+    assert (attention.num_query_heads, attention.num_key_value_heads) == (2, 1)
+    _assert_same_predictions(small, masked, x_train)
+    assert keras_prune.flops(small) < keras_prune.flops(model)
+
+
 def test_heads_and_units_train_and_shrink_together():
     model = _attention_model()
     x = np.random.RandomState(1).normal(size=(32, 5, 8)).astype("float32")

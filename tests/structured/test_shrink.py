@@ -673,6 +673,39 @@ def test_a_transformer_encoder_loses_heads_and_ffn_units_and_keeps_its_width():
     _close(_outputs(small, ids), _outputs(reference, ids))
 
 
+def test_a_group_query_attention_loses_whole_groups_of_query_heads_with_their_key_and_value():
+    x = keras.Input((6, 16))
+    h = L.GroupQueryAttention(4, num_query_heads=6, num_key_value_heads=3, name="attention")(x, x)
+    model = keras.Model(x, L.Dense(2, name="out")(L.LayerNormalization()(L.Add()([x, h]))))
+    _all_nonzero(model, seed=1)
+    (group,) = [g for g in channel_groups(model) if g.producers == ("attention",)]
+    assert group.size == 3 and group.removable
+    small = shrink(model, 0.34)  # one of the three groups
+    attention = small.get_layer("attention")
+    assert (attention.num_query_heads, attention.num_key_value_heads) == (4, 2)
+
+    # A group's weights, by hand: query heads 2g and 2g + 1 (Keras repeats each
+    # key and value head in place), key and value head g, the output rows of
+    # the query heads. The lowest L2 norm goes.
+    weights = model.get_layer("attention").weights
+    kernels = {w.path.split("/")[-2]: _numpy(w) for w in weights if w.path.endswith("kernel")}
+    query = np.moveaxis(kernels["query"], 1, 0).reshape(3, -1)  # (16, 6, 4): 2 heads a group
+    key, value = (np.moveaxis(kernels[k], 1, 0).reshape(3, -1) for k in ("key", "value"))
+    output = kernels["attention_output"].reshape(3, -1)  # (6, 4, 16)
+    norms = (np.concatenate([query, key, value, output], axis=1) ** 2).sum(axis=1)
+    removed = int(np.argmin(norms))
+    reference = _copy(model)
+    value_dense = [
+        la for la in keras_prune._keras.flatten_layers(reference.get_layer("attention"))
+        if la.name == "value"
+    ][0]  # fmt: skip
+    _zero(value_dense, "kernel", [removed], axis=1)  # its query heads then add nothing
+    _zero(value_dense, "bias", [removed], axis=0)
+    inputs = np.random.RandomState(0).normal(size=(4, 6, 16)).astype("float32")
+    _close(_outputs(small, inputs), _outputs(reference, inputs))
+    assert not np.allclose(_outputs(model, inputs), _outputs(reference, inputs), atol=1e-3)
+
+
 def test_an_operation_that_is_not_a_layer_is_kept_in_the_graph():
     # `h[:, 0]` is a GetItem operation: it has no weights to copy, and stops its group.
     x = keras.Input((6, 4))
