@@ -19,7 +19,7 @@ from keras_prune.masks import keep_count
 from keras_prune.prune import pruned_layers
 from keras_prune.schedules import pruning_points
 from keras_prune.structured import channel_mask
-from keras_prune.wrapper import PruneLowMagnitude
+from keras_prune.wrapper import PruneLowMagnitude, rewound
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
@@ -48,6 +48,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         # The first pruning step of this run (a resumed model starts past 1).
         steps = [w.steps_seen() for w in wrappers]
         self._first_step = min(steps, default=0) + 1
+        self._epoch_steps: dict[int, int] = {}  # id(layer) -> its step at the last epoch end
         self._checked = _keras.has_graph(self.model)  # a graph passes `training` on
         if not wrappers and not masks:
             warnings.warn(
@@ -85,7 +86,20 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 stacklevel=2,
             )
 
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch_steps = {id(layer): layer.steps_seen() for layer in _pruning_layers(self.model)}
+
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        # A callback that restores earlier weights (EarlyStopping) does it here:
+        # before this one, the steps went back since the last epoch's end; after
+        # it, `strip_pruning` and `shrink` compare with what is recorded now.
+        layers = _pruning_layers(self.model)
+        for layer in layers:
+            layer.trained_to_step = max(layer.steps_seen(), self._epoch_steps.get(id(layer), 0))
+        message = rewound(layers, "UpdatePruningStep")
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
+            return  # the sparsity it reached is not what the model now holds
         messages = final_sparsity_shortfalls(self.model, self._first_step)
         if len(messages) > 1:  # one warning, not one per weight of a large model
             lines = [f"- {m.removeprefix(_SHORTFALL)}" for m in messages]
@@ -258,6 +272,11 @@ def _pruning_values(wrappers: Iterable[PruneLowMagnitude]) -> dict[int, list[tup
 
 
 _SHORTFALL = "Pruning ended below the scheduled final sparsity for "
+
+
+def _pruning_layers(model: keras.Model) -> list[Any]:
+    """The `PruneLowMagnitude` and `ChannelMask` layers of `model`."""
+    return [*pruned_layers(model), *channel_mask.channel_masks(model)]
 
 
 def final_sparsity_shortfalls(model: keras.layers.Layer, first_step: int = 1) -> list[str]:

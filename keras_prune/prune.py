@@ -34,7 +34,7 @@ from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 from keras_prune.sparsity_distribution import Distribution
 from keras_prune.structured.channel_mask import channel_masks
-from keras_prune.wrapper import PruneLowMagnitude
+from keras_prune.wrapper import PruneLowMagnitude, rewound
 
 GLOBAL_GROUP = "global"
 
@@ -790,6 +790,9 @@ def strip_pruning(model: keras.Model) -> keras.Model:
             "`keras_prune.shrink(model)` instead, which removes the masked channels and "
             "returns a plain Keras model."
         )
+    message = rewound(pruned_layers(model), "strip_pruning")
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=2)
     try:
         stripped = _strip(model, Memo())
     except NotRecreatable as failed:

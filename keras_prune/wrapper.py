@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_prune import _backend, _forward_pass, _keras, global_pruning, masks, registry
+from keras_prune import (
+    _backend,
+    _forward_pass,
+    _keras,
+    _validation,
+    global_pruning,
+    masks,
+    registry,
+)
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
 
@@ -128,6 +136,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     "it cannot be combined with `block_size` or `sparsity_m_by_n`."
                 )
         self.global_group = global_group
+        # The pruning step `UpdatePruningStep` saw at the end of `fit` (see `rewound`).
+        self.trained_to_step: int | None = None
         self.sparsity_factors = _check_factors(sparsity_factors)
         if self.sparsity_factors is not None and (
             global_group is not None or self.sparsity_m_by_n is not None
@@ -453,3 +463,31 @@ def _has_tensor(kwargs: dict[str, Any]) -> bool:
 def _is_array(value: Any) -> bool:
     """Whether `value` is a backend tensor, a `keras.KerasTensor` or a NumPy array."""
     return keras.ops.is_tensor(value) or isinstance(value, (keras.KerasTensor, np.ndarray))
+
+
+def rewound(layers: Iterable[Any], caller: str) -> str | None:
+    """A warning for the pruning layers (`PruneLowMagnitude` or `ChannelMask`) whose
+    pruning step is below `trained_to_step`, the step `UpdatePruningStep` saw them
+    reach at the end of `fit`; None if there are none.
+
+    A callback that restores weights from earlier in training restores the
+    masks and steps with them (`EarlyStopping(restore_best_weights=True)`
+    does, at the end of `fit`): the model then holds an earlier, less
+    pruned mask, which nothing else would say.
+    """
+    back = [
+        (layer, layer.steps_seen())
+        for layer in layers
+        if layer.trained_to_step is not None and layer.steps_seen() < layer.trained_to_step
+    ]
+    if not back:
+        return None
+    layer, step = back[0]
+    names = _validation.first_few([f"`{layer.name}`" for layer, _ in back])
+    return (
+        f"{caller}: {len(back)} pruning layer(s) ({names}) are back at pruning step {step} "
+        f"though training reached step {layer.trained_to_step}: weights from earlier in "
+        "training were restored, masks included (as EarlyStopping(restore_best_weights=True) "
+        "does at the end of fit), so the masks are those of that step, not the final ones. "
+        "Give EarlyStopping a `start_from_epoch` after pruning ends, or train on from here."
+    )

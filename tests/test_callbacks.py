@@ -101,6 +101,39 @@ def test_m_by_n_target_is_m_over_n():
     assert final_sparsity_shortfalls(pruned) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("structure", ["weights", "channels"])
+@pytest.mark.parametrize("early_stopping_first", [True, False], ids=["before", "after"])
+def test_early_stopping_restoring_an_earlier_mask_is_told(structure, early_stopping_first):
+    # The "best" epoch is the first (a score that falls each epoch): restoring
+    # it brings back the masks of step 4 of 16, where the schedule stood at 0.
+    x, y = small_images(64)  # 4 batches of 16 per epoch
+    schedule = PolynomialDecay(0.0, 0.5, begin_step=4, end_step=16, frequency=4)
+    prune = (
+        keras_prune.prune_low_magnitude if structure == "weights" else keras_prune.prune_channels
+    )
+    pruned = prune(small_cnn(), pruning_schedule=schedule)
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    score = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(s=-epoch))
+    stopping = keras.callbacks.EarlyStopping(
+        monitor="s", mode="max", patience=10, restore_best_weights=True
+    )
+    update = keras_prune.UpdatePruningStep()
+    callbacks = [score, stopping, update] if early_stopping_first else [score, update, stopping]
+    expected = "are back at pruning step 4 though training reached step 16"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruned.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=callbacks)
+    told = [str(w.message) for w in caught if expected in str(w.message)]
+    assert len(told) == (1 if early_stopping_first else 0)  # before it: it sees the restore
+    assert all(m.startswith("UpdatePruningStep: ") for m in told)
+    assert not any("sparsity allows" in str(w.message) for w in caught)  # no shortfall instead
+    finish = keras_prune.strip_pruning if structure == "weights" else keras_prune.shrink
+    with pytest.warns(UserWarning, match=f"{finish.__name__}: .* {expected}: weights from"):
+        finish(pruned)
+    assert stopping.best_epoch == 0
+
+
 def test_warns_on_model_without_pruning():
     model = small_cnn()
     model.compile("adam", "sparse_categorical_crossentropy")

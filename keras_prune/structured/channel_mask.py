@@ -142,6 +142,8 @@ class ChannelMask(keras.layers.Layer):
         self.global_pruning = _validation.boolean(global_pruning, "global_pruning")
         self.axis = _validation.one_of(axis, "axis", (-1, 1))
         self.supports_masking = True
+        # The pruning step `UpdatePruningStep` saw at the end of `fit` (`wrapper.rewound`).
+        self.trained_to_step: int | None = None
 
     def build(self, input_shape: Any) -> None:
         channels = sum(s["size"] for s in self.segments)
@@ -168,6 +170,12 @@ class ChannelMask(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
+
+    def steps_seen(self) -> int:
+        """The pruning step: training batches seen, 0 before the mask is built."""
+        if not self.built:
+            return 0
+        return int(ops.convert_to_numpy(self.pruning_step))
 
     # The mask update ------------------------------------------------------
     def _update(self) -> None:

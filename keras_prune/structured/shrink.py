@@ -25,6 +25,7 @@ small.compile(...); small.fit(...)   # fine-tune what is left
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,7 @@ from keras_prune.structured.graph import (
     check_model,
     warn_left_whole,
 )
-from keras_prune.wrapper import PruneLowMagnitude
+from keras_prune.wrapper import PruneLowMagnitude, rewound
 
 Keep = dict[int, np.ndarray]  # root group -> indices of its channels that stay
 
@@ -122,6 +123,9 @@ def shrink(
                 "weights, so shrink the masked model first, then `model.quantize` the "
                 "shrunk one."
             )
+        message = rewound(masks, "shrink")
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
         return _shrink_masked(model, masks)
     if sparsity is None:
         raise ValueError(
