@@ -260,6 +260,9 @@ def _left_whole(layer: keras.layers.Layer, uses: int) -> str:
         return f"{what} cannot lose channels where it is called"
     if isinstance(layer, L.RNN):
         return f"{what} is recurrent: shrink does not remove its units"
+    attention = isinstance(layer, (L.MultiHeadAttention, L.GroupQueryAttention))
+    if attention and layer.get_config().get("use_gate"):
+        return f"{what} has a gate (use_gate=True): shrink does not remove its heads"
     if any(isinstance(inner, L.RNN) for inner in _keras.flatten_layers(layer)):
         return f"{what} holds a recurrent layer: shrink does not remove its units"
     return f"{what} holds layers that the walk does not look into"

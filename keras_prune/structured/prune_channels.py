@@ -356,6 +356,9 @@ def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set
             names = ", ".join(layer.name for layer in picked)
             raise ValueError(f"`select` picks {names}, whose channels cannot be removed: {reason}.")
     for layer in layers:
+        if selection.explicit(layer) and id(layer) in graph.whole:
+            reason = graph.whole[id(layer)][1]
+            raise ValueError(f"`select` picks {layer.name}, whose channels stay: {reason}.")
         if selection.explicit(layer) and id(layer) not in producers:
             raise ValueError(
                 f"`select` picks {layer.name} ({type(layer).__name__}), which produces no "

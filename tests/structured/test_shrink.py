@@ -706,6 +706,23 @@ def test_a_group_query_attention_loses_whole_groups_of_query_heads_with_their_ke
     assert not np.allclose(_outputs(model, inputs), _outputs(reference, inputs), atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["MultiHeadAttention", "GroupQueryAttention"])
+def test_a_gated_attention_keeps_its_heads_and_says_why(kind):
+    x = keras.Input((6, 16))
+    if kind == "MultiHeadAttention":
+        attention = L.MultiHeadAttention(4, 4, use_gate=True, name="attention")
+    else:
+        attention = L.GroupQueryAttention(4, 4, 2, use_gate=True, name="attention")
+    h = L.Dense(8, activation="relu", name="hidden")(L.Add()([x, attention(x, x)]))
+    model = keras.Model(x, L.Dense(2, name="out")(h))
+    why = f"`attention` \\({type(attention).__name__}\\) has a gate \\(use_gate=True\\)"
+    with pytest.warns(UserWarning, match=f"1 layer\\(s\\) keep all their channels: {why}"):
+        small = shrink(model, 0.5)
+    assert small.get_layer("hidden").units == 4
+    with pytest.raises(ValueError, match=f"`select` picks attention, whose channels stay: {why}"):
+        keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0), select="attention")
+
+
 def test_an_operation_that_is_not_a_layer_is_kept_in_the_graph():
     # `h[:, 0]` is a GetItem operation: it has no weights to copy, and stops its group.
     x = keras.Input((6, 4))
