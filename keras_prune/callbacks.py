@@ -129,6 +129,12 @@ class PruningSummaries(keras.callbacks.Callback):
       model's total: a sparsity distribution other than "uniform" spreads it
       unevenly over the weights, whose own sparsities are logged above.
 
+    and for every `ChannelMask` of a model from `prune_channels`:
+
+    * `{mask.path}/sparsity`: the fraction of its channels (heads, units)
+      removed.
+    * `{mask.path}/scheduled_sparsity`: what its schedule prescribes now.
+
     Each value is logged at the wrapper's `pruning_step`, the number of
     training batches it has seen (`optimizer.iterations` in a fresh `fit`).
     Unlike tfmot's callback, which subclasses `keras.callbacks.TensorBoard`
@@ -187,24 +193,26 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         global_pruning.link(pruned_layers(self.model))
-        wrappers = list(pruned_layers(self.model))
-        self._active = bool(wrappers)
-        if not wrappers:
+        channel_mask.link(self.model)  # a loaded model's masks find the layers they score
+        layers = _pruning_layers(self.model)
+        self._active = bool(layers)
+        if not layers:
             warnings.warn(
-                "PruningSummaries: the model has no PruneLowMagnitude layers; "
-                "there is nothing to log. Call keras_prune.prune_low_magnitude first.",
+                "PruningSummaries: the model has no PruneLowMagnitude or ChannelMask layers; "
+                "there is nothing to log. Call keras_prune.prune_low_magnitude (or "
+                "prune_channels) first.",
                 UserWarning,
                 stacklevel=2,
             )
             return
-        tags = [tag for wrapper in wrappers for tag in _tags(wrapper)]
+        tags = [tag for layer in layers for tag in _tags(layer)]
         duplicates = sorted(tag for tag, count in collections.Counter(tags).items() if count > 1)
         if duplicates:
             raise ValueError(
                 f"PruningSummaries: several pruned weights log under the same tags {duplicates}; "
                 "give the layers distinct names."
             )
-        self._step = wrappers[0].steps_seen()
+        self._step = layers[0].steps_seen()
         self._written_at = None
         if self._writer is None:
             self._writer = _tfevents.EventFileWriter(os.path.join(self.log_dir, "metrics"))
@@ -235,7 +243,7 @@ class PruningSummaries(keras.callbacks.Callback):
     def _log(self, logs: dict[str, Any] | None, write: bool = True) -> None:
         # On JAX, reading `self.model` writes the trainer's state back into
         # the variables (mid-epoch they are not up to date otherwise).
-        by_step = _pruning_values(pruned_layers(self.model))
+        by_step = _pruning_values(_pruning_layers(self.model))
         if write and self._writer is not None:
             for step, scalars in sorted(by_step.items()):
                 self._writer.add_scalars(step, scalars)
@@ -245,29 +253,37 @@ class PruningSummaries(keras.callbacks.Callback):
                 logs.update(scalars)
 
 
-def _tags(wrapper: PruneLowMagnitude) -> list[str]:
+def _tags(layer: PruneLowMagnitude | channel_mask.ChannelMask) -> list[str]:
+    if isinstance(layer, channel_mask.ChannelMask):
+        return [f"{layer.path}/sparsity", f"{layer.path}/scheduled_sparsity"]
     tags = []
-    for weight, _, _ in wrapper.pruning_vars:
+    for weight, _, _ in layer.pruning_vars:
         tags += [f"{weight.path}/sparsity", f"{weight.path}/threshold"]
-    return tags + [f"{wrapper.path}/scheduled_sparsity"]
+    return tags + [f"{layer.path}/scheduled_sparsity"]
 
 
-def _pruning_values(wrappers: Iterable[PruneLowMagnitude]) -> dict[int, list[tuple[str, float]]]:
-    """(tag, value) pairs of `wrappers` grouped by their pruning step."""
+def _pruning_values(layers: Iterable[Any]) -> dict[int, list[tuple[str, float]]]:
+    """(tag, value) pairs of pruning layers (wrappers and channel masks) by pruning step."""
     by_step: dict[int, list[tuple[str, float]]] = {}
-    for wrapper in wrappers:
-        step = wrapper.steps_seen()
+    for layer in layers:
+        step = layer.steps_seen()
+        if isinstance(layer, channel_mask.ChannelMask):
+            kept = ops.convert_to_numpy(layer.mask.value)
+            scheduled = float(ops.convert_to_numpy(layer.pruning_schedule(step)[1]))
+            values = [float(np.count_nonzero(kept == 0) / kept.size), scheduled]
+            by_step.setdefault(step, []).extend(zip(_tags(layer), values))
+            continue
         values = []
-        for _, mask, threshold in wrapper.pruning_vars:
+        for _, mask, threshold in layer.pruning_vars:
             mask_value = ops.convert_to_numpy(mask.value)
             values.append(float(np.count_nonzero(mask_value == 0) / mask_value.size))
             values.append(float(ops.convert_to_numpy(threshold.value)))
-        if wrapper.sparsity_m_by_n is not None:
-            m, n = wrapper.sparsity_m_by_n
+        if layer.sparsity_m_by_n is not None:
+            m, n = layer.sparsity_m_by_n
             values.append(m / n)
         else:
-            values.append(float(ops.convert_to_numpy(wrapper.pruning_schedule(step)[1])))
-        by_step.setdefault(step, []).extend(zip(_tags(wrapper), values))
+            values.append(float(ops.convert_to_numpy(layer.pruning_schedule(step)[1])))
+        by_step.setdefault(step, []).extend(zip(_tags(layer), values))
     return by_step
 
 

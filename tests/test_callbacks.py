@@ -326,6 +326,25 @@ def test_summaries_default_logs_at_epoch_ends_and_keeps_one_file_per_fit(tmp_pat
     assert events[f"{kernel.path}/sparsity"] == [(2, 0.5), (4, 0.5), (6, 0.5)]
 
 
+def test_summaries_log_the_channels_a_channel_mask_removes(tmp_path):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    schedule = PolynomialDecay(0.0, 0.5, begin_step=0, end_step=4, frequency=2)
+    masked = keras_prune.prune_channels(model, schedule)
+    masked.compile("sgd", "mse")
+    x, y = np.ones((8, 8), "float32"), np.ones((8, 1), "float32")
+    summaries = keras_prune.PruningSummaries(str(tmp_path))
+    history = masked.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[summaries])
+    (mask,) = keras_prune.structured.channel_mask.channel_masks(masked)
+    removed = 1 - keras.ops.convert_to_numpy(mask.mask).mean()  # the mask itself, at the end
+    events = read_events(tmp_path)
+    # Steps 2 and 4 prescribe 0.5 - 0.5 * (1 - 2/4)**3 = 0.4375 and 0.5 of the
+    # 8 units: 3 of them (rounded down), then 4.
+    assert events[f"{mask.path}/scheduled_sparsity"] == [(2, 0.4375), (4, 0.5)]
+    assert events[f"{mask.path}/sparsity"] == [(2, 0.375), (4, removed)]
+    assert removed == 0.5
+    assert history.history[f"{mask.path}/sparsity"] == [0.375, 0.5]
+
+
 def test_summaries_log_m_over_n_as_the_scheduled_sparsity(tmp_path):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     pruned = keras_prune.prune_low_magnitude(
@@ -359,7 +378,9 @@ def test_summaries_reject_a_bad_update_freq(tmp_path, update_freq):
 def test_summaries_warn_on_model_without_pruning(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
-    with pytest.warns(UserWarning, match="PruningSummaries: the model has no PruneLowMagnitude"):
+    with pytest.warns(
+        UserWarning, match="PruningSummaries: the model has no PruneLowMagnitude or ChannelMask"
+    ):
         model.fit(
             np.ones((4, 3)),
             np.ones((4, 1)),
