@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_prune import _keras, registry
+from keras_prune.structured import heads
 from keras_prune.structured.channel_mask import (
     WRAPPING,
     ChannelMask,
@@ -24,7 +25,6 @@ from keras_prune.structured.channel_mask import (
     channel_masks,
 )
 from keras_prune.structured.graph import TRANSPOSED
-from keras_prune.structured.heads import attention_heads
 from keras_prune.structured.importance import kernel as channel_kernel
 from keras_prune.structured.importance import output_axis
 from keras_prune.wrapper import PruneLowMagnitude
@@ -199,8 +199,7 @@ def _masked_inside(mask: ChannelMask) -> list[keras.layers.Layer]:
     if isinstance(mask, FeedForwardMask) and mask.built:
         return [*mask.feed_forward.inner, mask.feed_forward.outer]
     if isinstance(mask, HeadMask) and isinstance(mask.layer, keras.layers.GroupQueryAttention):
-        found = attention_heads(mask.layer)
-        return [] if found is None else [found.query, found.key, found.value, found.output]
+        return list(heads.projections(mask.layer) or [])
     return []
 
 
@@ -212,7 +211,7 @@ def _masked_channels(
     removed = f"{int(len(kept) - kept.sum())} of {len(kept)}"
     entries = {}  # id(kernel) -> (axis, its entries along it kept or not)
     if isinstance(mask, HeadMask):  # a head is an axis of each projection's kernel
-        found = attention_heads(mask.layer)
+        found = heads.attention_heads(mask.layer)
         what = "head groups" if found.grouped else "heads"  # a key and value head, its queries
         note = f"{removed} {what} removed by its HeadMask"
         entries = {id(k): (axis, np.repeat(kept, per)) for k, axis, per in found.kernel_axes()}
@@ -251,7 +250,6 @@ def _relative_path(weight: keras.Variable, layer: keras.layers.Layer) -> str:
 
 
 _L = keras.layers
-_ATTENTION = (_L.MultiHeadAttention, _L.GroupQueryAttention)
 _FLOP_LAYERS = (
     _L.Conv1D,
     _L.Conv2D,
@@ -274,9 +272,10 @@ def flops(model: keras.Model) -> int:
     convolution's input positions count instead), each time the layer is
     called; zeros inside a kernel count too, as dense kernels compute
     them. An EinsumDense costs one multiply-add per output entry and
-    contracted kernel entry; an attention layer its four projections and,
-    per query head, its attention scores and weighted sum. Activations, pooling and
-    normalisation are left out (a few percent in a CNN). `model` must be
+    contracted kernel entry; an attention layer its projections (four,
+    five with a gate) and, per query head, its attention scores and
+    weighted sum. Activations, pooling and normalisation are left out (a few
+    percent in a CNN). `model` must be
     Functional or Sequential (nested ones count). A custom layer that holds
     such layers (a KerasHub transformer block) has no graph in which to see
     their calls: it is not counted, and a warning names it.
@@ -324,12 +323,12 @@ def _flops(model: keras.Model, uncounted: list[str]) -> int:
             total += 2 * positions * math.prod(operation.kernel.shape)
         elif isinstance(operation, _L.EinsumDense):
             total += 2 * _einsum_macs(operation, _known(outputs[0].shape, operation))
-        elif isinstance(operation, _ATTENTION):
+        elif isinstance(operation, heads.ATTENTION):
             value = inputs[1] if len(inputs) > 1 else inputs[0]
             shapes = (_known(t.shape, operation) for t in (inputs[0], value))
             total += 2 * _attention_macs(operation, *shapes)
         elif isinstance(operation, keras.layers.Layer) and any(
-            isinstance(inner, (*_FLOP_LAYERS, *TRANSPOSED, _L.EinsumDense, *_ATTENTION))
+            isinstance(inner, (*_FLOP_LAYERS, *TRANSPOSED, _L.EinsumDense, *heads.ATTENTION))
             for inner in _keras.flatten_layers(operation)
         ):
             name = f"{operation.name} ({type(operation).__name__})"
@@ -370,22 +369,18 @@ def _einsum_macs(layer: keras.layers.EinsumDense, output_shape: Any) -> int:
 
 def _attention_macs(layer: keras.layers.Layer, query: Any, value: Any) -> int:
     """Multiply-adds of one sample through a MultiHeadAttention or GroupQueryAttention:
-    query, key, value and output projections, and per query head the scores
-    (query x key) and the weighted sum."""
-    if isinstance(layer, _L.GroupQueryAttention):
-        query_dense, key_dense, value_dense, output_dense = _keras.grouped_query_projections(layer)
-        query_heads = layer.num_query_heads
-    else:
-        query_dense, key_dense = layer.query_dense, layer.key_dense
-        value_dense, output_dense = layer.value_dense, layer.output_dense
-        query_heads = layer.num_heads
+    its projections (key and value at each source position; query, output and
+    a gate's at each target position), and per query head the scores (query x
+    key) and the weighted sum."""
+    _, key_dense, value_dense, _ = heads.projections(layer)
+    query_heads = math.prod(heads.head_counts(layer))
     targets = math.prod(query[1:-1])
     sources = math.prod(value[1:-1])
-    projections = targets * (
-        math.prod(query_dense.kernel.shape) + math.prod(output_dense.kernel.shape)
-    )
-    projections += sources * (
-        math.prod(key_dense.kernel.shape) + math.prod(value_dense.kernel.shape)
+    read_at_sources = {id(key_dense), id(value_dense)}
+    projections = sum(
+        math.prod(inner.kernel.shape) * (sources if id(inner) in read_at_sources else targets)
+        for inner in _keras.flatten_layers(layer)
+        if isinstance(inner, _L.EinsumDense)
     )
     key_size = key_dense.kernel.shape[-1]
     value_size = value_dense.kernel.shape[-1]

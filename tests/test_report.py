@@ -158,6 +158,15 @@ def test_flops_count_attention_and_einsum_dense_by_hand():
     gqa = L.GroupQueryAttention(4, num_query_heads=4, num_key_value_heads=2)
     expected_gqa = 2 * 6 * 16 * 16 + 2 * 6 * 16 * 8 + 4 * 6 * 6 * 8
     assert keras_prune.flops(keras.Model(x, gqa(x, x))) == 2 * expected_gqa
+    # A gate is one more query-sized projection (6 x 16*4*4), on either kind;
+    # the query attends to 3 other positions (key and value 3 x 16*...).
+    source = keras.Input((3, 16))
+    mha = L.MultiHeadAttention(4, 4, use_gate=True)
+    expected_mha = 3 * 6 * 16 * 16 + 2 * 3 * 16 * 16 + 4 * 6 * 3 * 8
+    assert keras_prune.flops(keras.Model([x, source], mha(x, source))) == 2 * expected_mha
+    gqa = L.GroupQueryAttention(4, num_query_heads=4, num_key_value_heads=2, use_gate=True)
+    expected_gqa = 3 * 6 * 16 * 16 + 2 * 3 * 16 * 8 + 4 * 6 * 3 * 8
+    assert keras_prune.flops(keras.Model([x, source], gqa(x, source))) == 2 * expected_gqa
     unknown = keras.Input((None, 8))
     with pytest.raises(ValueError, match="known shapes.*`dense_of_any_length` sees"):
         keras_prune.flops(keras.Model(unknown, L.Dense(2, name="dense_of_any_length")(unknown)))

@@ -372,19 +372,14 @@ class HeadMask(_WrappingMask):
     """
 
     def __init__(self, layer: keras.layers.Layer, pruning_schedule: PruningSchedule, **kwargs: Any):
-        kinds = (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
         _validation.instance(
-            layer, "layer", kinds, "a keras.layers.MultiHeadAttention or GroupQueryAttention"
+            layer,
+            "layer",
+            heads_lib.ATTENTION,
+            "a keras.layers.MultiHeadAttention or GroupQueryAttention",
         )
         super().__init__(layer, pruning_schedule, **kwargs)
-        self._check_channels(self._channels(), "heads")
-
-    def _channels(self) -> int:
-        """The heads, or key and value heads, of the wrapped layer (from its config)."""
-        layer = self.layer
-        if isinstance(layer, keras.layers.GroupQueryAttention):
-            return layer.num_key_value_heads
-        return layer.num_heads
+        self._check_channels(heads_lib.head_counts(layer)[0], "heads")
 
     def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
         if not self.layer.built:
@@ -394,14 +389,14 @@ class HeadMask(_WrappingMask):
                 f"{self.name!r}: `{self.layer.name}` uses a gate or holds its heads where "
                 "Keras does not put them; its heads cannot be masked."
             )
-        super().build((self._channels(),))
+        super().build((heads_lib.head_counts(self.layer)[0],))
 
     def call(
         self, query: Any, value: Any, key: Any = None, training: bool | None = None, **kwargs: Any
     ) -> Any:
         if training:
             self._update()
-        projection = heads_lib.value_projection(self.layer)
+        projection = heads_lib.projections(self.layer)[2]
         heads = self.mask.value
         masked = {  # (inputs, heads, head size) and (heads, head size)
             id(projection.kernel): projection.kernel.value

@@ -11,8 +11,8 @@ removed from all of them at once.
 The heads of a `MultiHeadAttention` are a group too: removing head `h`
 removes its query, key and value projections and its rows of the output
 projection (a `GroupQueryAttention` loses whole groups of query heads with
-their key and value head: `structured.heads`). So are the feed-forward units of a KerasHub transformer block
-(`structured.blocks`).
+their key and value head: `structured.heads`). So are the feed-forward
+units of a KerasHub transformer block (`structured.blocks`).
 
 A group is removable unless something the walk cannot shrink exactly
 touches it: a model output (its shape stays), a model input, a layer it
@@ -245,7 +245,7 @@ def _produces(operation: Any) -> bool:
     if not isinstance(operation, keras.layers.Layer):
         return False
     return any(
-        isinstance(layer, (*PRODUCERS, L.MultiHeadAttention, L.RNN))
+        isinstance(layer, (*PRODUCERS, *heads.ATTENTION, L.RNN))
         for layer in _keras.flatten_layers(operation, include_self=True)
     )
 
@@ -260,7 +260,7 @@ def _left_whole(layer: keras.layers.Layer, uses: int) -> str:
         return f"{what} cannot lose channels where it is called"
     if isinstance(layer, L.RNN):
         return f"{what} is recurrent: shrink does not remove its units"
-    attention = isinstance(layer, (L.MultiHeadAttention, L.GroupQueryAttention))
+    attention = isinstance(layer, heads.ATTENTION)
     if attention and layer.get_config().get("use_gate"):
         return f"{what} has a gate (use_gate=True): shrink does not remove its heads"
     if any(isinstance(inner, L.RNN) for inner in _keras.flatten_layers(layer)):
@@ -489,7 +489,7 @@ class _Walk:
             return self.merge(layouts, multiply=kind is L.Multiply)
         if kind is L.Concatenate:
             return self.concatenate(layer, inputs, layouts)
-        if kind in (L.MultiHeadAttention, L.GroupQueryAttention):
+        if kind in heads.ATTENTION:
             return self.attention(layer, layouts, outputs[0])
         if blocks.feed_forward(layer) is not None:
             return self.block(layer, layouts, outputs[0])

@@ -76,31 +76,41 @@ class AttentionHeads:
         ]
 
 
-def value_projection(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """The value projection of a built MultiHeadAttention or GroupQueryAttention
-    (without the checks of `attention_heads`, for a forward pass)."""
+ATTENTION = (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
+"""The attention layers whose heads this module knows."""
+
+
+def head_counts(layer: keras.layers.Layer) -> tuple[int, int]:
+    """(channels, query heads per channel) of a MultiHeadAttention or
+    GroupQueryAttention, from its config (built or not)."""
     if isinstance(layer, keras.layers.GroupQueryAttention):
-        return _keras.grouped_query_projections(layer)[2]
-    return layer.value_dense
+        return layer.num_key_value_heads, layer.num_query_heads // layer.num_key_value_heads
+    return layer.num_heads, 1
+
+
+def projections(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, ...] | None:
+    """The query, key, value and output `EinsumDense` of a built MultiHeadAttention
+    or GroupQueryAttention, gated or not (without the checks of
+    `attention_heads`: for a forward pass or a count); None before it is built."""
+    if not layer.built:
+        return None
+    if isinstance(layer, keras.layers.GroupQueryAttention):
+        return _keras.grouped_query_projections(layer)
+    return (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
 
 
 def attention_heads(layer: Any) -> AttentionHeads | None:
     """`layer`'s heads if it is a built `MultiHeadAttention` or `GroupQueryAttention`
     (not a subclass, which may compute something else) without a gate, whose
     kernels hold its heads where Keras puts them; else None."""
-    kind = type(layer)
-    if kind is keras.layers.MultiHeadAttention and layer.built:
-        projections = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
-        count, per_group = layer.num_heads, 1
-    elif kind is keras.layers.GroupQueryAttention and layer.built:
-        projections = _keras.grouped_query_projections(layer)
-        count, per_group = layer.num_key_value_heads, layer.num_repeats
-    else:
+    if type(layer) not in ATTENTION or layer.get_config().get("use_gate"):
         return None
-    if projections is None or layer.get_config().get("use_gate"):
+    found_projections = projections(layer)
+    if found_projections is None:
         return None
-    grouped = kind is keras.layers.GroupQueryAttention
-    found = AttentionHeads(*projections, count=count, per_group=per_group, grouped=grouped)
+    count, per_group = head_counts(layer)
+    grouped = type(layer) is keras.layers.GroupQueryAttention
+    found = AttentionHeads(*found_projections, count=count, per_group=per_group, grouped=grouped)
     for kernel, axis, per in found.kernel_axes():
         if len(kernel.shape) != 3 or kernel.shape[axis] != count * per:
             return None

@@ -6,9 +6,10 @@ and the same `.keras` files, but the schedule's sparsity is the fraction of
 each channel group's channels removed (`structured.graph` finds the groups).
 The model it returns computes with the removed channels at exactly 0 (a
 `ChannelMask` after every layer that holds them, a `HeadMask` around each
-`MultiHeadAttention` or `GroupQueryAttention` whose heads go, a `FeedForwardMask` around each
-KerasHub transformer block whose feed-forward units go), and `shrink(model)` then cuts them
-out: same predictions, smaller layers. A mask goes after the per-channel
+`MultiHeadAttention` or `GroupQueryAttention` whose heads go, a
+`FeedForwardMask` around each KerasHub transformer block whose feed-forward
+units go), and `shrink(model)` then cuts them out: same predictions,
+smaller layers. A mask goes after the per-channel
 layers that follow its layer alone (`conv -> ReLU -> MaxPooling2D`: one
 mask, after the pooling): a removed channel's value there reaches no kept
 channel, and the pooled tensor is the smallest one to multiply in every
@@ -38,6 +39,7 @@ import keras
 from keras_prune import _keras, _validation, model_class
 from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
+from keras_prune.structured import heads
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import (
     NORMALIZATIONS,
@@ -123,10 +125,10 @@ def prune_channels(
         channels (or after the pooling, activation or normalisation that
         alone follows it; or a `NormalizationMask` around that
         normalisation), each pruned `MultiHeadAttention` or
-        `GroupQueryAttention` wrapped in a `HeadMask` and each pruned transformer block in a `FeedForwardMask`,
-        uncompiled (a KerasHub backbone or task as a
-        `model_class.PrunedGraph` that notes its class). Train it, then
-        call `shrink(model)`.
+        `GroupQueryAttention` wrapped in a `HeadMask` and each pruned
+        transformer block in a `FeedForwardMask`, uncompiled (a KerasHub
+        backbone or task as a `model_class.PrunedGraph` that notes its
+        class). Train it, then call `shrink(model)`.
 
     Raises:
         ValueError: a selected layer whose channels cannot be removed (named,
@@ -200,10 +202,8 @@ def prune_channels(
             return NormalizationMask(new, pruning_schedule, **normalizations[id(layer)])
         if id(layer) not in inside:
             return new
-        heads = isinstance(
-            layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)
-        )
-        return (HeadMask if heads else FeedForwardMask)(
+        attention = isinstance(layer, heads.ATTENTION)
+        return (HeadMask if attention else FeedForwardMask)(
             new,
             pruning_schedule,
             segments=inside[id(layer)],
@@ -211,7 +211,7 @@ def prune_channels(
             round_to=round_to,
             source=layer.name,
             global_pruning=global_pruning,
-            name=f"{layer.name}_{'head' if heads else 'feed_forward'}_mask",
+            name=f"{layer.name}_{'head' if attention else 'feed_forward'}_mask",
         )
 
     model = rebuild(to_prune, graph, {}, after=lambda layer: masks.get(id(layer)), wrap=wrap)
