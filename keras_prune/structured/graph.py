@@ -143,12 +143,22 @@ class Layout:
 
     `zero[i]` says whether a removed channel of `groups[i]` reads 0 here;
     `repeat` > 1 after Flatten, where channel `c` sits at `p * channels + c`
-    for each of `repeat` positions.
+    for each of `repeat` positions. `tiled` after a Concatenate of such
+    tensors: each piece's groups written out once per position, in order
+    (a group appears more than once).
     """
 
     groups: tuple[int, ...]
     zero: tuple[bool, ...]
     repeat: int = 1
+    tiled: bool = False
+
+    @property
+    def flat(self) -> bool:
+        """Whether the tensor holds flattened channels, which only a Dense layer (through
+        dropout and activations) may read: a per-feature layer would need a mask per
+        position."""
+        return self.repeat != 1 or self.tiled
 
 
 @dataclasses.dataclass
@@ -196,7 +206,7 @@ class Graph:
             for leaf in self.leaves(group):
                 groups.append(leaf)
                 zero.append(z)
-        return Layout(tuple(groups), tuple(zero), layout.repeat)
+        return dataclasses.replace(layout, groups=tuple(groups), zero=tuple(zero))
 
     def roots(self) -> list[int]:
         return [i for i in range(len(self.groups)) if self.find(i) == i and i not in self.splits]
@@ -392,8 +402,11 @@ class _Walk:
         group.reason = group.reason or reason
 
     def align(self, layouts: list[Layout]) -> list[Layout] | None:
-        """`layouts` cut into groups of the same sizes at the same places, or None if they differ in size."""
+        """`layouts` cut into groups of the same sizes at the same places, or None if they differ
+        in size or one is tiled (a group cut at one of its places would be cut again)."""
         if len({(self.size(layout), layout.repeat) for layout in layouts}) != 1:
+            return None
+        if any(layout.tiled for layout in layouts):
             return None
         cuts = set()
         for layout in layouts:
@@ -498,18 +511,13 @@ class _Walk:
         (layout,) = layouts
         if kind in PRODUCERS:
             return self.produce(layer, inputs[0], layout)
-        if layout.repeat != 1 and kind not in (L.Dropout, L.Identity, *ACTIVATIONS):
+        if layout.flat and kind not in (L.Dropout, L.Identity, *ACTIVATIONS):
             return None
         if kind in ACTIVATIONS:
             if kind is L.Activation and not per_channel(layer.activation):
                 return None
-            return [
-                Layout(
-                    layout.groups,
-                    tuple(z and _zero_at_zero(layer) for z in layout.zero),
-                    layout.repeat,
-                )
-            ]
+            zero = tuple(z and _zero_at_zero(layer) for z in layout.zero)
+            return [dataclasses.replace(layout, zero=zero)]
         if kind in ZERO_KEEPING:
             return [layout] if self.in_format(layer) else None
         if kind is L.PReLU:  # prelu(0) = 0; its slopes along the last axis go with their channel
@@ -540,11 +548,7 @@ class _Walk:
         """Its groups are normalised apart, so whole ones can go: a removed run of
         channels is 0 after it, once its scale and shift are (`set_block`)."""
         channels = self.channels(tensor)
-        if (
-            layer.axis % len(tensor.shape) != self.axis(tensor)
-            or layout.repeat != 1
-            or not channels
-        ):
+        if layer.axis % len(tensor.shape) != self.axis(tensor) or layout.flat or not channels:
             return None
         run = channels // layer.groups  # a built layer's `groups` (-1 becomes the channels)
         offset = 0
@@ -578,7 +582,7 @@ class _Walk:
         if tuple(inputs[0].shape) != tuple(output.shape):
             return None
         layout, zero = layouts[0], _zero_at_zero(operation)
-        return [Layout(layout.groups, tuple(z and zero for z in layout.zero), layout.repeat)]
+        return [dataclasses.replace(layout, zero=tuple(z and zero for z in layout.zero))]
 
     def number_op(self, found: Any, inputs: list[Any], layouts: list[Layout], output: Any):
         """A tensor and a number (`x + 3.0`, `x / 6`; `found` is `_keras.op_with_number`'s):
@@ -591,7 +595,7 @@ class _Walk:
             return None  # x / 0, 6 / x: not 0 where x is
         zero = number == 0 if kind in ("add", "subtract") else True
         layout = layouts[0]
-        return [Layout(layout.groups, tuple(z and zero for z in layout.zero), layout.repeat)]
+        return [dataclasses.replace(layout, zero=tuple(z and zero for z in layout.zero))]
 
     def produce(self, layer: keras.layers.Layer, tensor: Any, layout: Layout):
         if not self.in_format(layer) or getattr(layer, "groups", 1) != 1:
@@ -599,7 +603,7 @@ class _Walk:
         dense = isinstance(layer, (L.Dense, L.EinsumDense))
         if dense and not blocks.acts_as_dense(layer):
             return None  # an EinsumDense that mixes other axes than the last
-        if layout.repeat != 1 and not dense:
+        if layout.flat and not dense:
             return None
         if self.axis(tensor) != len(tensor.shape) - 1 and dense:
             return None  # a Dense layer reads the last axis, not the channels
@@ -666,12 +670,14 @@ class _Walk:
 
     def concatenate(self, layer: keras.layers.Layer, inputs: list[Any], layouts: list[Layout]):
         rank = len(inputs[0].shape)
-        if any(layout.repeat != 1 for layout in layouts):
-            return None
         if layer.axis % rank == self.axis(inputs[0]):
-            groups = tuple(g for layout in layouts for g in layout.groups)
-            zero = tuple(z for layout in layouts for z in layout.zero)
-            return [Layout(groups, zero)]
+            # Flattened pieces (two branches flattened into one Dense) are
+            # written out position by position.
+            groups = tuple(g for layout in layouts for g in layout.groups * layout.repeat)
+            zero = tuple(z for layout in layouts for z in layout.zero * layout.repeat)
+            return [Layout(groups, zero, tiled=any(layout.flat for layout in layouts))]
+        if any(layout.flat for layout in layouts):
+            return None
         # Along another axis, channel c of each input is one channel.
         return self.merge(layouts, multiply=False)
 

@@ -268,6 +268,33 @@ def test_an_einsum_dense_on_the_last_axis_produces_and_reads_channels_like_a_den
     _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
 
 
+def test_flattened_branches_concatenated_into_a_dense_layer_lose_channels_at_every_position():
+    image, extra = keras.Input((6, 6, 2)), keras.Input((3,))
+    a = L.Conv2D(6, 3, activation="relu", name="a")(image)  # 4 x 4 positions
+    b = L.Conv2D(4, 4, activation="relu", name="b")(image)  # 3 x 3 positions
+    c = L.Dense(8, activation="relu", name="c")(extra)  # not flattened
+    joined = L.Concatenate()([L.Flatten()(a), c, L.Flatten()(b)])
+    h = L.Dense(10, activation="relu", name="h")(L.Dropout(0.1)(L.Activation("relu")(joined)))
+    normalised = L.BatchNormalization(name="bn")(L.Concatenate()([L.Flatten()(a), h]))
+    model = keras.Model([image, extra], L.Dense(3, name="out")(normalised))
+    _randomize(model)
+    reasons = {group.producers: group.reason for group in channel_groups(model)}
+    assert [reasons[p] for p in [("b",), ("c",)]] == [None, None]
+    # A per-feature layer after flattening would need a mask at each position.
+    assert (
+        reasons[("a",)]
+        == reasons[("h",)]
+        == "`bn` (BatchNormalization) reads it and cannot be shrunk"
+    )
+    with pytest.warns(UserWarning, match="keep every channel: a: `bn`"):
+        small = shrink(model, 0.5)
+    assert small.get_layer("b").filters == 2 and small.get_layer("c").units == 4
+    assert small.get_layer("h").kernel.shape == (16 * 6 + 4 + 9 * 2, 10)
+    rng = np.random.RandomState(0)
+    inputs = [rng.rand(4, 6, 6, 2).astype("float32"), rng.rand(4, 3).astype("float32")]
+    _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
+
+
 @pytest.mark.parametrize("shared_axes, alpha_shape", [([1, 2], (1, 1, 3)), ([3], (6, 6, 1))])
 def test_prelu_slopes_go_with_their_channels_unless_shared_across_them(shared_axes, alpha_shape):
     x = keras.Input((8, 8, 3))
