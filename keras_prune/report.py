@@ -123,11 +123,11 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     report = SparsityReport()
     layers = [model] if not isinstance(model, keras.Model) else []
     layers += _keras.flatten_layers(model)
-    # Layers a wrapper or a known layer (MultiHeadAttention) already counts.
+    # Layers a wrapper or a layer with rows of its own (`_has_rows`) already counts.
     covered = {
         id(inner)
         for layer in layers
-        if isinstance(layer, PruneLowMagnitude) or registry.is_known(layer)
+        if isinstance(layer, PruneLowMagnitude) or _has_rows(layer)
         for inner in _keras.flatten_layers(layer)
     }
     # Layers inside a custom layer: named by their path (two blocks' "query").
@@ -142,8 +142,7 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     }
     masks = channel_masks(model)
     channel_mask = {mask.source: mask for mask in masks}
-    # The feed-forward Dense layers of the blocks FeedForwardMasks wrap, and the
-    # projections of a GroupQueryAttention (which the registry walks into).
+    # The feed-forward Dense layers of the blocks FeedForwardMasks wrap.
     inside_mask = {id(dense): mask for mask in masks for dense in _masked_inside(mask)}
     for layer in layers:
         notes = None
@@ -153,7 +152,7 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
             inner = layer.layer
             pairs = [(w, ops.multiply(w.value, m.value)) for w, m, _ in layer.pruning_vars]
             notes = [_DENSE if f == 0 else "" for f in layer.weight_factors()]
-        elif not registry.is_known(layer):
+        elif not _has_rows(layer):
             if _keras.own_variables(layer) and not isinstance(layer, keras.Model):
                 size = sum(math.prod(v.shape) for v in _keras.own_variables(layer))
                 report.unpruned.append(UnprunedLayer(layer.name, type(layer).__name__, size))
@@ -193,13 +192,21 @@ def sparsity_report(model: keras.layers.Layer) -> SparsityReport:
     return report
 
 
+def _has_rows(layer: keras.layers.Layer) -> bool:
+    """Whether the report names `layer`'s weights as its own: a layer the registry
+    knows, or a GroupQueryAttention (which the registry walks into), unless one of
+    its projections cannot be pruned (then each is named by its path, as in a custom
+    layer, the one with LoRA among the unpruned), like a MultiHeadAttention."""
+    if registry.is_known(layer):
+        return True
+    return isinstance(layer, heads.ATTENTION) and not registry.cannot_prune(layer)
+
+
 def _masked_inside(mask: ChannelMask) -> list[keras.layers.Layer]:
     """The layers inside the layer `mask` wraps that hold the weights it masks, where
     the report reaches them one by one (not through the wrapped layer)."""
     if isinstance(mask, FeedForwardMask) and mask.built:
         return [*mask.feed_forward.inner, mask.feed_forward.outer]
-    if isinstance(mask, HeadMask) and isinstance(mask.layer, keras.layers.GroupQueryAttention):
-        return list(heads.projections(mask.layer) or [])
     return []
 
 

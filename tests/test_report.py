@@ -136,6 +136,30 @@ def test_sparsity_report_counts_the_heads_a_head_mask_removes():
     assert rows["key/kernel"].zeros == 2 * 8 * 2
 
 
+def test_a_group_query_attention_is_reported_as_a_multi_head_attention_is():
+    x = keras.Input((5, 8))
+    attention = L.GroupQueryAttention(2, num_query_heads=4, num_key_value_heads=2, name="attention")
+    model = keras.Model(x, L.Dense(2, name="out")(attention(x, x)))
+    schedule = keras_prune.ConstantSparsity(0.5, 0, frequency=1)
+    pruned = keras_prune.prune_low_magnitude(model, schedule)
+    pruned.compile("sgd", "mse")
+    data = np.random.RandomState(0).rand(4, 5, 8).astype("float32")
+    callbacks = [keras_prune.UpdatePruningStep()]
+    pruned.fit(data, data[:, :, :2], batch_size=2, verbose=0, callbacks=callbacks)
+    stripped = keras_prune.strip_pruning(pruned)
+    kernels = {  # the projections, found by their paths
+        v.path.split("/")[-2] + "/kernel": v
+        for v in stripped.get_layer("attention").weights
+        if v.path.endswith("kernel")
+    }
+    rows = [row for row in keras_prune.sparsity_report(stripped) if row.layer == "attention"]
+    names = ["query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"]
+    assert [row.weight for row in rows] == names
+    for row in rows:
+        zeros = np.count_nonzero(keras.ops.convert_to_numpy(kernels[row.weight]) == 0)
+        assert row.zeros == zeros and row.sparsity == pytest.approx(0.5, abs=0.02)
+
+
 def test_flops_count_attention_and_einsum_dense_by_hand():
     from conftest import small_encoder
 

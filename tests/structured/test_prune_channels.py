@@ -596,11 +596,10 @@ def test_group_query_attention_loses_key_value_groups_while_fit_trains(tmp_path)
     # The query, key and output kernels score too; group 1's value kernel is a
     # hundredth of group 0's, which the other kernels (random, alike) do not outweigh.
     np.testing.assert_array_equal(_masks(masked)["attention"], [1, 0])
-    report = {row.layer: row for row in keras_prune.sparsity_report(masked)}
-    query, value = (
-        report["attention_head_mask/attention/query"],
-        report["attention_head_mask/attention/value"],
-    )
+    report = {(row.layer, row.weight): row for row in keras_prune.sparsity_report(masked)}
+    kernels = ["query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"]
+    assert [weight for layer, weight in report if layer == "attention"] == kernels
+    query, value = report["attention", "query/kernel"], report["attention", "value/kernel"]
     assert query.note == "1 of 2 head groups removed by its HeadMask"
     assert query.sparsity == value.sparsity == 0.5
 
