@@ -90,6 +90,17 @@ def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def attention_gate(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The gate projection (an `EinsumDense`) of a built `MultiHeadAttention` with
+    `use_gate=True`, or None.
+
+    `_gate_dense` (since `use_gate` came, in 2026): Keras has no public
+    property for it, as it has for the query, key, value and output
+    projections.
+    """
+    return getattr(layer, "_gate_dense", None)
+
+
 def grouped_query_projections(layer: keras.layers.Layer) -> tuple[Any, ...] | None:
     """The query, key, value and output `EinsumDense` of a built `GroupQueryAttention`,
     or None before it is built.

@@ -207,7 +207,13 @@ def get_prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
         return list(weights.values())
     if paths and not layer.built:
         raise ValueError(f"Layer {layer.name!r} must be built before its weights are listed.")
-    return [_resolve(layer, path) for path in paths]
+    weights = [_resolve(layer, path) for path in paths]
+    gate = (
+        _keras.attention_gate(layer) if isinstance(layer, keras.layers.MultiHeadAttention) else None
+    )
+    if gate is not None:  # a kernel like the projections', with no public path to register
+        weights.append(gate.kernel)
+    return weights
 
 
 _L = keras.layers

@@ -61,6 +61,8 @@ PRIVATE_KERAS = (
     "_query_dense",
     "_key_dense",
     "_value_dense",
+    "._gate_dense",  # and as a name: (KerasHub's "feedforward_gate_dense" is public)
+    '"_gate_dense"',
     "._output_dense",  # (KerasHub's blocks name a sublayer "feedforward_output_dense")
     "_inbound_nodes",
     "_outbound_nodes",

@@ -64,6 +64,18 @@ LAYERS = {
         False,
         tuple(f"_{p}_dense.kernel" for p in ("query", "key", "value", "output")),
     ),
+    "gated_multi_head_attention": (  # the gate projection is a kernel like the others
+        conv(L.MultiHeadAttention, 2, 4, use_gate=True),
+        (5, 6),
+        False,
+        tuple(f"_{p}_dense.kernel" for p in ("query", "key", "value", "output", "gate")),
+    ),
+    "group_query_attention": (
+        conv(L.GroupQueryAttention, 3, num_query_heads=4, num_key_value_heads=2),
+        (5, 6),
+        False,
+        tuple(f"_{p}_dense.kernel" for p in ("query", "key", "value", "output")),
+    ),
     "simple_rnn": (conv(L.SimpleRNN, 6), (5, 4), False, RNN_WEIGHTS),
     "lstm": (conv(L.LSTM, 6, unit_forget_bias=False), (5, 4), False, RNN_WEIGHTS),
     "gru": (conv(L.GRU, 6), (5, 4), False, RNN_WEIGHTS),
@@ -115,7 +127,8 @@ def test_layer_trains_to_exactly_the_scheduled_sparsity(kind):
     make, shape, integer, weight_paths = LAYERS[kind]
     inputs = keras.Input(shape, dtype="int32" if integer else "float32")
     layer = make()
-    hidden = layer(inputs, inputs, inputs) if kind == "multi_head_attention" else layer(inputs)
+    attention = isinstance(layer, (L.MultiHeadAttention, L.GroupQueryAttention))
+    hidden = layer(inputs, inputs, inputs) if attention else layer(inputs)
     model = keras.Model(inputs, L.Dense(1, name="head")(L.Flatten()(hidden)))
     pruned = kp.prune_low_magnitude(
         model, kp.ConstantSparsity(SPARSITY, begin_step=0, frequency=1), select=layer.name
@@ -141,6 +154,8 @@ def test_layer_trains_to_exactly_the_scheduled_sparsity(kind):
         "separable_conv1d": 2,
         "separable_conv2d": 2,
         "multi_head_attention": 4,
+        "gated_multi_head_attention": 5,
+        "group_query_attention": 4,
         "spectral_normalization": 2,
     }.get(kind, 1)
     for variable in others:  # biases (initialised to ones), depthwise kernels, power iteration
