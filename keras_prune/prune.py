@@ -121,6 +121,8 @@ def _transform_plain(model: keras.Model, transform: Transform, memo: Memo) -> ke
     clone = keras.models.clone_model(model, clone_function=clone_function)
     for original, new in pairs:
         _copy_weights(original, new)
+    if not model.trainable:  # a frozen base model stays frozen (its layers' copies are)
+        clone.trainable = False
     return clone
 
 

@@ -320,3 +320,42 @@ def test_custom_layer_without_build_is_pruned_stripped_saved_and_resumed(tmp_pat
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     loaded.fit(x, y, batch_size=8, verbose=0, callbacks=[keras_prune.UpdatePruningStep()])
     assert int(ops.convert_to_numpy(loaded.layers[1].pruning_step.value)) == 4
+
+
+def test_a_frozen_base_model_is_pruned_stays_frozen_and_can_be_unfrozen(tmp_path):
+    # Transfer learning: a frozen base, a new head. Pruning still zeros the
+    # base's smallest weights (the masks update in training, as tfmot's do)
+    # and leaves its other weights as they were; the base stays frozen
+    # through pruning, saving and stripping, and unfreezes as any base does.
+    inputs = keras.Input((12, 12, 1))
+    hidden = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    base = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(hidden), name="base")
+    base.trainable = False
+    model = keras.Sequential([keras.Input((12, 12, 1)), base, keras.layers.Dense(4, name="head")])
+    kernel = ops.convert_to_numpy(base.get_layer("conv").kernel)
+    schedule = ConstantSparsity(0.5, 0, frequency=1)
+    pruned = keras_prune.prune_low_magnitude(model, schedule)
+    assert not pruned.get_layer("base").trainable
+    trained = [w.path.split("/")[-2:] for w in pruned.trainable_weights]
+    assert trained == [["head", "kernel"], ["head", "bias"]]
+    x, y = small_images(8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    pruned.compile("sgd", loss)
+    callbacks = [keras_prune.UpdatePruningStep()]
+    pruned.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+    pruned.save(tmp_path / "pruned.keras")
+    loaded = keras.saving.load_model(tmp_path / "pruned.keras")
+    stripped = keras_prune.strip_pruning(loaded)
+    assert not loaded.get_layer("base").trainable and not stripped.get_layer("base").trainable
+    after = ops.convert_to_numpy(stripped.get_layer("base").get_layer("conv").kernel)
+    kept = np.abs(kernel).ravel() >= np.sort(np.abs(kernel).ravel())[kernel.size // 2]
+    np.testing.assert_array_equal(after.ravel(), np.where(kept, kernel.ravel(), 0.0))
+
+    loaded.get_layer("base").trainable = True
+    assert len(loaded.trainable_weights) == 4
+    loaded.compile("sgd", loss)
+    loaded.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+    tuned = ops.convert_to_numpy(
+        keras_prune.strip_pruning(loaded).get_layer("base").get_layer("conv").kernel
+    )
+    assert not np.array_equal(tuned, after) and np.array_equal(tuned == 0, after == 0)
