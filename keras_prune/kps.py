@@ -208,9 +208,19 @@ def _check_path(path: Any) -> str:
     return os.fspath(path)
 
 
+def _hint(path: str) -> str:
+    """What reads the file `path` if its suffix names another format, for the error."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".tflite", ".onnx"):
+        return f" A {suffix} file runs in its own runtime: keras_prune.runtimes.run(path, inputs)."
+    if suffix in (".keras", ".h5"):
+        return f" Load a {suffix} file with keras.saving.load_model(path)."
+    return ""
+
+
 def _read_payload(data: bytes, path: str) -> tuple[dict[str, Any], memoryview]:
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        raise ValueError(f"{path!r} is not a keras_prune export (wrong magic bytes).")
+        raise ValueError(f"{path!r} is not a keras_prune export (wrong magic bytes).{_hint(path)}")
     if len(data) < _HEADER.size:
         raise ValueError(f"{path!r} is truncated: {len(data)} bytes, shorter than the header.")
     _, version, length, digest = _HEADER.unpack_from(data)

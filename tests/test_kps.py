@@ -356,5 +356,9 @@ def test_keras_file_is_not_mistaken_for_an_export(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.save(tmp_path / "m.keras")
     assert zipfile.is_zipfile(tmp_path / "m.keras")
-    with pytest.raises(ValueError, match="not a keras_prune export"):
+    with pytest.raises(ValueError, match=r"not a keras_prune export.*keras.saving.load_model"):
         keras_prune.load(tmp_path / "m.keras")
+    # A file from the other formats `export` writes names what runs it.
+    (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(24))
+    with pytest.raises(ValueError, match=r"export.*\.tflite file runs.*runtimes\.run\(path"):
+        keras_prune.load(tmp_path / "m.tflite")
