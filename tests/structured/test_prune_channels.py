@@ -143,6 +143,36 @@ def test_a_nested_model_is_pruned_as_one_graph_and_select_finds_its_layers():
     _assert_same_predictions(small, masked, x)
 
 
+COMPILATION = {  # compile arguments beside an SGD optimizer's
+    "run_eagerly": ({"run_eagerly": True}, {}),
+    "jit_compile": ({"jit_compile": True}, {}),
+    "steps_per_execution": ({"steps_per_execution": 4}, {}),  # Keras refuses it on torch
+    "gradient_accumulation": ({}, {"gradient_accumulation_steps": 2}),
+}
+
+
+@pytest.mark.parametrize("compilation", COMPILATION)
+def test_every_way_keras_compiles_the_step_prunes_to_the_schedule(compilation):
+    if compilation == "steps_per_execution" and keras.backend.backend() == "torch":
+        pytest.skip("Keras runs one step per execution on torch")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = L.BatchNormalization()(L.Conv2D(8, 3, activation="relu", name="c1")(inputs))
+    h = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="relu", name="c2")(h))
+    model = keras.Model(inputs, L.Dense(3, name="out")(L.Dense(8, name="d")(h)))
+    masked = prune_channels(model, keras_prune.PolynomialDecay(0.0, 0.5, 0, 8, frequency=2))
+    arguments, optimizer = COMPILATION[compilation]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    masked.compile(keras.optimizers.SGD(**optimizer), loss, **arguments)
+    x, y = small_images(64, size=8, classes=3)
+    callbacks = [keras_prune.UpdatePruningStep()]
+    masked.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+    for mask in (layer for layer in masked.layers if isinstance(layer, ChannelMask)):
+        assert int(_numpy(mask.pruning_step)) == 16, mask.name
+        assert _numpy(mask.mask).tolist().count(0.0) == 4, mask.name
+    _assert_same_predictions(shrink(masked), masked, x)
+
+
 def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_exactly():
     rng = np.random.RandomState(0)
     x, y = rng.rand(96, 8, 8, 3).astype("float32"), rng.randint(0, 4, 96)
