@@ -201,18 +201,22 @@ def run(path: str | os.PathLike, inputs: Any) -> list[np.ndarray]:
 
     `inputs` is an array, or for a file with several inputs a dict of
     arrays by its input names (the Keras model's input names; files do not
-    keep the order of the model's inputs).
-    LiteRT runs the file with its builtin kernels, which run every file
+    keep the order of the model's inputs). Numbers are cast to the type
+    the file takes, as Keras casts what `predict` gets (float64 to
+    float32); an array of another shape than the file's input is refused,
+    naming it. LiteRT runs the file with its builtin kernels, which run every file
     `export` writes (XNNPack refuses sparse int8 ones).
 
     Example:
 
     >>> probabilities, = keras_prune.runtimes.run("model.tflite", x_test)
     """
-    path = os.fspath(path)
+    path = os.fspath(_validation.instance(path, "path", (str, os.PathLike), "a str or os.PathLike"))
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in _RUNTIME:
         raise ValueError(f"`path` must end in .tflite or .onnx; got {path!r}.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`path` {path!r} is not a file.")
     if isinstance(inputs, dict):
         arrays: list[np.ndarray] | dict[str, np.ndarray] = {
             str(k): np.asarray(x) for k, x in inputs.items()
@@ -523,8 +527,9 @@ def _run(
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        names = [node.name for node in session.get_inputs()]
-        return list(session.run(None, _feed(names, inputs, candidates)))
+        takes = {node.name: (_onnx_dtype(node.type), node.shape) for node in session.get_inputs()}
+        feed = _conformed(_feed(list(takes), inputs, candidates), takes)
+        return list(session.run(None, feed))
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     try:
@@ -556,8 +561,56 @@ def _run_litert(
     order = [detail["index"] for detail in interpreter.get_input_details()]
     details = runner.get_input_details()
     names = sorted(details, key=lambda name: order.index(details[name]["index"]))
-    outputs = runner(**_feed(names, inputs, candidates))
+    takes = {name: (details[name]["dtype"], details[name]["shape_signature"]) for name in names}
+    outputs = runner(**_conformed(_feed(names, inputs, candidates), takes))
     return [outputs[name] for name in sorted(outputs, key=_output_order)]
+
+
+def _onnx_dtype(kind: str) -> Any:
+    """The numpy type of an ONNX input type ("tensor(float)"), or None if numpy has none."""
+    name = kind.removeprefix("tensor(").removesuffix(")")
+    try:
+        return np.dtype({"float": "float32", "double": "float64"}.get(name, name))
+    except TypeError:
+        return None
+
+
+def _conformed(feed: dict[str, Any], takes: dict[str, tuple[Any, Any]]) -> dict[str, np.ndarray]:
+    """`feed`'s arrays cast to the type each input of the file takes (numbers only), each
+    checked against its shape (`takes`: name -> (numpy type, shape with None, -1 or a
+    name where any size goes))."""
+    result = {}
+    for name, array in feed.items():
+        array = np.asarray(array)
+        dtype, shape = takes[name]
+        fixed = [
+            int(size) if isinstance(size, (int, np.integer)) and size >= 0 else None
+            for size in shape
+        ]
+        if array.ndim != len(fixed) or any(
+            want is not None and got != want for got, want in zip(array.shape, fixed)
+        ):
+            wanted = ", ".join("any" if size is None else str(size) for size in fixed)
+            raise ValueError(
+                f"`inputs[{name!r}]` has shape {array.shape}; the file takes ({wanted})."
+            )
+        if dtype is not None and array.dtype != dtype:
+            kind = np.dtype(dtype).kind
+            # Floats become integers only where they are whole numbers (token ids):
+            # a quantized input takes its own scale, which a cast does not apply.
+            if (
+                array.dtype.kind not in "biuf"
+                or kind not in "biuf"
+                or (
+                    array.dtype.kind == "f" and kind != "f" and not np.all(array == np.round(array))
+                )
+            ):
+                raise TypeError(
+                    f"`inputs[{name!r}]` holds {array.dtype}; the file takes {np.dtype(dtype)}."
+                )
+            array = array.astype(dtype)
+        result[name] = array
+    return result
 
 
 def _output_order(name: str) -> tuple[int, str]:

@@ -187,6 +187,16 @@ def test_a_model_with_several_inputs_is_fed_by_name(tmp_path):
             np.testing.assert_allclose(mine, theirs, atol=1e-5)
         with pytest.raises(ValueError, match="`inputs` must be a dict for a file with several"):
             runtimes.run(tmp_path / f"listed{suffix}", x)
+        # float64 arrays are cast, as `predict` casts them; a wrong shape is named.
+        wide = {name: array.astype("float64") for name, array in zip(names, x)}
+        for mine, theirs in zip(runtimes.run(tmp_path / f"listed{suffix}", wide), got):
+            np.testing.assert_array_equal(mine, theirs)
+        wrong = dict(wide, **{names[1]: np.zeros((3, 4))})
+        message = rf"`inputs\['{names[1]}'\]` has shape \(3, 4\); the file takes \(any, 3\)"
+        with pytest.raises(ValueError, match=message):
+            runtimes.run(tmp_path / f"listed{suffix}", wrong)
+    with pytest.raises(FileNotFoundError, match="`path` .*missing.onnx' is not a file"):
+        runtimes.run(tmp_path / "missing.onnx", x[0])
     keyed_x = {"zeta": x[0], "alpha": x[1]}  # as `predict` takes them
     expected = keyed.predict(keyed_x, verbose=0)  # {"a", "z"}: sorted, as the file's
     for suffix in keyed_formats:
@@ -425,3 +435,14 @@ def test_a_model_with_your_own_layers_exports_from_any_backend(tmp_path, monkeyp
     model = keras.Model(inputs, InMain(name="in_main")(inputs))
     with pytest.raises(ValueError, match="defined in `__main__` .*: InMain. On (jax|torch) a"):
         keras_prune.export(model, tmp_path / "main.onnx")
+
+
+def test_inputs_are_cast_as_predict_casts_them_unless_a_cast_would_change_them():
+    takes = {"ids": (np.dtype("int32"), ["batch", 3])}  # as onnxruntime describes an input
+    fed = runtimes._conformed({"ids": np.array([[1.0, 2.0, 3.0]])}, takes)["ids"]
+    assert fed.dtype == np.int32 and fed.tolist() == [[1, 2, 3]]
+    # A fraction into an integer input (a quantized image as floats in [0, 1]).
+    with pytest.raises(TypeError, match=r"`inputs\['ids'\]` holds float64; the file takes int32"):
+        runtimes._conformed({"ids": np.array([[0.5, 1.0, 2.0]])}, takes)
+    with pytest.raises(TypeError, match="holds <U1"):
+        runtimes._conformed({"ids": np.array([["a", "b", "c"]])}, takes)
