@@ -325,7 +325,8 @@ def check_shape(
     if block_size != (1, 1) and len(shape) != 2:
         raise ValueError(
             f"`block_size` {block_size} needs a 2-D weight, but {name} has shape "
-            f"{tuple(shape)}. Use block_size=(1, 1) for this layer."
+            f"{tuple(shape)}. Use block_size=(1, 1) for this layer (with a model: leave it "
+            "out with `select=`)."
         )
     if sparsity_m_by_n is not None:
         n = sparsity_m_by_n[1]

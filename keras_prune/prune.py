@@ -27,7 +27,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_prune import _keras, _validation, model_class, registry, sparsity_distribution
+from keras_prune import _keras, _validation, masks, model_class, registry, sparsity_distribution
 from keras_prune._layer_copy import NotRecreatable, copy_layer, copy_weights
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
@@ -458,7 +458,7 @@ def prune_low_magnitude(
             "cannot apply with `block_size` or `sparsity_m_by_n`."
         )
     # Validate the options once, before touching any layer.
-    PruneLowMagnitude(keras.layers.Dense(1), **options)
+    probe = PruneLowMagnitude(keras.layers.Dense(1), **options)
     spread = distribution not in ("uniform", "global")
     if spread:
         _check_spreadable(to_prune, options)
@@ -477,6 +477,8 @@ def prune_low_magnitude(
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(to_prune)
         selection = Selection(select)
+        if pruning_policy is None:
+            _check_weight_shapes(to_prune, probe, selection)
         unknown: dict[int, keras.layers.Layer] = {}
         memo = Memo()
         try:
@@ -515,6 +517,27 @@ def prune_low_magnitude(
         "`to_prune` must be a keras layer, a list of layers, or a keras.Model; "
         f"got {type(to_prune).__name__}."
     )
+
+
+def _check_weight_shapes(
+    model: keras.Model, probe: PruneLowMagnitude, selection: Selection
+) -> None:
+    """Raises before any copying where `block_size` or `sparsity_m_by_n` (normalised in
+    `probe`) cannot apply to a weight of a layer `selection` picks; the wrapper checks
+    again as it builds (a layer inside a picked custom layer)."""
+    if probe.block_size == (1, 1) and probe.sparsity_m_by_n is None:
+        return
+    for layer in _keras.flatten_layers(model):
+        if isinstance(layer, keras.Model) or not (layer.built and registry.supports(layer)):
+            continue
+        if selection(layer) and not registry.cannot_prune(layer):
+            for weight in registry.get_prunable_weights(layer):
+                masks.check_shape(
+                    tuple(weight.shape),
+                    probe.block_size,
+                    probe.sparsity_m_by_n,
+                    name=f"{layer.name}/{weight.name}",
+                )
 
 
 def _check_not_quantized(to_prune: Any) -> None:

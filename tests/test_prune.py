@@ -1,3 +1,6 @@
+import os
+import traceback
+
 import keras
 import numpy as np
 import pytest
@@ -359,3 +362,27 @@ def test_a_frozen_base_model_is_pruned_stays_frozen_and_can_be_unfrozen(tmp_path
         keras_prune.strip_pruning(loaded).get_layer("base").get_layer("conv").kernel
     )
     assert not np.array_equal(tuned, after) and np.array_equal(tuned == 0, after == 0)
+
+
+def test_block_and_m_by_n_shapes_are_checked_on_the_model_before_any_copy():
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, name="dense"),
+        ]
+    )
+    with pytest.raises(
+        ValueError, match=r"needs a 2-D weight, but conv/kernel.*`select=`"
+    ) as raised:
+        keras_prune.prune_low_magnitude(model, block_size=(1, 4))
+    # Raised by keras_prune before copying, not from inside keras.models.clone_model.
+    frames = [frame.filename for frame in traceback.extract_tb(raised.tb)]
+    assert not any(f"{os.sep}keras{os.sep}src{os.sep}" in name for name in frames)
+    pruned = keras_prune.prune_low_magnitude(model, block_size=(1, 4), select="dense")
+    assert [w.layer.name for w in keras_prune.pruned_layers(pruned)] == ["dense"]
+    with pytest.raises(
+        ValueError, match=r"\(2, 4\) groups .* conv/kernel has shape \(3, 3, 3, 4\)"
+    ):
+        keras_prune.prune_low_magnitude(model, sparsity_m_by_n=(2, 4), select="conv")
