@@ -27,7 +27,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_prune import _keras, _validation, masks, model_class, registry, sparsity_distribution
+from keras_prune import _keras, _validation, model_class, registry, sparsity_distribution
 from keras_prune._layer_copy import NotRecreatable, copy_layer, copy_weights
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
@@ -531,13 +531,7 @@ def _check_weight_shapes(
         if isinstance(layer, keras.Model) or not (layer.built and registry.supports(layer)):
             continue
         if selection(layer) and not registry.cannot_prune(layer):
-            for weight in registry.get_prunable_weights(layer):
-                masks.check_shape(
-                    tuple(weight.shape),
-                    probe.block_size,
-                    probe.sparsity_m_by_n,
-                    name=f"{layer.name}/{weight.name}",
-                )
+            probe.check_fits(layer)
 
 
 def _check_not_quantized(to_prune: Any) -> None:

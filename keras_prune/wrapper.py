@@ -193,14 +193,21 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         else:
             super().build_from_config(config)
 
-    def _create_pruning_variables(self) -> None:
-        for weight in registry.get_prunable_weights(self.layer):
+    def check_fits(self, layer: keras.layers.Layer) -> None:
+        """Raises ValueError if this wrapper's `block_size` or `sparsity_m_by_n` cannot
+        apply to a prunable weight of the built `layer` (its own, or another layer's
+        before that one is wrapped)."""
+        for weight in registry.get_prunable_weights(layer):
             masks.check_shape(
                 tuple(weight.shape),
                 self.block_size,
                 self.sparsity_m_by_n,
-                name=f"{self.layer.name}/{weight.name}",
+                name=f"{layer.name}/{weight.name}",
             )
+
+    def _create_pruning_variables(self) -> None:
+        self.check_fits(self.layer)
+        for weight in registry.get_prunable_weights(self.layer):
             mask = self._add_mask_for(weight)
             threshold = self.add_weight(
                 name=f"{weight.name}_threshold",
