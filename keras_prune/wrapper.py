@@ -103,10 +103,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         # A custom layer's sublayers may exist only once it is built (KerasHub
         # creates them in `build`); then its weights are checked at build.
         if (layer.built or registry.is_known(layer)) and not registry.supports(layer):
+            reason = registry.cannot_prune(layer)
             raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}) has no prunable weights "
-                "known to keras_prune. Implement keras_prune.PrunableLayer on it or "
-                "call keras_prune.register_prunable."
+                f"Layer {layer.name!r} ({type(layer).__name__}) "
+                + (
+                    f"cannot be pruned: {reason}."
+                    if reason
+                    else "has no prunable weights known to keras_prune. Implement "
+                    "keras_prune.PrunableLayer on it or call keras_prune.register_prunable."
+                )
             )
         if pruning_schedule is None:
             pruning_schedule = ConstantSparsity(0.5, 0)

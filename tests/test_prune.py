@@ -186,6 +186,13 @@ def test_a_layer_with_lora_is_left_dense_and_reported_or_refused_when_strict():
     with pytest.raises(ValueError, match="picks layer 'lora' \\(Dense\\), which keras_prune "
                        "cannot prune: LoRA is enabled"):  # fmt: skip
         keras_prune.prune_low_magnitude(model, select="lora")
+    # Alone, or as an attention layer's projection: the same reason, not "unknown".
+    attention = keras.layers.MultiHeadAttention(2, 4, name="attention")
+    attention(np.zeros((1, 3, 8), "float32"), np.zeros((1, 3, 8), "float32"))
+    attention.query_dense.enable_lora(2)
+    for layer in (model.get_layer("lora"), attention):
+        with pytest.raises(ValueError, match=f"'{layer.name}' \\(.*\\) cannot be pruned: LoRA"):
+            keras_prune.prune_low_magnitude(layer)
 
 
 @pytest.mark.parametrize("mode", ["int8", "float8"])
