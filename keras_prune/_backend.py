@@ -219,7 +219,8 @@ def _mask_dtype(dtype: str) -> np.dtype:
 
 
 def _top_k_mask_numpy(values: np.ndarray, kept: int, dtype: np.dtype) -> tuple[Any, Any]:
-    """Mask (in `dtype`) of the `kept` largest |values| (1-D float32), and the threshold's pattern."""
+    """Mask (in `dtype`) of the `kept` largest |values| (1-D float32), and the
+    threshold's pattern."""
     source = values.view(np.int32)
     bits = np.empty(source.shape, np.int32)
 

@@ -118,8 +118,8 @@ def outer_layer(layer: keras.layers.Layer, unknown: str) -> keras.layers.Layer:
 def call_with_values(
     wrapper: keras.layers.Layer, values: dict[int, Any], *args: Any, **kwargs: Any
 ) -> Any:
-    """`wrapper.layer(*args, **kwargs)`, called in `wrapper.call`, with each variable whose `id` is in
-    `values` read as that value (a weight times its mask).
+    """`wrapper.layer(*args, **kwargs)`, called in `wrapper.call`, with each variable
+    whose `id` is in `values` read as that value (a weight times its mask).
 
     The scope maps every variable of the layer, so that values from an outer
     stateless scope (JAX's train step) are seen; updates the layer makes

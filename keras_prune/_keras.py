@@ -166,7 +166,8 @@ def replace_tracked_layer(
 
 
 def is_tracking_attribute(name: str) -> bool:
-    """True for attributes that hold Keras's (or TensorFlow's) tracking state, not the user's layers."""
+    """True for attributes that hold Keras's (or TensorFlow's) tracking state, not
+    the user's layers."""
     return name in ("_layers", "_tracker") or name.startswith("_self_")
 
 

@@ -14,12 +14,13 @@ graph, which also carries the original's serialized class and config, in
 memory and in its `.keras` files, and the layers its graph shares with a
 nested model, which it revives as one layer where Keras would revive two.
 `strip_pruning` re-creates that class from it (`restore`) and gives it the
-stripped weights, checked variable by variable. A KerasHub task's preprocessor keeps its vocabulary as a file
-asset, not in its config: the stripped task gets the original preprocessor
-object when it is stripped in the process that pruned it, and none after a
-`.keras` round trip of the pruned model (attach one with
-`task.preprocessor = ...`). `prune_channels` and `shrink` do the same, the
-class re-created with the smaller sizes `shrink` gives its config.
+stripped weights, checked variable by variable. A KerasHub task's
+preprocessor keeps its vocabulary as a file asset, not in its config: the
+stripped task gets the original preprocessor object when it is stripped in
+the process that pruned it, and none after a `.keras` round trip of the
+pruned model (attach one with `task.preprocessor = ...`). `prune_channels`
+and `shrink` do the same, the class re-created with the smaller sizes
+`shrink` gives its config.
 
 Example:
 
@@ -287,7 +288,8 @@ def restore(
 
 
 def plain(model: keras.Model) -> keras.Model:
-    """`model`, or for a `PrunedGraph` a `keras.Model` of the same graph (loads without keras_prune)."""
+    """`model`, or for a `PrunedGraph` a `keras.Model` of the same graph (which loads
+    without keras_prune)."""
     if isinstance(model, PrunedGraph):
         return keras.Model(model.input, model.output, name=model.name)
     return model

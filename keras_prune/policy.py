@@ -173,7 +173,8 @@ def _ends_sparse_subgraph(operation: Any) -> bool:
 
 
 def _supported(operation: Any) -> bool:
-    """Whether XNNPack's sparse subgraph supports `operation` (tfmot's rules, XNNPack's subgraph.c)."""
+    """Whether XNNPack's sparse subgraph supports `operation` (tfmot's rules,
+    XNNPack's subgraph.c)."""
     layers = keras.layers
     if isinstance(operation, PruneLowMagnitude):
         return _supported(operation.layer)

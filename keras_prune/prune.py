@@ -742,7 +742,8 @@ def _prune_model(
     unknown: dict[int, keras.layers.Layer],
     memo: Memo,
 ) -> keras.Model:
-    """`model` with its selected layers wrapped; unknown weights left dense are added to `unknown`."""
+    """`model` with its selected layers wrapped; unknown weights left dense are added
+    to `unknown`."""
     _check_training_argument(model)
 
     def wrap(layer: keras.layers.Layer, original: keras.layers.Layer) -> keras.layers.Layer:

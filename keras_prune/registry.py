@@ -114,7 +114,8 @@ def cannot_prune(layer: Any) -> str | None:
 
 
 def dense_reason(layer: keras.layers.Layer) -> str:
-    """Why `unknown_layers` lists `layer`: `cannot_prune`'s reason, or that the registry does not know it."""
+    """Why `unknown_layers` lists `layer`: `cannot_prune`'s reason, or that the
+    registry does not know it."""
     return cannot_prune(layer) or "keras_prune does not know how to prune this layer"
 
 

@@ -5,7 +5,7 @@
 | suffix | format | `quantize` |
 |---|---|---|
 | `.kps` | keras_prune's compact sparse file (`kps.export`) | None, "int8" |
-| `.tflite` | LiteRT, zeros stored sparse (the converter's `EXPERIMENTAL_SPARSITY`) | None, "float16", "int8" |
+| `.tflite` | LiteRT, zeros stored sparse (`EXPERIMENTAL_SPARSITY`) | None, "float16", "int8" |
 | `.onnx` | ONNX (dense: ONNX has no sparse weight encoding) | None |
 
 The model is stripped of its pruning wrappers first. TensorFlow converts
@@ -189,7 +189,8 @@ def _warn_left_float(model: keras.Model, name: str) -> None:
 
 
 def missing(suffix: str) -> str | None:
-    """What writing a `suffix` (".tflite", ".onnx") file lacks here, as a pip line; None if nothing."""
+    """What writing a `suffix` (".tflite", ".onnx") file lacks here, as a pip line;
+    None if nothing."""
     for module in _NEEDS[suffix]:
         if importlib.util.find_spec(module) is None:
             return f"`{module}`: pip install {_PIP[module]}"

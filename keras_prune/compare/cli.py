@@ -420,7 +420,10 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append("")
     for test in results["tests"]:
         where = f" at sparsity {test['sparsity']:g}" if several else ""
-        head = f"{test['first']} - {test['second']}{where}: test {metric} difference {test['accuracy_difference']:+.4f}"
+        head = (
+            f"{test['first']} - {test['second']}{where}: "
+            f"test {metric} difference {test['accuracy_difference']:+.4f}"
+        )
         if test["p_value"] is None:
             lines.append(f"{head}; no t-test (needs --seeds 2 or more and some spread)")
         else:
@@ -433,7 +436,8 @@ def format_results(results: dict[str, Any]) -> str:
             "",
             "The seed article's figures (full MNIST, tfmot, one run each): "
             + "; ".join(
-                f"{name} test accuracy {f['test_accuracy']}, loss {f['test_loss']}, zipped .h5 {f['gzip_h5_bytes']:,} B"
+                f"{name} test accuracy {f['test_accuracy']}, loss {f['test_loss']}, "
+                f"zipped .h5 {f['gzip_h5_bytes']:,} B"
                 for name, f in figures.items()
                 if name != "baseline"
             )

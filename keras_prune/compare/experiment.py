@@ -1,16 +1,17 @@
 """The seed experiment: pruning schedules compared on an MNIST ConvNet.
 
 A comparison trains the dense baseline and one pruned model per schedule,
-sparsity distribution (`keras_prune.sparsity_distribution`: "uniform",
-the seed's, "global" or "erk") and target sparsity, for each of `seeds` seeds, with the seed article's
-settings by default: Conv2D(32, 3, relu) - MaxPool - Conv2D(64, 3, relu) -
-MaxPool - Flatten - Dense(256, relu) - Dense(10, softmax), Adam, categorical
-cross-entropy, batch 250, validation_split 0.2, 30 epochs, pruning from 20 %
-of the training steps to the last one every 100 steps. The article's code
-has no Flatten before the Dense layers; its published sizes (1.6 MB zipped
-baseline, about 430 000 float32 weights) are those of the model with one.
-Your own model (`model`, a `.keras` file) and data (`dataset`, an `.npz`
-file) take the seed's place with the same protocol: `keras_prune.compare.task`.
+sparsity distribution (`keras_prune.sparsity_distribution`: "uniform", the
+seed's, "global" or "erk") and target sparsity, for each of `seeds` seeds,
+with the seed article's settings by default: Conv2D(32, 3, relu) - MaxPool -
+Conv2D(64, 3, relu) - MaxPool - Flatten - Dense(256, relu) - Dense(10,
+softmax), Adam, categorical cross-entropy, batch 250, validation_split 0.2,
+30 epochs, pruning from 20 % of the training steps to the last one every 100
+steps. The article's code has no Flatten before the Dense layers; its
+published sizes (1.6 MB zipped baseline, about 430 000 float32 weights) are
+those of the model with one. Your own model (`model`, a `.keras` file) and
+data (`dataset`, an `.npz` file) take the seed's place with the same
+protocol: `keras_prune.compare.task`.
 
 Each run records test accuracy and loss, per-layer sparsity of the stripped
 model, its zipped `.h5` and `.keras` sizes (the article's measure), the

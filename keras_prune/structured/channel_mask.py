@@ -31,7 +31,8 @@ Example:
 
 ```python
 masked = keras_prune.prune_channels(model, keras_prune.PolynomialDecay(0, 0.5, 0, 1000))
-[layer.name for layer in masked.layers if isinstance(layer, ChannelMask)]   # ['conv1_channel_mask', ...]
+[layer.name for layer in masked.layers if isinstance(layer, ChannelMask)]
+# ['conv1_channel_mask', ...]
 ```
 """
 
@@ -480,7 +481,7 @@ NORMALIZATIONS = (keras.layers.BatchNormalization, keras.layers.GroupNormalizati
 
 @keras.saving.register_keras_serializable(package="keras_prune")
 class NormalizationMask(_WrappingMask):
-    """Wraps the Batch- or GroupNormalization after a layer whose channels a pruning schedule removes.
+    """Wraps the Batch- or GroupNormalization after a layer whose channels a schedule removes.
 
     A `ChannelMask` after `conv -> BatchNormalization -> ReLU` multiplies
     the whole activation tensor in every training step, forward and
@@ -547,7 +548,8 @@ WRAPPING = (*INNER, NormalizationMask)
 
 
 def _top(scores: Any, kept: Any) -> Any:
-    """1.0 for the `kept` highest `scores` (at least 1), 0.0 for the others, ties to the lower index.
+    """1.0 for the `kept` highest `scores` (at least 1), 0.0 for the others; ties to the
+    lower index.
 
     Exact and the same on every backend: only the sorted values are used
     (a sort's order among equal values differs between backends), then the

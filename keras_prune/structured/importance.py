@@ -177,7 +177,8 @@ def _top(scores: np.ndarray, count: int, block: int = 1) -> np.ndarray:
 
 
 def keep(scores: np.ndarray, sparsity: float, round_to: int, block: int = 1) -> np.ndarray:
-    """The indices of the channels to keep, ascending: the highest scores (the lower index on a tie).
+    """The indices of the channels to keep, ascending: the highest scores (the lower
+    index on a tie).
 
     With `block` > 1 (a group that a GroupNormalization reads, `ChannelGroup.block`)
     channels go in aligned runs of `block`, each scored by the sum of its
