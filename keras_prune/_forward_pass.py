@@ -131,10 +131,15 @@ def call_with_values(
     """
     current = [(v, values.get(id(v), v.value)) for v in wrapper.layer.variables]
     with keras.StatelessScope(state_mapping=current, collect_losses=True) as scope:
+        # What the scope holds before the call: it converts the values it is
+        # given (to the variable's dtype, and on torch to the current device,
+        # "meta" while Keras infers shapes), so a value it returns unchanged
+        # is not the one passed in, and must not be assigned back.
+        given = [scope.get_current_value(variable) for variable, _ in current]
         outputs = wrapper.layer(*args, **kwargs)
-    for variable, value in current:
+    for (variable, _), before in zip(current, given):
         new_value = scope.get_current_value(variable)
-        if new_value is not value:
+        if new_value is not before:
             variable.assign(new_value)
     for loss in scope.losses:
         wrapper.add_loss(loss)

@@ -173,6 +173,33 @@ def test_every_way_keras_compiles_the_step_prunes_to_the_schedule(compilation):
     _assert_same_predictions(shrink(masked), masked, x)
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_mixed_precision_model_loses_channels_and_shrinks_in_its_policy(policy):
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(policy)
+    try:
+        inputs = keras.Input((8, 8, 1))
+        h = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(8, 3, name="c1")(inputs)))
+        h = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="relu", name="c2")(h))
+        outputs = L.Dense(3, name="out", dtype="float32")(L.Dense(8, name="d")(h))
+        model = keras.Model(inputs, outputs)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    masked.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = small_images(32, size=8, classes=3)
+    masked.fit(x, y, batch_size=8, verbose=0)
+    for name in ("c1", "c2"):  # ranked by the float32 kernels
+        expected = np.zeros(8)
+        expected[_top(model.get_layer(name).kernel, 4)] = 1
+        np.testing.assert_array_equal(_masks(masked)[name], expected)
+    small = shrink(masked)
+    assert small.get_layer("c1").filters == 4 and small.get_layer("bn").gamma.shape == (4,)
+    assert small.get_layer("c2").dtype_policy.name == policy
+    assert small.get_layer("c2").kernel.dtype == "float32"
+    _assert_same_predictions(small, masked, x, atol=1e-3)
+
+
 def test_a_residual_squeeze_excitation_model_prunes_to_the_schedule_and_shrinks_exactly():
     rng = np.random.RandomState(0)
     x, y = rng.rand(96, 8, 8, 3).astype("float32"), rng.randint(0, 4, 96)
@@ -260,6 +287,36 @@ def test_a_normalization_in_the_chain_is_masked_through_its_scale_and_shift(tmp_
     np.testing.assert_array_equal(_numpy(loaded.get_layer("c_channel_mask").mask), kept)
     small = shrink(loaded)
     assert small.get_layer("bn").gamma.shape == (4,) and small.get_layer("c").filters == 4
+    _assert_same_predictions(small, masked, images)
+
+
+def test_a_normalization_mask_trains_where_keras_infers_the_shapes_twice():
+    # Keras on torch infers a model's output on the "meta" device, then, where a layer
+    # fails there (an UpSampling2D), once more on the CPU: the first pass's values must
+    # not stay in the masks' variables.
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            L.Conv2D(8, 3, padding="same", name="c"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.UpSampling2D(),
+            L.Conv2D(4, 3, name="e"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(2, name="out"),
+        ]
+    )
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    assert isinstance(masked.get_layer("c_channel_mask"), NormalizationMask)
+    masked.compile("sgd", "mse")  # fit builds the metrics by inferring the output
+    rng = np.random.RandomState(0)
+    images = rng.rand(16, 6, 6, 3).astype("float32")
+    masked.fit(images, rng.rand(16, 2), batch_size=8, verbose=0)
+    expected = np.zeros(8)
+    expected[_top(model.get_layer("c").kernel, 4)] = 1
+    np.testing.assert_array_equal(_masks(masked)["c"], expected)
+    small = shrink(masked)
+    assert small.get_layer("bn").gamma.shape == (4,)
     _assert_same_predictions(small, masked, images)
 
 
