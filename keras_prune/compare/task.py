@@ -142,18 +142,30 @@ class Task:
         """The task with its `metric` found, after compiling a fresh model and
         evaluating it on up to 64 test samples; ValueError if that fails."""
         few = slice(0, 64)
+        unfit = "the model cannot be evaluated on the data"
         try:
             model = self.compiled(self.build())
-            scores = model.evaluate(self.x_test[few], self.y_test[few], verbose=0, return_dict=True)
-        except Exception as error:  # any Keras or backend error: the model does not fit its data
-            raise ValueError(
-                f"the model cannot be evaluated on the data: {_first_line(error)}"
-            ) from None
+        except Exception as error:  # the seed ConvNet on images too small for it
+            raise ValueError(f"{unfit}: {_first_line(error)}") from None
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise ValueError(
                 f"`model` must have one input and one output, for x and y arrays; it has "
                 f"{len(model.inputs)} and {len(model.outputs)}."
             )
+        # Keras only warns when a model meets inputs of another shape than
+        # it was built for, and a convolutional model may then even train.
+        takes = tuple(model.inputs[0].shape[1:])
+        for name, x in (("x_train", self.x_train), ("x_test", self.x_test)):
+            given = x.shape[1:]
+            if len(given) != len(takes) or any(t not in (None, g) for t, g in zip(takes, given)):
+                raise ValueError(
+                    f"`data`: the samples of {name} have shape {given}, but the model's "
+                    f"input takes {takes} (None: any size)."
+                )
+        try:
+            scores = model.evaluate(self.x_test[few], self.y_test[few], verbose=0, return_dict=True)
+        except Exception as error:  # any Keras or backend error: the model does not fit its data
+            raise ValueError(f"{unfit}: {_first_line(error)}") from None
         metrics = [name for name in scores if name != "loss"]
         return dataclasses.replace(self, metric=metrics[0] if metrics else "loss")
 

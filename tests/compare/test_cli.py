@@ -361,7 +361,10 @@ def test_a_model_that_does_not_fit_the_data_fails_before_training(
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert err.startswith("keras-prune: error: the model cannot be evaluated on the data:")
+    assert err.startswith(
+        "keras-prune: error: `data`: the samples of x_train have shape (28, 28, 1), but the "
+        "model's input takes (10,)"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -103,8 +103,20 @@ def test_file_task_refuses_what_cannot_train_before_training(tmp_path):
     model = _model(features=30)
     model.compile(loss="mse")
     model.save(wide)
-    with pytest.raises(ValueError, match="cannot be evaluated on the data: ValueError: .*30"):
-        task.file_task(wide, data)
+    with pytest.raises(ValueError, match="x_train have shape \\(12,\\), but the model's input "
+                       "takes \\(30,\\)"):  # fmt: skip
+        task.file_task(wide, data)  # Keras would only warn, and a convolution would even train
+    sequences = str(tmp_path / "sequences.keras")
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.Conv1D(4, 2),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])  # fmt: skip
+    model.compile(loss="mse")
+    model.save(sequences)
+    (x, y), (x_test, y_test) = data
+    steps = ((x.reshape(-1, 4, 3), y), (x_test.reshape(-1, 4, 3), y_test))
+    assert task.file_task(sequences, steps).metric == "loss"  # any length
+    with pytest.raises(ValueError, match="x_test have shape \\(3, 4\\), but the model's input "
+                       "takes \\(None, 3\\)"):  # fmt: skip
+        task.file_task(sequences, (steps[0], (x_test.reshape(-1, 3, 4), y_test)))
     with pytest.raises(ValueError, match="cannot be evaluated on the data: .*nonsense"):
         task.file_task(uncompiled, data, loss="nonsense")
     with pytest.raises(ValueError, match="`model`: no file"):
