@@ -73,6 +73,7 @@ ZERO_KEEPING = (
     L.SpatialDropout3D,
     L.GaussianDropout,
     L.Identity,
+    L.ActivityRegularization,  # the identity, with a loss that a 0 adds nothing to
     L.MaxPooling1D,
     L.MaxPooling2D,
     L.MaxPooling3D,
@@ -539,7 +540,14 @@ class _Walk:
                 return None
             positions = math.prod(shape[1:]) // self.channels(inputs[0])
             return [Layout(layout.groups, layout.zero, positions)]
-        if kind is L.Reshape:  # channel c's entries stay together: its axis is last or 1 in both
+        if kind is L.Reshape:
+            shape = inputs[0].shape
+            if len(outputs[0].shape) == 2 and len(shape) > 2 and None not in shape[1:]:
+                if self.axis(inputs[0]) != len(shape) - 1:  # channels first: whole runs
+                    return None
+                positions = math.prod(shape[1:-1])  # `Reshape((-1,))`: a Flatten
+                return [Layout(layout.groups, layout.zero, positions)]
+            # Channel c's entries stay together: its axis is last or 1 in both.
             width = self.channels(inputs[0])
             return None if width is None or width != self.channels(outputs[0]) else [layout]
         return None

@@ -198,7 +198,10 @@ def _config(
         config["groups"] = len(inputs) // (channels // layer.groups)
     if isinstance(layer, keras.layers.Reshape) and inputs is not None:
         target = list(config["target_shape"])
-        target[0 if channels_first else -1] = len(inputs)  # `Graph.channel_axis`, less the batch
+        if channels_first:  # `Graph.channel_axis`, less the batch
+            target[0] = len(inputs)
+        else:  # the channels, or of a flattening Reshape every position that stays
+            target[-1] = len(inputs if outputs is None else outputs)
         config["target_shape"] = tuple(target)
     return config
 

@@ -295,6 +295,28 @@ def test_flattened_branches_concatenated_into_a_dense_layer_lose_channels_at_eve
     _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
 
 
+@pytest.mark.parametrize("target", [(-1,), (32,)])
+def test_a_reshape_to_one_axis_loses_channels_at_every_position_as_flatten(target):
+    x = keras.Input((4, 4, 2))
+    h = L.ActivityRegularization(l1=0.01)(L.Conv2D(8, 3, activation="relu", name="conv")(x))
+    flat = L.Reshape(target, name="flat")(h)
+    model = keras.Model(x, L.Dense(3, name="out")(flat))
+    _randomize(model)
+    assert [g.reason for g in channel_groups(model) if g.producers == ("conv",)] == [None]
+    small = shrink(model, 0.5)
+    assert small.get_layer("conv").filters == 4
+    assert small.get_layer("out").kernel.shape == (2 * 2 * 4, 3)  # 2 x 2 positions
+    assert small.get_layer("flat").output.shape == (None, 16)
+    inputs = np.random.RandomState(0).rand(4, 4, 4, 2).astype("float32")
+    _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
+    # The same Reshape of channels-first maps maps each channel to a run; left whole.
+    x = keras.Input((2, 4, 4))
+    h = L.Conv2D(8, 3, data_format="channels_first", name="conv")(x)
+    first = keras.Model(x, L.Dense(3, name="out")(L.Reshape((-1,), name="flat")(h)))
+    (group,) = [g for g in channel_groups(first) if g.producers == ("conv",)]
+    assert group.reason == "`flat` (Reshape) reads it and cannot be shrunk"
+
+
 @pytest.mark.parametrize("shared_axes, alpha_shape", [([1, 2], (1, 1, 3)), ([3], (6, 6, 1))])
 def test_prelu_slopes_go_with_their_channels_unless_shared_across_them(shared_axes, alpha_shape):
     x = keras.Input((8, 8, 3))
