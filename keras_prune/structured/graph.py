@@ -61,8 +61,9 @@ L = keras.layers
 CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
 SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 TRANSPOSED = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-# An EinsumDense produces channels where it acts as a Dense (`blocks.acts_as_dense`).
-PRODUCERS = (*CONVOLUTIONS, *TRANSPOSED, *SEPARABLE, L.Dense, L.EinsumDense)
+# An EinsumDense produces channels where it acts as a Dense (`blocks.acts_as_dense`);
+# an Embedding's channels are the columns of its table.
+PRODUCERS = (*CONVOLUTIONS, *TRANSPOSED, *SEPARABLE, L.Dense, L.EinsumDense, L.Embedding)
 DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 ACTIVATIONS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
 # Layers that act on each channel alone and keep 0 at 0.
@@ -606,6 +607,8 @@ class _Walk:
         return [dataclasses.replace(layout, zero=tuple(z and zero for z in layout.zero))]
 
     def produce(self, layer: keras.layers.Layer, tensor: Any, layout: Layout):
+        if isinstance(layer, L.Embedding):
+            return self.embed(layer, layout)
         if not self.in_format(layer) or getattr(layer, "groups", 1) != 1:
             return None
         dense = isinstance(layer, (L.Dense, L.EinsumDense))
@@ -628,6 +631,18 @@ class _Walk:
             name = getattr(layer.activation, "__name__", "its activation")
             self.mixing.append((group, f"`{layer.name}`'s activation ({name}) mixes its channels"))
         return [Layout((group,), (_zero_at_zero(layer.activation),))]
+
+    def embed(self, layer: keras.layers.Embedding, layout: Layout):
+        """Its output channels are the columns of its table; it reads ids, not channels.
+        A subclass may read the table elsewhere too (KerasHub's `ReversibleEmbedding`
+        projects onto it): left whole."""
+        if type(layer) is not L.Embedding or self.graph.channels_first:
+            return None
+        self.freeze(layout, f"`{layer.name}` (Embedding) reads it as ids")
+        reason = _cannot_cut(layer)
+        if reason:
+            return [Layout((self.new(layer.output_dim, [(layer, 0)], reason),), (False,))]
+        return [Layout((self.new(layer.output_dim, [(layer, 0)], None),), (True,))]
 
     def attention(self, layer: keras.layers.Layer, layouts: list[Layout], output: Any):
         """Its heads (`structured.heads`) are a group of their own; its input and output

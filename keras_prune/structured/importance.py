@@ -56,7 +56,9 @@ def check(importance: Any) -> Importance:
 
 def kernel(layer: keras.layers.Layer) -> keras.Variable:
     """The kernel that holds a producer's output channels (a SeparableConv's pointwise
-    kernel), on its last axis (`output_axis`)."""
+    kernel, an Embedding's table), on its last axis (`output_axis`)."""
+    if isinstance(layer, keras.layers.Embedding):
+        return layer.embeddings
     return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
 
 

@@ -185,6 +185,8 @@ def _config(
         config["output_shape"] = (
             len(outputs) if isinstance(shape, int) else (*shape[:-1], len(outputs))
         )
+    elif isinstance(layer, keras.layers.Embedding) and outputs is not None:
+        config["output_dim"] = len(outputs)
     elif isinstance(layer, PRODUCERS) and outputs is not None:
         config["units" if isinstance(layer, keras.layers.Dense) else "filters"] = len(outputs)
     found_heads = heads.attention_heads(layer)
@@ -248,6 +250,8 @@ def _sliced(layer: keras.layers.Layer, inputs: np.ndarray | None, outputs: np.nd
             variable.path: cut(value(variable), *removed.get(id(variable), (None, 0)))
             for variable in layer.weights
         }
+    if isinstance(layer, keras.layers.Embedding):
+        return {"embeddings": cut(value("embeddings"), outputs, -1)}
     if isinstance(layer, (*CONVOLUTIONS, keras.layers.Dense, keras.layers.EinsumDense)):
         kernel = cut(cut(value("kernel"), inputs, -2), outputs, -1)
         return {"kernel": kernel, "bias": cut(value("bias"), outputs, 0)}

@@ -424,6 +424,27 @@ def test_a_callable_importance_scores_in_the_train_step_and_is_saved(tmp_path):
         np.testing.assert_array_equal(mask, expected)
 
 
+def test_an_embeddings_columns_go_while_fit_trains(tmp_path):
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((8,), dtype="int32")
+    h = L.Embedding(40, 16, mask_zero=True, name="embedding")(ids)
+    h = L.Conv1D(8, 3, activation="relu", name="conv")(h)
+    model = keras.Model(ids, L.Dense(2, name="out")(L.GlobalMaxPooling1D()(h)))
+    masked = prune_channels(model, keras_prune.ConstantSparsity(0.5, 0, frequency=1))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    masked.compile(keras.optimizers.SGD(0.0), loss)  # the weights stay, to rank them here
+    rng = np.random.RandomState(0)
+    x, y = rng.randint(0, 40, (32, 8)), rng.randint(0, 2, 32)
+    masked.fit(x, y, batch_size=16, verbose=0)
+    expected = np.zeros(16)
+    expected[_top(masked.get_layer("embedding").embeddings, 8)] = 1  # the columns' norms
+    np.testing.assert_array_equal(_masks(masked)["embedding"], expected)
+    masked.save(tmp_path / "masked.keras")
+    small = shrink(keras.saving.load_model(tmp_path / "masked.keras"))
+    assert small.get_layer("embedding").output_dim == 8
+    _assert_same_predictions(small, masked, x)
+
+
 def test_a_transposed_convolutions_filters_go_while_fit_trains():
     x = keras.Input((8, 8, 3))
     h = L.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="down")(x)
@@ -726,7 +747,11 @@ def test_a_transformer_encoder_loses_heads_and_ffn_units_while_it_trains(tmp_pat
     ids = np.random.RandomState(0).randint(0, 50, (32, 6))
     y = np.random.RandomState(1).randint(0, 3, 32)
     schedule = keras_prune.PolynomialDecay(0.0, 0.5, 0, 4, frequency=2)
-    with pytest.warns(UserWarning, match=r"2 channel group\(s\) keep every channel: ffn_0_out"):
+    residual = (
+        r"3 channel group\(s\) keep every channel: embedding: `attention_0` "
+        r"\(MultiHeadAttention\) reads it; only its heads are removed; ffn_0_out"
+    )
+    with pytest.warns(UserWarning, match=residual):
         masked = prune_channels(model, schedule)  # the residual width stays
     masked.compile("adam", "sparse_categorical_crossentropy")
     masked.fit(ids, y, batch_size=16, epochs=1, verbose=0)  # steps 1, 2: the first mask update

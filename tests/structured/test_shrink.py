@@ -28,7 +28,14 @@ def _numpy(variable):
 
 
 def _kernel(layer):
-    return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+    return getattr(layer, _kernel_name(layer))
+
+
+def _kernel_name(layer):
+    """The weight that holds a producer's output channels, on its last axis."""
+    if isinstance(layer, L.Embedding):
+        return "embeddings"
+    return "pointwise_kernel" if hasattr(layer, "pointwise_kernel") else "kernel"
 
 
 def _removed(layers, sparsity=0.5, norm=2, offsets=None, size=None):
@@ -46,7 +53,7 @@ def _removed(layers, sparsity=0.5, norm=2, offsets=None, size=None):
 
 
 def _zero(layer, name, index, axis=-1):
-    variable = getattr(layer, name)
+    variable = getattr(layer, name, None)  # an Embedding has no bias
     if variable is None:
         return
     value = _numpy(variable).copy()
@@ -106,8 +113,7 @@ def _masked_reference(model, sparsity=0.5, norm=2):
         removed = _removed(producers, sparsity, norm, group.offsets, group.size)
         for name, first in zip(group.producers, group.offsets):
             layer = reference.get_layer(name)
-            kernel = "pointwise_kernel" if hasattr(layer, "pointwise_kernel") else "kernel"
-            _zero(layer, kernel, first + removed)
+            _zero(layer, _kernel_name(layer), first + removed)
             _zero(layer, "bias", first + removed, axis=0)
     return reference
 
@@ -293,6 +299,34 @@ def test_flattened_branches_concatenated_into_a_dense_layer_lose_channels_at_eve
     rng = np.random.RandomState(0)
     inputs = [rng.rand(4, 6, 6, 2).astype("float32"), rng.rand(4, 3).astype("float32")]
     _close(_outputs(small, inputs), _outputs(_masked_reference(model), inputs))
+
+
+@pytest.mark.parametrize("mask_zero", [False, True])
+def test_an_embedding_loses_the_columns_of_its_table(mask_zero):
+    ids = keras.Input((7,), dtype="int32")
+    h = L.Embedding(30, 8, mask_zero=mask_zero, name="embedding")(ids)
+    h = L.Conv1D(6, 3, padding="same", activation="relu", name="conv")(h)
+    model = keras.Model(ids, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(h)))
+    _randomize(model)
+    assert [g.producers for g in channel_groups(model) if g.removable] == [
+        ("embedding",),
+        ("conv",),
+    ]
+    small = shrink(model, 0.5)
+    assert small.get_layer("embedding").embeddings.shape == (30, 4)
+    assert small.get_layer("conv").kernel.shape == (3, 4, 3)
+    x = np.random.RandomState(0).randint(1, 30, (5, 7))
+    x[:, 5:] = 0  # padding, which the pooling skips under mask_zero
+    _close(_outputs(small, x), _outputs(_masked_reference(model), x))
+    # A subclass may read its table elsewhere too (KerasHub's tied ReversibleEmbedding).
+    tied = keras.Sequential([keras.Input((7,), dtype="int32"), _TiedEmbedding(30, 8, name="tied"),
+                             L.Dense(4, name="d"), L.Dense(2, name="out")])  # fmt: skip
+    reasons = {g.producers: g.reason for g in channel_groups(tied)}
+    assert reasons[("d",)] is None and ("tied",) not in reasons
+
+
+class _TiedEmbedding(L.Embedding):
+    pass
 
 
 @pytest.mark.parametrize("target", [(-1,), (32,)])
