@@ -362,7 +362,8 @@ def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set
         if selection.explicit(layer) and id(layer) not in producers:
             raise ValueError(
                 f"`select` picks {layer.name} ({type(layer).__name__}), which produces no "
-                "channels to remove: select Conv, Dense, EinsumDense or SeparableConv layers."
+                "channels to remove: select Conv, Dense, EinsumDense, SeparableConv or Embedding "
+                "layers."
             )
     selection.check_all_used()
     if not chosen:
