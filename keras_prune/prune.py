@@ -32,6 +32,7 @@ from keras_prune._layer_copy import NotRecreatable, copy_layer, copy_weights
 from keras_prune.global_pruning import link as link_groups
 from keras_prune.policy import PruningPolicy
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
+from keras_prune.selection import Selection
 from keras_prune.sparsity_distribution import Distribution
 from keras_prune.structured.channel_mask import channel_masks
 from keras_prune.wrapper import PruneLowMagnitude, rewound
@@ -298,66 +299,6 @@ def _check_training_argument(model: keras.Model) -> None:
             "`def call(self, x, training=None)`) so that Keras runs its layers in "
             "training mode in fit(); pruning updates happen only in training calls."
         )
-
-
-class Selection:
-    """Which layers `select` picks: instances, names, classes, predicates."""
-
-    def __init__(self, select: Any):
-        self.everything = select is None
-        items = (
-            [] if select is None else select if isinstance(select, (list, tuple, set)) else [select]
-        )
-        for item in items:
-            if not (
-                isinstance(item, (keras.layers.Layer, str))
-                or (isinstance(item, type) and issubclass(item, keras.layers.Layer))
-                or callable(item)
-            ):
-                raise TypeError(
-                    "`select` must be None, a layer, a layer name, a layer class, a "
-                    "predicate `f(layer) -> bool`, or a list of these; got "
-                    f"{item!r} of type {type(item).__name__}."
-                )
-        self.items = list(items)
-        self.used: set[int] = set()
-
-    def __call__(self, layer: keras.layers.Layer) -> bool:
-        if self.everything:
-            return True
-        hit = False
-        for i, item in enumerate(self.items):
-            if isinstance(item, keras.layers.Layer):
-                match = item is layer
-            elif isinstance(item, str):
-                match = item == layer.name
-            elif isinstance(item, type):
-                match = isinstance(layer, item)
-            else:
-                match = bool(item(layer))
-            if match:
-                self.used.add(i)
-                hit = True
-        return hit
-
-    def explicit(self, layer: keras.layers.Layer) -> bool:
-        """Whether a layer instance, name or class in `select` (not a predicate) picks `layer`."""
-        return any(
-            item is layer
-            or (isinstance(item, str) and item == layer.name)
-            or (isinstance(item, type) and isinstance(layer, item))
-            for item in self.items
-        )
-
-    def check_all_used(self) -> None:
-        unused = [self.items[i] for i in range(len(self.items)) if i not in self.used]
-        unused = [u for u in unused if not callable(u) or isinstance(u, type)]
-        if unused:
-            names = [u.name if isinstance(u, keras.layers.Layer) else u for u in unused]
-            raise ValueError(
-                f"`select` names layers that are not in the model: {names!r}. "
-                "Select layers of the model passed as `to_prune`, by instance, name or class."
-            )
 
 
 def prune_low_magnitude(

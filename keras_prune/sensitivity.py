@@ -32,7 +32,8 @@ from keras import ops
 
 from keras_prune import _files, _keras, _validation, registry
 from keras_prune.masks import magnitude_mask
-from keras_prune.prune import Selection, pruned_layers
+from keras_prune.prune import pruned_layers
+from keras_prune.selection import Selection
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ LAYERS = [
     {
         "masks",
         "model_class",
+        "selection",
         "schedules",
         "registry",
         "_forward_pass",

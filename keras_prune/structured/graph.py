@@ -54,6 +54,7 @@ import keras
 import numpy as np
 
 from keras_prune import _keras, registry
+from keras_prune.selection import Selection
 from keras_prune.structured import blocks, heads
 from keras_prune.structured.flatten import flatten
 
@@ -708,6 +709,56 @@ class _Walk:
 def analyse(model: keras.Model) -> Graph:
     """The walk behind `channel_groups`, with each layer's layouts (for `shrink`)."""
     return _Walk(model).run()
+
+
+def chosen_groups(
+    graph: Graph,
+    selection: Selection,
+    layers: list[Any],
+    argument: str = "to_prune",
+    caller: str = "prune_channels",
+) -> set[int]:
+    """The roots of the removable groups of which `selection` picks a producer.
+
+    Raises ValueError where `select` names (by instance, name or class) a layer whose
+    channels cannot go, saying why, or one that produces none, or no layer of the model
+    `layers` come from; and where no group is left (`argument` names that model as
+    `caller`, the public function, takes it).
+    """
+    removable = set(graph.removable())
+    producers = set()
+    chosen = set()
+    for root in graph.roots():
+        group = graph.groups[root]
+        producers.update(id(layer) for layer, _ in group.producers)
+        picked = [layer for layer, _ in group.producers if selection(layer)]
+        if not picked:
+            continue
+        reason = group.reason
+        if reason is None and root in removable:
+            chosen.add(root)
+        elif any(selection.explicit(layer) for layer in picked):
+            names = ", ".join(layer.name for layer in picked)
+            raise ValueError(f"`select` picks {names}, whose channels cannot be removed: {reason}.")
+    for layer in layers:
+        if selection.explicit(layer) and id(layer) in graph.whole:
+            reason = graph.whole[id(layer)][1]
+            raise ValueError(f"`select` picks {layer.name}, whose channels stay: {reason}.")
+        if selection.explicit(layer) and id(layer) not in producers:
+            raise ValueError(
+                f"`select` picks {layer.name} ({type(layer).__name__}), which produces no "
+                "channels to remove: select Conv, Dense, EinsumDense, SeparableConv or Embedding "
+                "layers."
+            )
+    selection.check_all_used(argument)
+    if not chosen:
+        raise ValueError(
+            f"`{argument}` has no channel group that {caller} can remove"
+            + ("" if selection.everything else " among the selected layers")
+            + ": "
+            + graph.reasons(selection)
+        )
+    return chosen
 
 
 def warn_left_whole(graph: Graph) -> None:

@@ -37,8 +37,8 @@ from typing import Any
 import keras
 
 from keras_prune import _keras, _validation, model_class
-from keras_prune.prune import Selection
 from keras_prune.schedules import PruningSchedule
+from keras_prune.selection import Selection, by_name
 from keras_prune.structured import heads
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import (
@@ -58,6 +58,7 @@ from keras_prune.structured.graph import (
     Graph,
     analyse,
     check_model,
+    chosen_groups,
     warn_left_whole,
 )
 from keras_prune.structured.shrink import rebuild
@@ -154,11 +155,11 @@ def prune_channels(
     original = to_prune
     flat = flatten(to_prune)
     if flat is not to_prune:  # its layers are copies, with the same names
-        select = _by_name(select, layers)
+        select = by_name(select, layers)
         to_prune, layers = flat, _keras.flatten_layers(flat)
     selection = Selection(select)
     graph = analyse(to_prune)
-    chosen = _chosen_groups(graph, selection, layers)
+    chosen = chosen_groups(graph, selection, layers)
     if callable(importance):
         for root in chosen:
             _check_traceable(importance, graph.groups[root].producers, graph.groups[root].size)
@@ -262,16 +263,6 @@ def _check_traceable(
         )
 
 
-def _by_name(select: Any, layers: list[keras.layers.Layer]) -> Any:
-    """`select` with instances of `layers` replaced by their names."""
-    ids = {id(layer) for layer in layers}
-
-    def one(item: Any) -> Any:
-        return item.name if isinstance(item, keras.layers.Layer) and id(item) in ids else item
-
-    return [one(item) for item in select] if isinstance(select, (list, tuple, set)) else one(select)
-
-
 def _mask_places(
     model: keras.Model, graph: Graph, chosen: set[int]
 ) -> dict[int, tuple[keras.layers.Layer, Any, keras.layers.Layer | None]]:
@@ -337,40 +328,3 @@ def _mask_places(
         output = outputs_of[id(chain[-1] if norm is None else norm)][0]
         places[id(chain[-1])] = (layer, output, norm)
     return places
-
-
-def _chosen_groups(graph: Graph, selection: Selection, layers: list[Any]) -> set[int]:
-    removable = set(graph.removable())
-    producers = set()
-    chosen = set()
-    for root in graph.roots():
-        group = graph.groups[root]
-        producers.update(id(layer) for layer, _ in group.producers)
-        picked = [layer for layer, _ in group.producers if selection(layer)]
-        if not picked:
-            continue
-        reason = group.reason
-        if reason is None and root in removable:
-            chosen.add(root)
-        elif any(selection.explicit(layer) for layer in picked):
-            names = ", ".join(layer.name for layer in picked)
-            raise ValueError(f"`select` picks {names}, whose channels cannot be removed: {reason}.")
-    for layer in layers:
-        if selection.explicit(layer) and id(layer) in graph.whole:
-            reason = graph.whole[id(layer)][1]
-            raise ValueError(f"`select` picks {layer.name}, whose channels stay: {reason}.")
-        if selection.explicit(layer) and id(layer) not in producers:
-            raise ValueError(
-                f"`select` picks {layer.name} ({type(layer).__name__}), which produces no "
-                "channels to remove: select Conv, Dense, EinsumDense, SeparableConv or Embedding "
-                "layers."
-            )
-    selection.check_all_used()
-    if not chosen:
-        raise ValueError(
-            "`to_prune` has no channel group that prune_channels can remove"
-            + ("" if selection.everything else " among the selected layers")
-            + ": "
-            + graph.reasons(selection)
-        )
-    return chosen

@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_prune import _keras, _validation, model_class, registry
 from keras_prune._layer_copy import copy_layer, copy_weights
+from keras_prune.selection import Selection, by_name
 from keras_prune.structured import blocks, heads
 from keras_prune.structured import importance as importance_lib
 from keras_prune.structured.channel_mask import INNER, WRAPPING, ChannelMask, channel_masks
@@ -48,6 +49,7 @@ from keras_prune.structured.graph import (
     Layout,
     analyse,
     check_model,
+    chosen_groups,
     warn_left_whole,
 )
 from keras_prune.wrapper import PruneLowMagnitude, rewound
@@ -62,6 +64,7 @@ def shrink(
     importance: importance_lib.Importance = "l2",
     round_to: int = 1,
     global_pruning: bool = False,
+    select: Any = None,
 ) -> keras.Model:
     """Removes whole channels of `model`: those its masks removed, or the least important at once.
 
@@ -80,6 +83,10 @@ def shrink(
             True removes `sparsity` of all channels together, those with
             the lowest score divided by their group's mean score (so layers
             that matter less lose more; see `structured.importance`).
+        select: with `sparsity`, the groups to shrink, as `prune_channels`
+            takes it: None (every group that can shrink), or layers by
+            instance, name or class, a predicate `f(layer) -> bool`, or a
+            list of these: the groups produced by a selected layer.
 
     Returns:
         A new plain Keras model with the same inputs and outputs, fewer
@@ -96,6 +103,7 @@ def shrink(
     walk does not know) are listed in one warning.
     """
     check_model(model)
+    Selection(select)  # checks it before anything is copied
     importance = importance_lib.check(importance)
     round_to = _validation.count(round_to, "round_to", minimum=1)
     global_pruning = _validation.boolean(global_pruning, "global_pruning")
@@ -106,12 +114,18 @@ def shrink(
         )
     masks = channel_masks(model)
     if masks:
-        if sparsity is not None or importance != "l2" or round_to != 1 or global_pruning:
+        if (
+            sparsity is not None
+            or importance != "l2"
+            or round_to != 1
+            or global_pruning
+            or select is not None
+        ):
             raise ValueError(
                 f"`model` comes from prune_channels: its masks say which channels go, so "
-                f"`sparsity`, `importance`, `round_to` and `global_pruning` must be left out; "
-                f"got sparsity={sparsity!r}, importance={importance!r}, round_to={round_to!r}, "
-                f"global_pruning={global_pruning!r}."
+                f"`sparsity`, `importance`, `round_to`, `global_pruning` and `select` must be "
+                f"left out; got sparsity={sparsity!r}, importance={importance!r}, "
+                f"round_to={round_to!r}, global_pruning={global_pruning!r}, select={select!r}."
             )
         quantized = registry.quantized_layers(model)
         if quantized:
@@ -135,13 +149,14 @@ def shrink(
         )
     sparsity = _validation.sparsity(sparsity, "sparsity")
     source, model = model, flatten(model)
+    if model is not source:  # its layers are copies, with the same names
+        select = by_name(select, _keras.flatten_layers(source))
     graph = analyse(model)
-    removable = graph.removable()
-    if not removable:
-        raise ValueError(
-            f"`model` ({model.name}) has no channel that can be removed: {graph.reasons()}"
-        )
-    warn_left_whole(graph)
+    selection = Selection(select)
+    chosen = chosen_groups(graph, selection, _keras.flatten_layers(model), "model", "shrink")
+    removable = [root for root in graph.removable() if root in chosen]
+    if selection.everything:
+        warn_left_whole(graph)
     scores = [
         importance_lib.scores(importance, graph.groups[root].producers, graph.groups[root].size)
         for root in removable

@@ -577,20 +577,51 @@ def test_bad_arguments_are_named():
         shrink(model, 0.5, global_pruning=1)
     only_output = keras.Sequential([keras.Input((4,)), L.Dense(2)])
     with pytest.raises(
-        ValueError, match="no channel that can be removed: it reaches the model output"
+        ValueError, match="`model` has no channel group that shrink can remove: it reaches the"
     ):
         shrink(only_output, 0.5)
     quantized = keras.Sequential([keras.Input((4,)), L.Dense(8, name="hidden"), L.Dense(2)])
     quantized.quantize("int8")
     with pytest.raises(
         ValueError,
-        match="removed: .*`hidden` \\(Dense\\) is quantized \\(int8\\): shrink the float",
+        match="remove: .*`hidden` \\(Dense\\) is quantized \\(int8\\): shrink the float",
     ):
         shrink(quantized, 0.5)  # no producer can shrink: the reasons of every group
     with_lora = keras.Sequential([keras.Input((4,)), L.Dense(8, name="hidden"), L.Dense(2)])
     with_lora.get_layer("hidden").enable_lora(2)
     with pytest.raises(ValueError, match="`hidden` \\(Dense\\) has LoRA enabled"):
         shrink(with_lora, 0.5)
+
+
+def test_select_shrinks_only_the_groups_of_the_layers_it_picks():
+    x = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, activation="relu", name="c1")(x)
+    inner = keras.Sequential([keras.Input((6, 6, 8)), L.Conv2D(8, 3, name="c2")], name="inner")
+    h = L.Dense(8, activation="relu", name="d")(L.GlobalAveragePooling2D()(inner(h)))
+    model = keras.Model(x, L.Dense(2, name="out")(h))
+    _randomize(model)
+    small = shrink(model, 0.5, select=[inner.get_layer("c2"), "d"])  # inside a nested model too
+    assert [small.get_layer(n).kernel.shape[-1] for n in ("c1", "c2", "d")] == [8, 4, 4]
+    reference = _copy(model)  # a full sort of c2's and d's channels, zeroed by hand
+    for name in ("c2", "d"):
+        removed = _removed([model.get_layer(name) if name == "d" else inner.get_layer(name)])
+        layer = reference.get_layer(name) if name == "d" else reference.get_layer("inner").layers[0]
+        _zero_channels(layer, removed)
+    inputs = np.random.RandomState(0).rand(4, 8, 8, 1).astype("float32")
+    _close(_outputs(small, inputs), _outputs(reference, inputs))
+    by_class = shrink(model, 0.5, select=L.Conv2D)
+    assert [by_class.get_layer(n).kernel.shape[-1] for n in ("c1", "c2", "d")] == [4, 4, 8]
+    with pytest.raises(ValueError, match="not in the model: \\['c9'\\]. Select layers of the "
+                       "model passed as `model`"):  # fmt: skip
+        shrink(model, 0.5, select=["c1", "c9"])
+    with pytest.raises(ValueError, match="`select` picks out, whose channels cannot be removed: "
+                       "it reaches the model output"):  # fmt: skip
+        shrink(model, 0.5, select="out")
+    with pytest.raises(TypeError, match="`select` must be None, a layer, a layer name"):
+        shrink(model, 0.5, select=3)
+    masked = keras_prune.prune_channels(model, keras_prune.ConstantSparsity(0.5, 0))
+    with pytest.raises(ValueError, match="`select` must be left out; got .* select='d'"):
+        shrink(masked, select="d")
 
 
 def test_a_model_pruned_by_weights_must_be_stripped_first():
