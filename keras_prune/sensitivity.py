@@ -6,7 +6,10 @@ masks, no training), to each of several sparsities, evaluates the model on
 shows which layers can give up most of their weights (their metric stays
 near the dense model's) and which cannot; that is what a per-layer
 `sparsity_distribution` dict or a `select=` list is made from (the method of
-Distiller's and NNI's sensitivity scans).
+Distiller's and NNI's sensitivity scans). With `structure="channels"` it
+removes each channel group's least important channels instead
+(`shrink(model, sparsity, select=...)`, one group at a time), for
+`prune_channels` and `shrink`.
 
 Example:
 
@@ -21,9 +24,11 @@ table.plot("sensitivity.png")
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,13 +39,17 @@ from keras_prune import _files, _keras, _validation, registry
 from keras_prune.masks import magnitude_mask
 from keras_prune.prune import pruned_layers
 from keras_prune.selection import Selection
+from keras_prune.structured.graph import ChannelGroup, channel_groups
+from keras_prune.structured.shrink import shrink
 
 
 @dataclasses.dataclass(frozen=True)
 class Sensitivity:
     """The result of `sensitivity`: `values[i][j]` is `metric` with layer
     `layers[i]` alone pruned to `sparsities[j]`; `baseline` is the unpruned
-    model's. `sizes[i]` is the number of prunable weights of layer i."""
+    model's. `sizes[i]` is the number of prunable weights of layer i, or
+    with `unit` "channels" the channels of the group its producers
+    `layers[i]` ("conv1", or "a, b" for a residual group) make."""
 
     metric: str
     baseline: float
@@ -48,13 +57,15 @@ class Sensitivity:
     layers: tuple[str, ...]
     sizes: tuple[int, ...]
     values: tuple[tuple[float, ...], ...]
+    unit: str = "weights"
 
     def __str__(self) -> str:
         first = max(len("layer"), *(len(name) for name in self.layers))
-        head = f"{'layer':<{first}}  {'weights':>9}  " + "  ".join(
+        head = f"{'layer':<{first}}  {self.unit:>9}  " + "  ".join(
             f"{s:>8.2%}" for s in self.sparsities
         )
-        lines = [f"{self.metric} when one layer alone is pruned (dense: {self.baseline:.4f})", head]
+        what = "group loses channels" if self.unit == "channels" else "layer is pruned"
+        lines = [f"{self.metric} when one {what} alone (dense: {self.baseline:.4f})", head]
         for name, size, row in zip(self.layers, self.sizes, self.values):
             cells = "  ".join(f"{v:>8.4f}" for v in row)
             lines.append(f"{name:<{first}}  {size:>9,}  {cells}")
@@ -81,7 +92,8 @@ class Sensitivity:
             axes.plot(self.sparsities, row, "o-", markersize=3, label=f"{name} ({size:,})")
         axes.axhline(self.baseline, color="black", linestyle="--", linewidth=1, label="dense")
         axes.set(
-            xlabel="sparsity of the one pruned layer (one-shot, no training)",
+            xlabel=f"sparsity of the one pruned {'group' if self.unit == 'channels' else 'layer'}"
+            " (one-shot, no training)",
             ylabel=self.metric,
             title="Pruning sensitivity per layer",
         )
@@ -106,6 +118,7 @@ def sensitivity(
     select: Any = None,
     batch_size: int | None = None,
     verbose: bool = True,
+    structure: str = "weights",
 ) -> Sensitivity:
     """Prunes each layer alone to each sparsity and evaluates the model.
 
@@ -121,9 +134,16 @@ def sensitivity(
             e.g. "accuracy" or "loss"; default the first compiled metric,
             else the loss.
         select: which layers to scan, as `prune_low_magnitude`'s `select`;
-            default every layer with prunable weights.
+            default every layer with prunable weights (with "channels":
+            the groups a selected layer produces, default every group
+            that can shrink).
         batch_size: passed to `model.evaluate` for array data.
         verbose: print a progress line per layer.
+        structure: "weights" (magnitude pruning of each layer's weights)
+            or "channels": each channel group of a Functional or
+            Sequential model loses that fraction of its channels, the
+            least important by L2 norm, in a model `shrink` rebuilds (with
+            `select` picking that group) and compiles as `model` is.
 
     The model's weights are restored after each evaluation, also when one
     fails, so the model is never left pruned. See the module docstring for
@@ -150,8 +170,15 @@ def sensitivity(
     if batch_size is not None:
         _validation.count(batch_size, "batch_size", 1)
     _validation.boolean(verbose, "verbose")
-    layers = _scanned_layers(model, Selection(select))
-    if not layers:
+    _validation.one_of(structure, "structure", ("weights", "channels"))
+    groups: list[ChannelGroup] = []
+    layers: list[keras.layers.Layer] = []
+    if structure == "channels":
+        groups = _scanned_groups(model, Selection(select))
+        _compile_config(model)  # before any evaluation: say now if it cannot be copied
+    else:
+        layers = _scanned_layers(model, Selection(select))
+    if structure == "weights" and not layers:
         raise ValueError(
             f"`model` {model.name!r} has no layers with prunable weights"
             + (" among those `select` picks." if select is not None else ".")
@@ -162,10 +189,10 @@ def sensitivity(
             f"`data` as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} items."
         )
 
-    def evaluate() -> dict[str, float]:
+    def evaluate(on: keras.Model) -> dict[str, float]:
         if isinstance(data, tuple):
             x, y, *weights = data
-            return model.evaluate(
+            return on.evaluate(
                 x,
                 y,
                 sample_weight=weights[0] if weights else None,
@@ -173,35 +200,40 @@ def sensitivity(
                 verbose=0,
                 return_dict=True,
             )
-        return model.evaluate(data, verbose=0, return_dict=True)
+        return on.evaluate(data, verbose=0, return_dict=True)
 
-    dense = evaluate()
+    dense = evaluate(model)
     if metric is None:
         metric = next((name for name in dense if name != "loss"), "loss")
     if metric not in dense:
         raise ValueError(
             f"`metric` {metric!r} is not among what model.evaluate returns: {sorted(dense)}."
         )
-    rows, sizes = [], []
-    for index, layer in enumerate(layers, 1):
-        weights = registry.get_prunable_weights(layer)
-        sizes.append(sum(math.prod(w.shape) for w in weights))
-        originals = [ops.convert_to_numpy(w.value) for w in weights]
-        row = []
-        try:
+    rows, sizes, names = [], [], []
+    total = len(layers) + len(groups)  # one of them is empty
+    for index in range(total):
+        if structure == "weights":
+            layer = layers[index]
+            names.append(layer.name)
+            weights = registry.get_prunable_weights(layer)
+            sizes.append(sum(math.prod(w.shape) for w in weights))
+            row = _pruned_weights_row(weights, sparsities, lambda: evaluate(model)[metric])
+        else:
+            group = groups[index]
+            names.append(", ".join(group.producers))
+            sizes.append(group.size)
+            row = []
             for sparsity in sparsities:
-                for weight, value in zip(weights, originals):
-                    mask = ops.convert_to_numpy(magnitude_mask(value, sparsity))
-                    weight.assign(value * mask)
-                row.append(float(evaluate()[metric]))
-        finally:
-            for weight, value in zip(weights, originals):
-                weight.assign(value)
+                with warnings.catch_warnings():  # the other groups stay whole: no news here
+                    warnings.filterwarnings("ignore", message=".*keep (every|all their) channel")
+                    small = shrink(model, sparsity, select=group.producers[0])
+                small.compile(**_compile_config(model))
+                row.append(float(evaluate(small)[metric]))
         rows.append(tuple(row))
         if verbose:
             cells = ", ".join(f"{s:g}: {v:.4f}" for s, v in zip(sparsities, row))
             print(
-                f"sensitivity [{index}/{len(layers)}] {layer.name}: {metric} {cells} "
+                f"sensitivity [{index + 1}/{total}] {names[-1]}: {metric} {cells} "
                 f"(dense {dense[metric]:.4f})",
                 flush=True,
             )
@@ -209,10 +241,67 @@ def sensitivity(
         metric=metric,
         baseline=float(dense[metric]),
         sparsities=sparsities,
-        layers=tuple(layer.name for layer in layers),
+        layers=tuple(names),
         sizes=tuple(sizes),
         values=tuple(rows),
+        unit="weights" if structure == "weights" else "channels",
     )
+
+
+def _pruned_weights_row(
+    weights: list[keras.Variable], sparsities: tuple[float, ...], score: Any
+) -> list[float]:
+    """`score()` with `weights` magnitude-pruned to each of `sparsities`; the weights
+    are restored after, also when a score fails."""
+    originals = [ops.convert_to_numpy(w.value) for w in weights]
+    row = []
+    try:
+        for sparsity in sparsities:
+            for weight, value in zip(weights, originals):
+                mask = ops.convert_to_numpy(magnitude_mask(value, sparsity))
+                weight.assign(value * mask)
+            row.append(float(score()))
+    finally:
+        for weight, value in zip(weights, originals):
+            weight.assign(value)
+    return row
+
+
+def _compile_config(model: keras.Model) -> dict[str, Any]:
+    """`model.compile`'s arguments, new objects from its compile config (as a `.keras`
+    file restores them), for a shrunk copy; ValueError if they cannot be re-created."""
+    try:
+        return keras.saving.deserialize_keras_object(copy.deepcopy(model.get_compile_config()))
+    except Exception as error:  # an unregistered custom loss or metric, whatever it raised
+        raise ValueError(
+            f"`model`'s compile settings cannot be re-created for the shrunk models "
+            f"({type(error).__name__}: {error}); register custom losses and metrics with "
+            "@keras.saving.register_keras_serializable, or compile with built-in ones."
+        ) from None
+
+
+def _scanned_groups(model: keras.Model, selection: Selection) -> list[ChannelGroup]:
+    """The removable channel groups of `model` of which `selection` picks a producer."""
+    layers = {layer.name: layer for layer in _keras.flatten_layers(model)}
+    groups = []
+    for group in channel_groups(model):
+        picked = [name for name in group.producers if selection(layers[name])]
+        if not picked:
+            continue
+        if group.removable:
+            groups.append(group)
+        elif any(selection.explicit(layers[name]) for name in picked):
+            raise ValueError(
+                f"`select` picks {', '.join(picked)}, whose channels cannot be removed: "
+                f"{group.reason}."
+            )
+    selection.check_all_used("model")
+    if not groups:
+        raise ValueError(
+            f"`model` {model.name!r} has no channel group that can lose channels"
+            + (" among those `select` picks." if not selection.everything else ".")
+        )
+    return groups
 
 
 def _scanned_layers(model: keras.Model, selection: Selection) -> list[keras.layers.Layer]:

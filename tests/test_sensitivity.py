@@ -104,3 +104,46 @@ def test_bad_input_raises_before_touching_the_model(trained):
     pruned.compile("sgd", "mse")
     with pytest.raises(ValueError, match="already pruned"):
         kp.sensitivity(pruned, data, [0.5])
+
+
+def brute_force_channels(model, data, sparsity):
+    """Each producer's lowest-norm output channels zeroed alone (kernel and bias), by a
+    stable sort: what removing them computes where only ReLU and pooling follow."""
+    table = []
+    for layer in [layer for layer in model.layers if layer.weights][:-1]:  # not the output
+        kernel, bias = (ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
+        norms = np.sqrt((kernel.reshape(-1, kernel.shape[-1]).astype("float64") ** 2).sum(0))
+        removed = np.argsort(norms, kind="stable")[: int(sparsity * len(norms))]
+        keep = np.ones(len(norms), "float32")
+        keep[removed] = 0.0
+        layer.kernel.assign(kernel * keep)
+        layer.bias.assign(bias * keep)
+        table.append(model.evaluate(*data, verbose=0, return_dict=True)["accuracy"])
+        layer.kernel.assign(kernel)
+        layer.bias.assign(bias)
+    return table
+
+
+def test_channel_sensitivity_matches_zeroing_each_groups_channels(trained, capsys):
+    model, data = trained
+    before = [ops.convert_to_numpy(w) for w in model.weights]
+    table = kp.sensitivity(model, data, [0.0, 0.5], structure="channels")
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    for got, want in zip(before, model.weights):
+        np.testing.assert_array_equal(got, ops.convert_to_numpy(want))
+    *producers, output = [layer.name for layer in model.layers if layer.weights]
+    assert (table.unit, table.layers, table.sizes) == ("channels", tuple(producers), (8, 8, 16))
+    assert [row[0] for row in table.values] == pytest.approx([table.baseline] * 3, abs=1e-6)
+    np.testing.assert_allclose(
+        [row[1] for row in table.values], brute_force_channels(model, data, 0.5), atol=1e-6
+    )
+    assert str(table).splitlines()[1].split() == ["layer", "channels", "0.00%", "50.00%"]
+    only = kp.sensitivity(
+        model, data, [0.5], structure="channels", select=producers[2], verbose=False
+    )
+    assert only.layers == (producers[2],) and only.values[0] == table.values[2][1:]
+    with pytest.raises(ValueError, match="`structure` must be one of 'weights', 'channels'"):
+        kp.sensitivity(model, data, [0.5], structure="filters")
+    with pytest.raises(ValueError, match=f"picks {output}, whose channels cannot be removed: it "
+                       "reaches the model output"):  # fmt: skip
+        kp.sensitivity(model, data, [0.5], structure="channels", select=output)
