@@ -39,6 +39,7 @@ from keras_prune import _files, _keras, _validation, registry
 from keras_prune.masks import magnitude_mask
 from keras_prune.prune import pruned_layers
 from keras_prune.selection import Selection
+from keras_prune.structured.channel_mask import channel_masks
 from keras_prune.structured.graph import ChannelGroup, channel_groups
 from keras_prune.structured.shrink import shrink
 
@@ -174,6 +175,11 @@ def sensitivity(
     groups: list[ChannelGroup] = []
     layers: list[keras.layers.Layer] = []
     if structure == "channels":
+        if channel_masks(model):
+            raise ValueError(
+                "`model` comes from prune_channels (it has ChannelMask layers): scan the "
+                "model before prune_channels, or `shrink(model)` and scan the result."
+            )
         groups = _scanned_groups(model, Selection(select))
         _compile_config(model)  # before any evaluation: say now if it cannot be copied
     else:

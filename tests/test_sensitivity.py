@@ -147,3 +147,7 @@ def test_channel_sensitivity_matches_zeroing_each_groups_channels(trained, capsy
     with pytest.raises(ValueError, match=f"picks {output}, whose channels cannot be removed: it "
                        "reaches the model output"):  # fmt: skip
         kp.sensitivity(model, data, [0.5], structure="channels", select=output)
+    masked = kp.prune_channels(model, kp.ConstantSparsity(0.5, 0))
+    masked.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="comes from prune_channels .* `shrink\\(model\\)`"):
+        kp.sensitivity(masked, data, [0.5], structure="channels")
