@@ -321,5 +321,5 @@ def _scanned_layers(model: keras.Model, selection: Selection) -> list[keras.laye
         if layer.built and registry.supports(layer) and selection(layer):
             chosen.append(layer)
             inside.update(id(sub) for sub in _keras.flatten_layers(layer))
-    selection.check_all_used()
+    selection.check_all_used("model")
     return chosen

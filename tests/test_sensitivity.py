@@ -93,7 +93,8 @@ def test_bad_input_raises_before_touching_the_model(trained):
         kp.sensitivity(model, data, [])
     with pytest.raises(ValueError, match="`metric` 'f1'"):
         kp.sensitivity(model, data, [0.5], metric="f1", verbose=False)
-    with pytest.raises(ValueError, match="not in the model"):
+    with pytest.raises(ValueError, match="not in the model: \\['nope'\\]. Select layers of "
+                       "the model passed as `model`"):  # fmt: skip
         kp.sensitivity(model, data, [0.5], select="nope")
     with pytest.raises(TypeError, match="`model`"):
         kp.sensitivity(model.layers[0], data, [0.5])
