@@ -28,7 +28,6 @@ import copy
 import dataclasses
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +37,10 @@ from keras import ops
 from keras_prune import _files, _keras, _validation, registry
 from keras_prune.masks import magnitude_mask
 from keras_prune.prune import pruned_layers
-from keras_prune.selection import Selection
+from keras_prune.selection import Selection, by_name
 from keras_prune.structured.channel_mask import channel_masks
-from keras_prune.structured.graph import ChannelGroup, channel_groups
+from keras_prune.structured.flatten import flatten
+from keras_prune.structured.graph import analyse, check_model, chosen_groups
 from keras_prune.structured.shrink import shrink
 
 
@@ -172,7 +172,7 @@ def sensitivity(
         _validation.count(batch_size, "batch_size", 1)
     _validation.boolean(verbose, "verbose")
     _validation.one_of(structure, "structure", ("weights", "channels"))
-    groups: list[ChannelGroup] = []
+    groups: list[tuple[tuple[str, ...], int]] = []
     layers: list[keras.layers.Layer] = []
     if structure == "channels":
         if channel_masks(model):
@@ -180,7 +180,7 @@ def sensitivity(
                 "`model` comes from prune_channels (it has ChannelMask layers): scan the "
                 "model before prune_channels, or `shrink(model)` and scan the result."
             )
-        groups = _scanned_groups(model, Selection(select))
+        groups = _scanned_groups(model, select)
         _compile_config(model)  # before any evaluation: say now if it cannot be copied
     else:
         layers = _scanned_layers(model, Selection(select))
@@ -225,14 +225,12 @@ def sensitivity(
             sizes.append(sum(math.prod(w.shape) for w in weights))
             row = _pruned_weights_row(weights, sparsities, lambda: evaluate(model)[metric])
         else:
-            group = groups[index]
-            names.append(", ".join(group.producers))
-            sizes.append(group.size)
+            producers, size = groups[index]
+            names.append(", ".join(producers))
+            sizes.append(size)
             row = []
             for sparsity in sparsities:
-                with warnings.catch_warnings():  # the other groups stay whole: no news here
-                    warnings.filterwarnings("ignore", message=".*keep (every|all their) channel")
-                    small = shrink(model, sparsity, select=group.producers[0])
+                small = shrink(model, sparsity, select=producers[0])  # its whole group
                 small.compile(**_compile_config(model))
                 row.append(float(evaluate(small)[metric]))
         rows.append(tuple(row))
@@ -286,28 +284,22 @@ def _compile_config(model: keras.Model) -> dict[str, Any]:
         ) from None
 
 
-def _scanned_groups(model: keras.Model, selection: Selection) -> list[ChannelGroup]:
-    """The removable channel groups of `model` of which `selection` picks a producer."""
-    layers = {layer.name: layer for layer in _keras.flatten_layers(model)}
-    groups = []
-    for group in channel_groups(model):
-        picked = [name for name in group.producers if selection(layers[name])]
-        if not picked:
-            continue
-        if group.removable:
-            groups.append(group)
-        elif any(selection.explicit(layers[name]) for name in picked):
-            raise ValueError(
-                f"`select` picks {', '.join(picked)}, whose channels cannot be removed: "
-                f"{group.reason}."
-            )
-    selection.check_all_used("model")
-    if not groups:
-        raise ValueError(
-            f"`model` {model.name!r} has no channel group that can lose channels"
-            + (" among those `select` picks." if not selection.everything else ".")
-        )
-    return groups
+def _scanned_groups(model: keras.Model, select: Any) -> list[tuple[tuple[str, ...], int]]:
+    """The producers' names and the channels of each removable channel group of `model`
+    that `select` picks, in graph order (`graph.chosen_groups` says why where it picks
+    none)."""
+    flat = flatten(check_model(model))
+    if flat is not model:  # its layers are copies, with the same names
+        select = by_name(select, _keras.flatten_layers(model))
+    graph = analyse(flat)
+    chosen = chosen_groups(
+        graph, Selection(select), _keras.flatten_layers(flat), "model", "sensitivity"
+    )
+    return [
+        (tuple(layer.name for layer, _ in graph.groups[root].producers), graph.groups[root].size)
+        for root in graph.roots()
+        if root in chosen
+    ]
 
 
 def _scanned_layers(model: keras.Model, selection: Selection) -> list[keras.layers.Layer]:
