@@ -154,7 +154,7 @@ def shrink(
     graph = analyse(model)
     selection = Selection(select)
     chosen = chosen_groups(graph, selection, _keras.flatten_layers(model), "model", "shrink")
-    removable = [root for root in graph.removable() if root in chosen]
+    removable = [root for root in graph.roots() if root in chosen]  # in graph order
     if selection.everything:
         warn_left_whole(graph)
     scores = [
